@@ -1,0 +1,112 @@
+"""Adapters: initialisation, wiring into the UNet, gradient isolation, stream scales."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from metamergen.adapters import MetamerGenAdapters, cross_attention_layers
+from metamergen.testing import tiny_pipeline, tiny_unet
+
+
+def test_new_kv_copy_the_text_kv_of_every_cross_attention_layer():
+    unet = tiny_unet()
+    adapters = MetamerGenAdapters.from_unet(unet, image_embed_dim=48, resampler_hidden_dim=64, resampler_heads=1)
+    layers = cross_attention_layers(unet)
+    assert len(layers) == len(adapters.to_k_foveal) == 7  # down 2, up 4, mid 1
+    assert adapters.config.layer_names == [n for n, _, _ in layers]
+    for i, (name, hidden, cross) in enumerate(layers):
+        attn = unet.get_submodule(name[: -len(".processor")])
+        for k, v in ((adapters.to_k_foveal, adapters.to_v_foveal), (adapters.to_k_peripheral, adapters.to_v_peripheral)):
+            assert torch.equal(k[i].weight, attn.to_k.weight) and torch.equal(v[i].weight, attn.to_v.weight)
+            assert k[i].weight.data_ptr() != attn.to_k.weight.data_ptr()  # copies, not the text weights
+
+
+def test_resamplers_compress_tokens_to_the_cross_attention_width():
+    pipe = tiny_pipeline()
+    fov, per = pipe.adapters.project(torch.randn(3, 64, 48), torch.randn(3, 64, 48))
+    assert fov.shape == per.shape == (3, 4, 32)
+
+
+def test_install_shares_weights_and_detects_replacement():
+    pipe = tiny_pipeline()
+    assert pipe.adapters.is_installed(pipe.unet)
+    pipe.unet.set_default_attn_processor()
+    assert not pipe.adapters.is_installed(pipe.unet)
+    with pytest.raises(RuntimeError, match="install"):
+        pipe(torch.rand(3, 28, 28), num_inference_steps=1)
+    pipe.adapters.install(pipe.unet)
+    assert pipe.adapters.is_installed(pipe.unet)
+
+
+def test_adapters_refuse_a_different_unet():
+    pipe = tiny_pipeline()
+    pipe.adapters.install(copy.deepcopy(pipe.unet))  # same architecture is fine
+    from diffusers import UNet2DConditionModel
+
+    smaller = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8,
+    )
+    with pytest.raises(ValueError, match="different UNet"):
+        pipe.adapters.install(smaller)
+
+
+def _conditional_loss(pipe, fov_tokens, per_tokens):
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    text = pipe.encode_prompt(["", ""], torch.device("cpu"))
+    hidden = (text, pipe.adapters.project(fov_tokens, per_tokens))
+    eps = pipe.unet(latents, 500, encoder_hidden_states=hidden).sample
+    return eps.pow(2).mean()
+
+
+def test_gradients_reach_exactly_the_resamplers_and_new_kv():
+    pipe = tiny_pipeline()
+    trainable = pipe.prepare_for_adapter_training()
+    pipe.adapters.set_scale(pipe.unet, 1.2, 0.7)
+    g = torch.Generator().manual_seed(0)
+    loss = _conditional_loss(pipe, torch.randn(2, 64, 48, generator=g), torch.randn(2, 64, 48, generator=g))
+    loss.backward()
+    trainable_ids = {id(p) for p in trainable}
+    assert trainable_ids == {id(p) for p in pipe.adapters.parameters()}
+    for name, p in pipe.adapters.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reached {name}"
+    for comp in ("vae", "text_encoder", "unet", "image_encoder"):
+        for name, p in getattr(pipe, comp).named_parameters():
+            if id(p) in trainable_ids:  # the UNet's processors hold the shared K/V
+                assert ".processor.to_" in name
+                continue
+            assert not p.requires_grad and p.grad is None, f"{comp}.{name} would be trained"
+
+
+def test_dropped_stream_input_still_trains_every_parameter():
+    # Training drops a condition by zeroing its tokens, never by scale 0, so DDP sees every
+    # parameter used in every step (no find_unused_parameters).
+    pipe = tiny_pipeline()
+    pipe.prepare_for_adapter_training()
+    pipe.adapters.set_scale(pipe.unet, 1.0, 1.0)
+    loss = _conditional_loss(pipe, torch.zeros(2, 64, 48), torch.zeros(2, 64, 48))
+    loss.backward()
+    assert all(p.grad is not None for p in pipe.adapters.parameters())
+
+
+def test_scale_zero_is_stream_off():
+    pipe = tiny_pipeline()
+    g = torch.Generator().manual_seed(0)
+    fov, per = torch.randn(2, 64, 48, generator=g), torch.randn(2, 64, 48, generator=g)
+    with torch.no_grad():
+        pipe.adapters.set_scale(pipe.unet, 0.0, 0.7)
+        off = _conditional_loss(pipe, fov, per)
+        other_fov = _conditional_loss(pipe, torch.randn(2, 64, 48, generator=g), per)
+        # the same as a foveal stream that contributes nothing (its V projections zeroed)
+        pipe.adapters.set_scale(pipe.unet, 1.2, 0.7)
+        on = _conditional_loss(pipe, fov, per)
+        for v in pipe.adapters.to_v_foveal:
+            v.weight.zero_()
+        silenced = _conditional_loss(pipe, fov, per)
+    assert off == other_fov  # foveal tokens ignored entirely
+    assert torch.allclose(off, silenced, rtol=0, atol=1e-7)
+    assert not torch.allclose(off, on)  # and the stream does matter when on
