@@ -1,0 +1,576 @@
+"""``MetamerGenPipeline``: render what a viewer could believe they saw after some fixations.
+
+Data flow (DESIGN.md section 3)::
+
+    scene image ─► encode_scene ─► SceneEncoding (sharp + peripheral DINOv2 tokens, 2 passes)
+    fixations ───► token mask ──► sharp ⊙ mask ─► foveal resampler ─────┐
+                                  peripheral ────► peripheral resampler ─┤
+    noise ─► DDIM loop (UNet with decoupled cross-attention, CFG++/CFG) ─┴─► VAE ─► images
+
+The pipeline owns its denoising loop (diffusers' IP-Adapter path repeats per-sample embeddings
+across a batch, diffusers issue #9813), so a batch may mix fixation lists and scenes freely.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence, Union
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+from transformers import AutoModel, CLIPTextModel, CLIPTokenizer, PreTrainedModel
+
+from .adapters import MetamerGenAdapters
+from .encoders import BitImageProcessor, ImageInput, SceneEncoding, canvas_size, dinov2_processor, encode_foveal_crops, encode_scenes
+from .fixations import OffImagePolicy, Scanpath
+from .foveation import FitMode, PeripheralBlur, token_mask
+from .guidance import DEFAULT_GUIDANCE, GuidanceMethod, cfgpp_ddim_step, needs_unconditional
+
+FixationInput = Union[Scanpath, np.ndarray, Sequence[Sequence[float]], None]
+
+#: Hub ids of the paper's frozen components.
+DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_IMAGE_ENCODER = "facebook/dinov2-with-registers-base"
+
+__all__ = ["DEFAULT_BASE_MODEL", "DEFAULT_IMAGE_ENCODER", "MetamerGenPipeline", "MetamerGenPipelineOutput"]
+
+
+@dataclass
+class MetamerGenPipelineOutput(BaseOutput):
+    """Output of :class:`MetamerGenPipeline`.
+
+    Attributes
+    ----------
+    images
+        The scene hypotheses: a list of PIL images, a ``(N, H, W, 3)`` array in [0, 1], or a
+        ``(N, 3, H, W)`` tensor, as ``output_type`` asks. ``N = lists * num_images_per_prompt``,
+        hypotheses of one fixation list consecutive.
+    foveal_masks
+        ``(N, grid, grid)`` bool: the patches each image's foveal stream kept.
+    """
+
+    images: list[Image.Image] | np.ndarray | torch.Tensor
+    foveal_masks: torch.Tensor
+
+
+class MetamerGenPipeline(DiffusionPipeline):
+    """Stable Diffusion with foveal and peripheral DINOv2 adapters (Raina et al., ICLR 2026).
+
+    Parameters
+    ----------
+    vae, text_encoder, tokenizer, unet
+        Frozen Stable Diffusion components (SD1.5 in the paper).
+    scheduler
+        Noise scheduler; DDIM (the paper's) is required for CFG++.
+    image_encoder
+        Frozen DINOv2 (``facebook/dinov2-with-registers-base`` in the paper).
+    feature_extractor
+        DINOv2 image processor that squashes to the encoder canvas (448 px, no crop); see
+        :func:`metamergen.encoders.dinov2_processor`.
+    adapters
+        The trained part: :class:`~metamergen.adapters.MetamerGenAdapters`. Installed into the
+        UNet's cross-attention on construction.
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_encoder->adapters->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        scheduler: DDIMScheduler,
+        image_encoder: PreTrainedModel,
+        feature_extractor: BitImageProcessor,
+        adapters: MetamerGenAdapters,
+    ) -> None:
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=image_encoder,
+            feature_extractor=feature_extractor,
+            adapters=adapters,
+        )
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        self._attention_backend = "sdpa"
+        self.adapters.install(self.unet)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def from_base_models(
+        cls,
+        base_model: str | os.PathLike = DEFAULT_BASE_MODEL,
+        image_encoder: str | os.PathLike = DEFAULT_IMAGE_ENCODER,
+        adapters: str | os.PathLike | MetamerGenAdapters | None = None,
+        *,
+        encoder_resolution: int = 448,
+        torch_dtype: torch.dtype | None = None,
+        adapters_subfolder: str | None = None,
+        adapter_config: dict[str, Any] | None = None,
+        revision: str | None = None,
+        **hub_kwargs: Any,
+    ) -> MetamerGenPipeline:
+        """Assemble a pipeline from a Stable Diffusion model, a DINOv2 model and adapters.
+
+        This is the path for real weights: hub ids or local folders in the usual layouts.
+
+        Parameters
+        ----------
+        base_model
+            Stable Diffusion repo id or folder (``vae/``, ``unet/``, ``text_encoder/``,
+            ``tokenizer/``, ``scheduler/``). Its scheduler config is loaded into DDIM (the paper's sampler).
+        image_encoder
+            DINOv2 repo id or folder (loaded with ``transformers.AutoModel``).
+        adapters
+            Trained adapters: a folder or repo id holding ``config.json`` + weights (e.g. the
+            ``adapters/`` folder of a saved pipeline: pass the pipeline folder and
+            ``adapters_subfolder="adapters"``), or an instance. ``None`` builds fresh adapters
+            whose K/V copy the text K/V (the paper's initialisation), for training.
+        encoder_resolution
+            Square canvas side fed to DINOv2, pixels (448 in the paper: 32 x 32 tokens).
+        torch_dtype
+            dtype for all weights (e.g. ``torch.float16`` on GPU).
+        adapter_config
+            Constructor arguments for fresh adapters (``num_tokens``, ``resampler_*``).
+        revision, hub_kwargs
+            Passed to every ``from_pretrained`` (``cache_dir``, ``local_files_only``, ``token``...).
+        """
+        kw = dict(hub_kwargs, revision=revision)
+        dtype_kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
+        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", **dtype_kw, **kw)
+        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", **dtype_kw, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", **dtype_kw, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer", **kw)
+        scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler", **kw)
+        encoder = AutoModel.from_pretrained(image_encoder, **dtype_kw, **kw)
+        if isinstance(adapters, MetamerGenAdapters):
+            adapter_module = adapters
+        elif adapters is None:
+            adapter_module = MetamerGenAdapters.from_unet(
+                unet, image_embed_dim=encoder.config.hidden_size, **(adapter_config or {})
+            )
+        else:
+            sub = {"subfolder": adapters_subfolder} if adapters_subfolder else {}
+            adapter_module = MetamerGenAdapters.from_pretrained(adapters, **sub, **dtype_kw, **kw).to(unet.device)
+        return cls(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            image_encoder=encoder.eval(),
+            feature_extractor=dinov2_processor(encoder_resolution),
+            adapters=adapter_module,
+        )
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
+        """Save every component; the UNet is saved without the adapter processors (the adapters
+        are their own component and are reinstalled on load), so no orphan weights are written."""
+        self.adapters.uninstall(self.unet)
+        try:
+            super().save_pretrained(save_directory, **kwargs)
+        finally:
+            self.adapters.install(self.unet, attention=self._attention_backend)
+
+    def prepare_for_adapter_training(self) -> list[torch.nn.Parameter]:
+        """Freeze everything except the adapters, as the paper trains: the two resamplers and the
+        new K/V projections. Returns the trainable parameters (for the optimizer).
+
+        The K/V projections are shared with the UNet's processors, so the UNet is frozen first and
+        the adapters unfrozen after.
+        """
+        for module in (self.vae, self.text_encoder, self.unet, self.image_encoder):
+            module.requires_grad_(False)
+            module.eval()
+        self.adapters.requires_grad_(True)
+        self.adapters.train()
+        return list(self.adapters.parameters())
+
+    # ------------------------------------------------------------------ attention backends
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Any = None) -> None:
+        """Use xformers attention; the adapter processors are rebuilt around the same K/V weights."""
+        super().enable_xformers_memory_efficient_attention(attention_op)
+        self._attention_backend = "xformers"
+        self.adapters.install(self.unet, attention="xformers")
+
+    def disable_xformers_memory_efficient_attention(self) -> None:
+        """Back to PyTorch SDPA attention, keeping the adapters installed."""
+        super().disable_xformers_memory_efficient_attention()
+        self._attention_backend = "sdpa"
+        self.adapters.install(self.unet, attention="sdpa")
+
+    def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
+        """Not supported: diffusers' sliced processors would replace the adapter processors."""
+        raise NotImplementedError(
+            "Attention slicing replaces the UNet's attention processors and would silently drop the "
+            "foveal/peripheral adapters. Use SDPA (default) or enable_xformers_memory_efficient_attention()."
+        )
+
+    # ------------------------------------------------------------------ conditioning
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side of the encoder canvas (32 in the paper)."""
+        return canvas_size(self.feature_extractor) // int(self.image_encoder.config.patch_size)
+
+    def encode_scene(
+        self,
+        image: ImageInput | Sequence[ImageInput],
+        *,
+        peripheral_blur: float | PeripheralBlur = 0.25,
+        fit: FitMode = "squash",
+        box: tuple[int, int, int, int] | Sequence[tuple[int, int, int, int] | None] | None = None,
+    ) -> SceneEncoding:
+        """Encode one scene or a list of scenes once, for any number of renders.
+
+        Exactly two DINOv2 forward passes (sharp, peripheral) per call, whatever is rendered from
+        the result. See :func:`metamergen.encoders.encode_scenes` for the arguments.
+        """
+        images = list(image) if isinstance(image, (list, tuple)) else [image]
+        boxes = None
+        if box is not None:
+            boxes = list(box) if box and isinstance(box[0], (list, tuple, type(None))) else [box] * len(images)
+        return encode_scenes(
+            self.image_encoder, self.feature_extractor, images, peripheral_blur=peripheral_blur, fit=fit, boxes=boxes
+        )
+
+    @staticmethod
+    def _split_fixation_lists(fixations: FixationInput | Sequence[FixationInput]) -> list[Any]:
+        """Turn the ``fixations`` argument into a list of single fixation lists."""
+        if fixations is None or isinstance(fixations, Scanpath):
+            return [fixations]
+        if isinstance(fixations, torch.Tensor):
+            fixations = fixations.detach().cpu().numpy()
+        if isinstance(fixations, np.ndarray):
+            if fixations.ndim == 3:
+                return list(fixations)
+            return [fixations]
+        if not isinstance(fixations, (list, tuple)):
+            raise TypeError(
+                f"fixations must be a Scanpath, an (N, 2) array of (x, y) image pixels, or a list of those; "
+                f"got {type(fixations).__name__}."
+            )
+        if len(fixations) == 0:
+            return [np.zeros((0, 2))]
+        if all(isinstance(f, Scanpath) or f is None for f in fixations):
+            return list(fixations)
+        try:
+            arr = np.asarray(fixations, dtype=np.float64)
+        except (ValueError, TypeError):
+            arr = None
+        if arr is not None and arr.ndim == 2 and arr.shape[1] == 2:
+            return [arr]
+        return list(fixations)
+
+    def _fixation_xy(
+        self, item: Any, frame_width: int, frame_height: int, off_image: OffImagePolicy
+    ) -> np.ndarray:
+        """One fixation list as ``(N, 2)`` image pixels, after the off-image policy."""
+        if item is None:
+            return np.zeros((0, 2))
+        if isinstance(item, Scanpath):
+            if (item.width, item.height) != (frame_width, frame_height):
+                raise ValueError(
+                    f"Scanpath {item.id or ''} refers to a {item.width}x{item.height} image but the scene is "
+                    f"{frame_width}x{frame_height}; MetamerGen never rescales fixations silently. Convert the "
+                    "scanpath to the image's pixels (or pass the image it was recorded on)."
+                )
+            return item.with_off_image(off_image).xy
+        return Scanpath.from_points(item, width=frame_width, height=frame_height, off_image=off_image).xy
+
+    def foveal_masks(
+        self,
+        scene: SceneEncoding,
+        fixations: FixationInput | Sequence[FixationInput],
+        *,
+        scene_index: Sequence[int] | None = None,
+        foveal_radius_px: float | None = None,
+        foveal_radius_deg: float | None = None,
+        pixels_per_degree: float | None = None,
+        off_image: OffImagePolicy = "drop",
+    ) -> tuple[torch.Tensor, list[np.ndarray], list[int]]:
+        """Token masks for each fixation list.
+
+        Returns
+        -------
+        masks
+            ``(F, grid, grid)`` bool tensor.
+        xy
+            Per list, the fixations actually used (image pixels, after the off-image policy).
+        scene_index
+            Per list, the index of its scene in ``scene``.
+        """
+        lists = self._split_fixation_lists(fixations)
+        if scene_index is None:
+            if len(scene) == 1:
+                scene_index = [0] * len(lists)
+            elif len(scene) == len(lists):
+                scene_index = list(range(len(lists)))
+            else:
+                raise ValueError(
+                    f"Got {len(lists)} fixation lists for {len(scene)} scenes: give one list per scene, "
+                    "or one scene for all lists."
+                )
+        xys, masks = [], []
+        for item, i in zip(lists, scene_index):
+            frame = scene.frames[i]
+            xy = self._fixation_xy(item, frame.image_width, frame.image_height, off_image)
+            xys.append(xy)
+            masks.append(
+                token_mask(
+                    xy,
+                    frame,
+                    radius_px=foveal_radius_px,
+                    radius_deg=foveal_radius_deg,
+                    pixels_per_degree=pixels_per_degree,
+                )
+            )
+        return torch.from_numpy(np.stack(masks)), xys, list(scene_index)
+
+    def encode_prompt(self, prompt: str | Sequence[str], device: torch.device) -> torch.Tensor:
+        """CLIP text embeddings ``(len(prompt), 77, cross_attention_dim)`` (the paper uses "")."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        ids = self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
+        return self.text_encoder(ids.to(device))[0]
+
+    def _default_size(self, frames: Sequence[Any]) -> tuple[int, int]:
+        """Output ``(height, width)`` in pixels: the encoded region's aspect ratio at the UNet's
+        native area (512^2 for SD1.5), rounded to multiples of the VAE factor."""
+        base = int(self.unet.config.sample_size) * self.vae_scale_factor
+        sizes = set()
+        for f in frames:
+            left, top, right, bottom = f.box
+            aspect = (right - left) / (bottom - top)
+            w = base * aspect**0.5
+            h = base / aspect**0.5
+            m = self.vae_scale_factor
+            sizes.add((max(m, round(h / m) * m), max(m, round(w / m) * m)))
+        if len(sizes) > 1:
+            raise ValueError(
+                "The scenes in this batch have different aspect ratios, so they cannot share one latent "
+                f"size ({sorted(sizes)}); pass height= and width=, or render them in separate calls."
+            )
+        return sizes.pop()
+
+    # ------------------------------------------------------------------ rendering
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: ImageInput | Sequence[ImageInput] | None = None,
+        fixations: FixationInput | Sequence[FixationInput] = None,
+        *,
+        scene: SceneEncoding | None = None,
+        prompt: str | Sequence[str] = "",
+        negative_prompt: str = "",
+        num_images_per_prompt: int = 1,
+        num_inference_steps: int = 50,
+        guidance: GuidanceMethod = "cfg++",
+        guidance_scale: float | None = None,
+        foveal_scale: float = 1.2,
+        peripheral_scale: float = 0.7,
+        peripheral_blur: float | PeripheralBlur = 0.25,
+        fit: FitMode = "squash",
+        foveal_mode: str = "tokens",
+        foveal_radius_px: float | None = None,
+        foveal_radius_deg: float | None = None,
+        pixels_per_degree: float | None = None,
+        off_image: OffImagePolicy = "drop",
+        height: int | None = None,
+        width: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        eta: float = 0.0,
+        output_type: str = "pil",
+        return_dict: bool = True,
+    ) -> MetamerGenPipelineOutput | tuple:
+        """Render scene hypotheses from fixation lists.
+
+        Parameters
+        ----------
+        image
+            The scene(s), when no cached ``scene`` is given: PIL, ``(H, W, 3)`` uint8 array or
+            ``(3, H, W)`` tensor in [0, 1], or a list of them.
+        fixations
+            One fixation list or a list of them. A list is a :class:`~metamergen.fixations.Scanpath`
+            (its width/height must equal the scene's), an ``(N, 2)`` array / nested list of ``(x, y)``
+            in pixels of the scene image, or ``None``/empty (no foveal information: peripheral only).
+            With one scene every list refers to it; otherwise give one list per scene.
+        scene
+            A cached :meth:`encode_scene` result; reusing it costs no encoder pass.
+        prompt, negative_prompt
+            Text for the (frozen) text branch; the paper uses the empty prompt for both.
+        num_images_per_prompt
+            Hypotheses per fixation list.
+        num_inference_steps
+            DDIM steps (50 in the paper).
+        guidance, guidance_scale
+            ``"cfg++"`` (default: the paper's sampler; scale in [0, 1], default 0.6) or ``"cfg"``
+            (classifier-free guidance, default 7.5; 1 disables the unconditional pass). The
+            unconditional branch drops both adapter streams the way training does (zero tokens
+            into each resampler) and uses ``negative_prompt``.
+        foveal_scale, peripheral_scale
+            λ_f and λ_p (paper: 1.2 and 0.7). 0 turns a stream off (foveal-only / peripheral-only ablations).
+        peripheral_blur, fit
+            Encoding options used when ``image`` is given (see :meth:`encode_scene`).
+        foveal_mode
+            ``"tokens"`` (paper: mask the sharp tokens) or ``"crop"`` (encode a view with sharp pixels
+            only inside the foveal windows; one extra encoder pass per call, needs a radius).
+        foveal_radius_px, foveal_radius_deg, pixels_per_degree
+            Optional foveal radius (image pixels, or degrees with the display's pixels per degree).
+            Without one, each fixation keeps its single patch (paper).
+        off_image
+            Policy for fixations outside the image: ``"drop"`` (warns with the count), ``"clip"``, ``"error"``.
+        height, width
+            Output size in pixels (multiples of the VAE factor). Default: the scene's aspect ratio
+            at the UNet's native area (512 x 512 for SD1.5 square scenes).
+        generator
+            A generator, or one per output image for per-image reproducibility (the same seed then
+            gives the same image whatever the batch).
+        latents
+            Optional initial noise ``(N, 4, height / 8, width / 8)``.
+        eta
+            DDIM eta for ``guidance="cfg"`` (CFG++ is deterministic, eta = 0).
+        output_type
+            ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+        """
+        if scene is None:
+            if image is None:
+                raise ValueError("Pass the scene: image=... (encoded now) or scene=pipe.encode_scene(...) (cached).")
+            scene = self.encode_scene(image, peripheral_blur=peripheral_blur, fit=fit)
+        elif image is not None:
+            raise ValueError("Pass either image= or scene=, not both.")
+        if not self.adapters.is_installed(self.unet):
+            raise RuntimeError(
+                "The UNet's cross-attention processors no longer use the MetamerGen adapters (something "
+                "called set_attn_processor, set_default_attn_processor or attention slicing). Reinstall them "
+                "with pipe.adapters.install(pipe.unet)."
+            )
+        if guidance_scale is None:
+            guidance_scale = DEFAULT_GUIDANCE.get(guidance, 0.0)
+        do_uncond = needs_unconditional(guidance, guidance_scale)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}.")
+
+        device = self._execution_device
+        unet_dtype = self.unet.dtype
+
+        # ---- foveal masks and tokens: one row per fixation list
+        masks, xys, scene_index = self.foveal_masks(
+            scene,
+            fixations,
+            foveal_radius_px=foveal_radius_px,
+            foveal_radius_deg=foveal_radius_deg,
+            pixels_per_degree=pixels_per_degree,
+            off_image=off_image,
+        )
+        scene = scene.to(device=device, dtype=self.adapters.dtype)
+        idx = torch.tensor(scene_index, device=device)
+        if foveal_mode == "tokens":
+            sharp = scene.sharp.index_select(0, idx)
+        elif foveal_mode == "crop":
+            if foveal_radius_px is None and foveal_radius_deg is None:
+                raise ValueError("foveal_mode='crop' needs a window radius: foveal_radius_px or foveal_radius_deg.")
+            radius = foveal_radius_px if foveal_radius_px is not None else foveal_radius_deg * pixels_per_degree
+            sharp = encode_foveal_crops(self.image_encoder, scene, scene_index, xys, radius)
+            sharp = sharp.to(device=device, dtype=self.adapters.dtype)
+        else:
+            raise ValueError(f"Unknown foveal_mode {foveal_mode!r}; choose 'tokens' or 'crop'.")
+        flat = masks.to(device).view(len(scene_index), -1, 1)
+        foveal_tokens = sharp * flat.to(sharp.dtype)
+        peripheral_tokens = scene.peripheral.index_select(0, idx)
+
+        # ---- adapter tokens once per call (not per step), then per image
+        k = num_images_per_prompt
+        n_lists = len(scene_index)
+        n = n_lists * k
+        cond = self._project(foveal_tokens, peripheral_tokens, foveal_scale, peripheral_scale)
+        cond = [t.repeat_interleave(k, dim=0).to(unet_dtype) for t in cond]
+        prompts = [prompt] * n_lists if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != n_lists:
+            raise ValueError(f"Got {len(prompts)} prompts for {n_lists} fixation lists.")
+        text = self.encode_prompt(prompts, device).repeat_interleave(k, dim=0).to(unet_dtype)
+        if do_uncond:
+            zeros = torch.zeros_like(foveal_tokens[:1])
+            uncond = self._project(zeros, zeros, foveal_scale, peripheral_scale)
+            uncond = [t.to(unet_dtype).expand(n, -1, -1) for t in uncond]
+            text_u = self.encode_prompt([negative_prompt], device).to(unet_dtype).expand(n, -1, -1)
+            hidden = (torch.cat([text_u, text]), [torch.cat([u, c]) for u, c in zip(uncond, cond)])
+        else:
+            hidden = (text, cond)
+
+        # ---- noise
+        if height is None or width is None:
+            h0, w0 = self._default_size([scene.frames[i] for i in scene_index])
+            height, width = height or h0, width or w0
+        if height % self.vae_scale_factor or width % self.vae_scale_factor:
+            raise ValueError(f"height and width must be multiples of {self.vae_scale_factor}, got {height}x{width}.")
+        if isinstance(generator, list) and len(generator) != n:
+            raise ValueError(f"Got {len(generator)} generators for {n} images ({n_lists} lists x {k} hypotheses).")
+        shape = (n, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=unet_dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}.")
+        latents = latents.to(device=device, dtype=unet_dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+
+        # ---- denoising loop
+        self.adapters.set_scale(self.unet, foveal_scale, peripheral_scale)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_in = torch.cat([latents, latents]) if do_uncond else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            eps = self.unet(model_in, t, encoder_hidden_states=hidden).sample
+            if guidance == "cfg++":
+                eps_u, eps_c = eps.chunk(2)
+                latents = cfgpp_ddim_step(self.scheduler, eps_u, eps_c, t, latents, guidance_scale)
+            else:
+                if do_uncond:
+                    eps_u, eps_c = eps.chunk(2)
+                    eps = eps_u + guidance_scale * (eps_c - eps_u)
+                step_kw = {"eta": eta, "generator": generator} if isinstance(self.scheduler, DDIMScheduler) else {}
+                latents = self.scheduler.step(eps, t, latents, **step_kw).prev_sample
+
+        # ---- decode
+        if output_type == "latent":
+            images = latents
+        else:
+            decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+            images = self.image_processor.postprocess(decoded, output_type=output_type)
+        self.maybe_free_model_hooks()
+        out_masks = masks.repeat_interleave(k, dim=0)
+        if not return_dict:
+            return images, out_masks
+        return MetamerGenPipelineOutput(images=images, foveal_masks=out_masks)
+
+    def _project(
+        self, foveal_tokens: torch.Tensor, peripheral_tokens: torch.Tensor, foveal_scale: float, peripheral_scale: float
+    ) -> list[torch.Tensor]:
+        """Both streams' resampled tokens; a stream whose scale is 0 is skipped by the attention
+        processor, so its resampler is not run (zeros of the right shape stand in)."""
+        shape = (foveal_tokens.shape[0], self.adapters.config.num_tokens, self.adapters.config.cross_attention_dim)
+        zeros = torch.zeros(shape, device=foveal_tokens.device, dtype=foveal_tokens.dtype)
+        fov = self.adapters.foveal_resampler(foveal_tokens) if foveal_scale else zeros
+        per = self.adapters.peripheral_resampler(peripheral_tokens) if peripheral_scale else zeros
+        return [fov, per]
