@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence, Union
 
 import numpy as np
@@ -37,6 +38,14 @@ FixationInput = Union[Scanpath, np.ndarray, Sequence[Sequence[float]], None]
 #: Hub ids of the paper's frozen components.
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_IMAGE_ENCODER = "facebook/dinov2-with-registers-base"
+
+# Written next to a saved pipeline: diffusers' custom-pipeline loader imports it to find the class.
+_DIFFUSERS_SHIM = """\
+# Lets diffusers load this folder: DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder,
+# trust_remote_code=True). Needs the metamergen package installed (pip install metamergen).
+from diffusers import DiffusionPipeline  # noqa: F401
+from metamergen.pipeline import MetamerGenPipeline  # noqa: F401
+"""
 
 __all__ = ["DEFAULT_BASE_MODEL", "DEFAULT_IMAGE_ENCODER", "MetamerGenPipeline", "MetamerGenPipelineOutput"]
 
@@ -178,12 +187,18 @@ class MetamerGenPipeline(DiffusionPipeline):
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save every component; the UNet is saved without the adapter processors (the adapters
-        are their own component and are reinstalled on load), so no orphan weights are written."""
+        are their own component and are reinstalled on load), so no orphan weights are written.
+
+        The folder also gets a two-line ``pipeline.py`` that imports this class, so that plain
+        diffusers can load it too: ``DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder,
+        trust_remote_code=True)`` (the ``metamergen`` package must be installed).
+        """
         self.adapters.uninstall(self.unet)
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:
             self.adapters.install(self.unet, attention=self._attention_backend)
+        (Path(save_directory) / "pipeline.py").write_text(_DIFFUSERS_SHIM)
 
     def prepare_for_adapter_training(self) -> list[torch.nn.Parameter]:
         """Freeze everything except the adapters, as the paper trains: the two resamplers and the

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import gens, make_scene
+from diffusers import DiffusionPipeline
 from safetensors import safe_open
 
 from metamergen import MetamerGenPipeline, Scanpath
@@ -174,6 +175,11 @@ def test_save_load_round_trip_is_bit_identical(tmp_path: Path):
     loaded = MetamerGenPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     assert np.array_equal(before, render(loaded, scene, [[10, 10], [40, 20]], generator=gens(11)))
+    # plain diffusers loads the same folder through the shim it holds
+    generic = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(tmp_path), trust_remote_code=True)
+    assert type(generic).__name__ == "MetamerGenPipeline"
+    generic.set_progress_bar_config(disable=True)
+    assert np.array_equal(before, render(generic, scene, [[10, 10], [40, 20]], generator=gens(11)))
 
 
 def test_from_base_models_reads_hub_layout_folders(tmp_path: Path, pipe):
