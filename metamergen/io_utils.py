@@ -1,0 +1,32 @@
+"""Small file helpers shared by the writers (images, records, weight files)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+__all__ = ["atomic_write"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Produce ``path`` through a temporary file in the same folder, then rename it into place.
+
+    ``write`` receives the temporary file's path and must write the complete file there. Readers
+    never see a half-written file, and a failure leaves any previous ``path`` untouched and no
+    temporary file behind. The folder is created if missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
