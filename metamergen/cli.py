@@ -1,0 +1,177 @@
+"""The ``metamergen`` command line (also ``python -m metamergen``).
+
+Subcommands:
+
+* ``render``: scene + one fixation list -> scene hypotheses, a contact sheet and a JSON record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .io_utils import atomic_write
+
+__all__ = ["main"]
+
+TINY_WARNING = (
+    "NOTE: --tiny renders with a tiny, RANDOMLY INITIALISED MetamerGen built offline. Its images are "
+    "noise-like: they show that the machinery runs end to end, not what MetamerGen learns. For real "
+    "hypotheses pass --model <saved pipeline folder> or --adapters <trained adapters> (SD1.5 and "
+    "DINOv2 are then loaded from the hub or local folders)."
+)
+
+
+def _parse_fixations(text: str) -> np.ndarray:
+    """``"x,y;x,y"`` inline, or a path to a JSON file holding ``[[x, y], ...]`` (image pixels)."""
+    if text.strip() == "":
+        return np.zeros((0, 2))
+    path = Path(text)
+    if path.suffix == ".json" and path.exists():
+        data = json.loads(path.read_text())
+    else:
+        try:
+            data = [[float(v) for v in pair.split(",")] for pair in text.split(";") if pair.strip()]
+        except ValueError as err:
+            raise SystemExit(f"error: could not read --fixations {text!r}: {err}. Use 'x,y;x,y' or a .json file.") from err
+    arr = np.asarray(data, dtype=float)
+    if arr.size == 0:
+        return np.zeros((0, 2))
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise SystemExit(f"error: --fixations must be a list of (x, y) pairs, got an array of shape {arr.shape}.")
+    return arr
+
+
+def _load_pipeline(args: argparse.Namespace):
+    import torch
+
+    from .pipeline import MetamerGenPipeline
+
+    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    if args.tiny:
+        from .testing import tiny_pipeline
+
+        print(TINY_WARNING, file=sys.stderr)
+        pipe = tiny_pipeline(seed=0)
+    elif args.model:
+        pipe = MetamerGenPipeline.from_pretrained(args.model, torch_dtype=dtype)
+    elif args.adapters:
+        pipe = MetamerGenPipeline.from_base_models(
+            args.base_model, args.image_encoder, args.adapters, torch_dtype=dtype
+        )
+    else:
+        raise SystemExit(
+            "error: say which model to use: --model <saved pipeline folder>, --adapters <trained adapters> "
+            "(with --base-model/--image-encoder), or --tiny for the offline random test model."
+        )
+    return pipe.to(args.device)
+
+
+def _render(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    from . import __version__
+    from .figures import contact_sheet, draw_scanpath, foveated_view
+
+    try:
+        image = Image.open(args.image).convert("RGB")
+    except FileNotFoundError:
+        raise SystemExit(f"error: no image at {args.image}.")
+    except UnidentifiedImageError:
+        raise SystemExit(f"error: {args.image} is not an image file Pillow can read.")
+    from .fixations import Scanpath
+
+    scanpath = Scanpath.from_points(
+        _parse_fixations(args.fixations), width=image.width, height=image.height, off_image=args.off_image,
+        image=str(args.image),
+    )
+    pipe = _load_pipeline(args)
+    scene = pipe.encode_scene(image, peripheral_blur=args.peripheral_blur)
+    generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
+    out = pipe(
+        scene=scene,
+        fixations=[scanpath],
+        num_images_per_prompt=args.num_images,
+        num_inference_steps=args.steps,
+        guidance=args.guidance,
+        guidance_scale=args.guidance_scale,
+        foveal_scale=args.foveal_scale,
+        peripheral_scale=args.peripheral_scale,
+        generator=generators,
+    )
+    out_dir = Path(args.out)
+    paths = []
+    for i, im in enumerate(out.images):
+        path = out_dir / f"hypothesis_{i:03d}_seed{args.seed + i}.png"
+        atomic_write(path, lambda p, im=im: im.save(p, format="PNG"))
+        paths.append(path)
+    panels = [draw_scanpath(image, scanpath.xy), foveated_view(scene, 0, out.foveal_masks[0]), *out.images]
+    captions = ["scene + fixations", f"foveal + periphery s={args.peripheral_blur}"] + [
+        f"seed {args.seed + i}" for i in range(len(out.images))
+    ]
+    sheet = out_dir / "sheet.png"
+    atomic_write(sheet, lambda p: contact_sheet(panels, captions).save(p, format="PNG"))
+    record = {
+        "image": str(args.image),
+        "fixations": scanpath.xy.tolist(),
+        "model": "tiny-random" if args.tiny else (args.model or {"base": args.base_model, "image_encoder": args.image_encoder, "adapters": args.adapters}),
+        "seeds": [args.seed + i for i in range(args.num_images)],
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "guidance_scale": args.guidance_scale,
+        "foveal_scale": args.foveal_scale,
+        "peripheral_scale": args.peripheral_scale,
+        "peripheral_blur": args.peripheral_blur,
+        "outputs": [p.name for p in paths],
+        "metamergen_version": __version__,
+    }
+    atomic_write(out_dir / "render.json", lambda p: Path(p).write_text(json.dumps(record, indent=2)))
+    print(f"Wrote {len(paths)} hypotheses, sheet.png and render.json to {out_dir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER
+
+    parser = argparse.ArgumentParser(
+        prog="metamergen",
+        description="MetamerGen: render what a viewer could believe they saw after a few fixations "
+        "(Raina et al., ICLR 2026, arXiv 2601.11675).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("render", help="render scene hypotheses from one image and one fixation list")
+    r.add_argument("--image", required=True, help="the scene image file")
+    r.add_argument("--fixations", default="", help="'x,y;x,y' in pixels of the image, or a .json file of [[x, y], ...]; empty = periphery only")
+    r.add_argument("--out", required=True, help="output folder")
+    model = r.add_argument_group("model (one of)")
+    model.add_argument("--model", help="folder of a saved MetamerGenPipeline")
+    model.add_argument("--adapters", help="trained adapters (folder or repo id), assembled with --base-model and --image-encoder")
+    model.add_argument("--tiny", action="store_true", help="tiny random offline model (tests the machinery; images are noise)")
+    r.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help=f"Stable Diffusion id or folder (default {DEFAULT_BASE_MODEL})")
+    r.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER, help=f"DINOv2 id or folder (default {DEFAULT_IMAGE_ENCODER})")
+    r.add_argument("--num-images", type=int, default=4, help="hypotheses to render (default 4)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the first hypothesis; hypothesis i uses seed + i")
+    r.add_argument("--steps", type=int, default=50, help="DDIM steps (paper: 50)")
+    r.add_argument("--guidance", choices=["cfg++", "cfg"], default="cfg++", help="sampler guidance (paper: cfg++)")
+    r.add_argument("--guidance-scale", type=float, default=None, help="default 0.6 for cfg++, 7.5 for cfg")
+    r.add_argument("--foveal-scale", type=float, default=1.2, help="λ_f (paper: 1.2; 0 = foveal stream off)")
+    r.add_argument("--peripheral-scale", type=float, default=0.7, help="λ_p (paper: 0.7; 0 = peripheral stream off)")
+    r.add_argument("--peripheral-blur", type=float, default=0.25, help="down/up scale s in (0, 1] (paper figures: 0.25)")
+    r.add_argument("--off-image", choices=["drop", "clip", "error"], default="drop", help="fixations outside the image")
+    r.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
+    r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    r.set_defaults(func=_render)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``metamergen`` console script."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)

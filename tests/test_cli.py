@@ -1,0 +1,51 @@
+"""The metamergen command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metamergen.cli import main
+
+SCENE = Path(__file__).resolve().parents[1] / "metamergen" / "assets" / "example_scene.png"
+
+
+def run_render(out: Path, *extra: str) -> None:
+    main(["render", "--tiny", "--image", str(SCENE), "--fixations", "135,150;235,255;600,10", "--out", str(out),
+          "--steps", "2", "--num-images", "2", *extra])
+
+
+def test_module_help_lists_the_subcommands():
+    done = subprocess.run([sys.executable, "-m", "metamergen", "--help"], capture_output=True, text=True, check=True)
+    assert "render" in done.stdout
+
+
+def test_render_writes_images_sheet_and_record_reproducibly(tmp_path: Path, capsys):
+    with pytest.warns(UserWarning, match="1 of 3"):  # (600, 10) is off the 480x300 scene
+        run_render(tmp_path / "a")
+    assert "RANDOMLY INITIALISED" in capsys.readouterr().err
+    record = json.loads((tmp_path / "a" / "render.json").read_text())
+    assert record["fixations"] == [[135.0, 150.0], [235.0, 255.0]]
+    assert record["seeds"] == [0, 1] and record["model"] == "tiny-random"
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["hypothesis_000_seed0.png", "hypothesis_001_seed1.png", "render.json", "sheet.png"]
+    with pytest.warns(UserWarning):
+        run_render(tmp_path / "b")
+    for name in ("hypothesis_000_seed0.png", "hypothesis_001_seed1.png"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_render_errors_are_clear(tmp_path: Path):
+    with pytest.raises(SystemExit, match="no image at"):
+        main(["render", "--tiny", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--model"):
+        main(["render", "--image", str(SCENE), "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match=r"\(x, y\) pairs"):
+        main(["render", "--tiny", "--image", str(SCENE), "--fixations", "1;2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="x,y;x,y"):
+        main(["render", "--tiny", "--image", str(SCENE), "--fixations", "1,a", "--out", str(tmp_path)])
+    assert not any(tmp_path.iterdir())  # nothing half-written
