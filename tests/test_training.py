@@ -1,0 +1,218 @@
+"""Adapter training: config, samples, single- and multi-process runs, resume, bad data, learning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from metamergen import MetamerGenPipeline
+from metamergen.encoders import dinov2_processor
+from metamergen.train_config import TrainConfig
+from metamergen.train_data import AdapterTrainingDataset, BadSampleError, TrainingItem, collate
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "tiny_cpu.yaml"
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def write_images(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        p = folder / f"{i:03d}.png"
+        Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def tiny_config(tmp_path: Path, images: Path, *overrides: str) -> TrainConfig:
+    return TrainConfig.from_yaml(TINY, [f"data.images={images}", f"run.output_dir={tmp_path / 'run'}", *overrides])
+
+
+def adapter_state(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapters" / "diffusion_pytorch_model.safetensors")
+
+
+# --------------------------------------------------------------------------- config
+
+
+def test_config_reads_yaml_and_overrides_and_rejects_typos():
+    cfg = TrainConfig.from_yaml(TINY, ["optim.learning_rate=5e-5", "data.blur_levels=[0.5, 1.0]"])
+    assert cfg.optim.learning_rate == 5e-5 and cfg.data.blur_levels == [0.5, 1.0] and cfg.model.tiny
+    paper = TrainConfig.from_yaml(ROOT / "configs" / "paper_sd15_coco.yaml")
+    assert paper.data.fixation_counts == [1, 2, 3, 5, 10]
+    assert paper.data.blur_levels == [0.0625, 0.125, 0.25, 0.5, 1.0]
+    assert (paper.optim.foveal_dropout, paper.optim.peripheral_dropout) == (0.05, 0.10)
+    assert paper.model.encoder_resolution == 448 and paper.data.resolution == 512
+    with pytest.raises(ValueError, match="learnin_rate"):
+        TrainConfig.from_yaml(TINY, ["optim.learnin_rate=1"])
+    with pytest.raises(ValueError, match="section.key=value"):
+        TrainConfig.from_yaml(TINY, ["learning_rate"])
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def make_dataset(items, **kw) -> AdapterTrainingDataset:
+    kw.setdefault("fixation_counts", [1, 2, 3, 5, 10])
+    kw.setdefault("blur_levels", [0.0625, 0.125, 0.25, 0.5, 1.0])
+    return AdapterTrainingDataset(items, processor=dinov2_processor(112), patch_size=14, resolution=32, **kw)
+
+
+def test_random_fixation_samples_follow_the_paper_recipe(tmp_path: Path):
+    paths = write_images(tmp_path / "img", 6)
+    ds = make_dataset([TrainingItem(str(p), lambda p=p: Image.open(p).convert("RGB")) for p in paths], seed=3)
+    counts, blurs = set(), set()
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        for i in range(len(ds)):
+            s = ds[i]
+            assert s["pixel_values"].shape == (3, 32, 32) and s["encoder_pixels"].shape == (3, 112, 112)
+            assert -1 <= s["pixel_values"].min() and s["pixel_values"].max() <= 1
+            counts.add(int(s["foveal_mask"].sum()))
+            blurs.add(s["blur"])
+    assert counts <= {1, 2, 3, 5, 10} and len(counts) >= 3
+    assert blurs <= {0.0625, 0.125, 0.25, 0.5, 1.0} and len(blurs) >= 3
+    ds.set_epoch(1)
+    a, b = ds[2], ds[2]
+    assert torch.equal(a["foveal_mask"], b["foveal_mask"]) and a["blur"] == b["blur"]  # pure function of (seed, epoch, index)
+
+
+def test_scanpath_samples_use_the_viewers_first_fixations(tmp_path: Path):
+    from metamergen.fixations import Scanpath
+
+    img = Image.new("RGB", (112, 112))
+    sp = Scanpath.from_points([[3, 3], [20, 3], [100, 100]], width=112, height=112)
+    ds = make_dataset([TrainingItem("x", lambda: img, scanpath=sp)], fixation_counts=[2])
+    mask = ds[0]["foveal_mask"].view(8, 8)
+    assert mask.nonzero().tolist() == [[0, 0], [0, 1]]
+
+
+def test_bad_images_are_replaced_and_counted_or_fatal(tmp_path: Path):
+    paths = write_images(tmp_path / "img", 3)
+    corrupt = tmp_path / "img" / "corrupt.png"
+    corrupt.write_bytes(b"this is not a png")
+    missing = tmp_path / "img" / "missing.png"
+    items = [TrainingItem(str(p), lambda p=p: Image.open(p).convert("RGB")) for p in [corrupt, missing, *paths]]
+    batch = collate([make_dataset(items)[i] for i in range(len(items))])
+    assert batch["skipped"] == {"unreadable image": 3}  # index 0 skips 2, index 1 skips 1
+    assert batch["index"].tolist() == [2, 2, 2, 3, 4]
+    with pytest.raises(BadSampleError, match="corrupt.png"):
+        make_dataset(items, skip_bad_samples=False)[0]
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def test_single_process_run_exports_a_loadable_pipeline_and_reports_bad_data(tmp_path: Path):
+    from metamergen.trainer import train
+
+    images = tmp_path / "img"
+    write_images(images, 6)
+    (images / "corrupt.jpg").write_bytes(b"\x00garbage")
+    out = train(tiny_config(tmp_path, images))
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not list(out.glob(".*tmp"))
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["steps"] == 4 and report["skipped_samples"]["unreadable image"] >= 1
+    pipe = MetamerGenPipeline.from_pretrained(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe(Image.open(images / "000.png"), [[10, 10]], num_inference_steps=2).images[0]
+    assert img.size[0] > 0
+    # the adapters really changed, and the exported pipeline holds the trained ones
+    from metamergen.testing import tiny_pipeline
+
+    before = tiny_pipeline(seed=0).adapters.state_dict()
+    after = adapter_state(out)
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+    assert all(torch.equal(pipe.adapters.state_dict()[k], after[k]) for k in after)
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_adapters(tmp_path: Path):
+    from metamergen.trainer import train
+
+    images = tmp_path / "img"
+    write_images(images, 7)  # 3 batches of 2 per epoch: the stop at step 2 falls mid-epoch
+    full = train(tiny_config(tmp_path / "a", images, "optim.max_steps=6"))
+    part = tiny_config(tmp_path / "b", images, "optim.max_steps=6", "run.stop_after_step=2")
+    train(part)
+    assert not (Path(part.run.output_dir) / "adapters").exists()  # "killed": no export
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    resumed = train(tiny_config(tmp_path / "b", images, "optim.max_steps=6"), resume="latest")
+    a, b = adapter_state(full), adapter_state(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_multi_process_cpu_training_synchronises(tmp_path: Path):
+    images = tmp_path / "img"
+    write_images(images, 8)
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(ROOT / "training" / "train.py"), "--config", str(TINY), f"data.images={images}", f"run.output_dir={out}",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / "ranks" / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    # each epoch (8 images, 2 per step per rank -> 2 steps) is split into disjoint halves
+    for epoch in range(2):
+        a, b = (set(r["indices"][4 * epoch : 4 * epoch + 4]) for r in ranks)
+        assert not a & b and a | b == set(range(8))
+    assert ranks[0]["adapter_checksum"] == ranks[1]["adapter_checksum"]
+    pipe = MetamerGenPipeline.from_pretrained(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(Image.open(images / "000.png"), [[5, 5]], num_inference_steps=2, output_type="np").images.shape[0] == 1
+
+
+def test_scanpath_source_skips_nan_records_and_missing_images(tmp_path: Path):
+    from metamergen.data import DatasetInfo, write_scanpaths
+    from metamergen.fixations import Scanpath
+    from metamergen.trainer import train
+
+    images = tmp_path / "img"
+    paths = write_images(images, 4)
+    records = [Scanpath.from_points([[5, 5], [30, 20]], width=56, height=40, image=p.name, id=p.stem) for p in paths]
+    records.append(Scanpath.from_points([[5, 5]], width=56, height=40, image="missing.png", id="missing"))
+    jsonl = tmp_path / "data" / "scanpaths.jsonl"
+    write_scanpaths(jsonl, records, DatasetInfo(image_root=str(images)))
+    with jsonl.open("a") as f:  # a record with a NaN coordinate, as raw exports sometimes have
+        f.write('{"id": "nan", "image": "000.png", "width": 56, "height": 40, "fixations": [{"x": NaN, "y": 3}]}\n')
+    cfg = TrainConfig.from_yaml(
+        TINY, [f"data.scanpaths={jsonl}", f"run.output_dir={tmp_path / 'run'}", "run.checkpointing_steps=0"]
+    )
+    out = train(cfg)
+    report = json.loads((out / "data_report.json").read_text())["skipped_samples"]
+    assert report["malformed record"] == 1 and report["unreadable image"] >= 1
+    with pytest.raises(ValueError, match="line 6"):
+        from accelerate.state import AcceleratorState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        train(TrainConfig.from_yaml(TINY, [f"data.scanpaths={jsonl}", f"run.output_dir={tmp_path / 'r2'}",
+                                           "data.skip_bad_samples=false"]))
