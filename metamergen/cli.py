@@ -2,7 +2,9 @@
 
 Subcommands:
 
-* ``render``: scene + one fixation list -> scene hypotheses, a contact sheet and a JSON record.
+* ``render``: scene + one fixation list -> scene hypotheses, a contact sheet and a JSON record;
+* ``convert``: eye-tracking exports (COCO-FreeView, COCO-Search18, CSV) -> canonical scanpath JSONL;
+* ``train``: train the adapters (see :mod:`metamergen.trainer`).
 """
 
 from __future__ import annotations
@@ -168,7 +170,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
     r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     r.set_defaults(func=_render)
+
+    from .converters import register_convert_command
+
+    register_convert_command(sub)
+
+    t = sub.add_parser(
+        "train",
+        help="train the adapters (same as training/train.py; use `accelerate launch -m metamergen train ...` for several GPUs)",
+    )
+    t.add_argument("--config", required=True, help="YAML config (see configs/)")
+    t.add_argument("--resume", default=None, help="'latest' or a checkpoint folder")
+    t.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    t.set_defaults(func=_train)
     return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train_config import TrainConfig
+    from .trainer import train
+
+    train(TrainConfig.from_yaml(args.config, args.overrides), resume=args.resume)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
