@@ -173,8 +173,8 @@ def test_multi_process_cpu_training_synchronises(tmp_path: Path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ROOT / "training" / "accelerate" / "cpu_2proc.yaml"),
         str(ROOT / "training" / "train.py"), "--config", str(TINY), f"data.images={images}", f"run.output_dir={out}",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
