@@ -65,6 +65,10 @@ class DataConfig:
     #: Skip unreadable images and bad records (counted, reported at the end); False = stop at the first.
     skip_bad_samples: bool = True
     num_workers: int = 4
+    #: Feature cache folder: VAE latents and DINOv2 tokens computed once per image (a pre-pass at
+    #: the start of training, distributed over the processes, resumable), then training runs
+    #: only the UNet. None = encode online every step.
+    feature_cache: str | None = None
     #: Use only the first N samples (debugging, tests).
     max_samples: int | None = None
 
@@ -120,6 +124,8 @@ class RunConfig:
     validation_num_inference_steps: int = 50
     #: Write each process's sample indices and adapter checksum to ranks/ (multi-process checks).
     record_sample_ids: bool = False
+    #: Stop after the feature-cache pre-pass (build the cache with all GPUs, train later).
+    cache_only: bool = False
     #: Stop (as if killed) right after this step's checkpoint: for resume tests. None = off.
     stop_after_step: int | None = None
 

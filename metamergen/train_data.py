@@ -32,7 +32,7 @@ from .foveation import EncoderFrame, random_patch_mask, token_mask
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
-__all__ = ["AdapterTrainingDataset", "BadSampleError", "TrainingItem", "collate", "list_images"]
+__all__ = ["AdapterTrainingDataset", "BadSampleError", "SampleSource", "TrainingItem", "collate", "list_images", "vae_pixels"]
 
 
 class BadSampleError(RuntimeError):
@@ -83,7 +83,84 @@ def _sample_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-class AdapterTrainingDataset(torch.utils.data.Dataset):
+def vae_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
+    """The image squashed to ``resolution`` x ``resolution`` as a ``(3, R, R)`` float tensor in [-1, 1] (VAE input)."""
+    resized = image.resize((resolution, resolution), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
+
+
+class SampleSource(torch.utils.data.Dataset):
+    """Shared mechanics of the training datasets: per-sample randomness from (seed, epoch, index),
+    the foveal mask rule, and replacing unusable items by the next usable one (counted)."""
+
+    def __init__(
+        self,
+        items: Sequence[TrainingItem],
+        *,
+        fixation_counts: Sequence[int],
+        blur_levels: Sequence[float],
+        seed: int = 0,
+        skip_bad_samples: bool = True,
+    ) -> None:
+        if not items:
+            raise ValueError("The training set is empty.")
+        if not fixation_counts or min(fixation_counts) < 0:
+            raise ValueError(f"fixation_counts must be non-negative integers, got {fixation_counts}.")
+        if not blur_levels or not all(0 < s <= 1 for s in blur_levels):
+            raise ValueError(f"blur_levels must lie in (0, 1], got {blur_levels}.")
+        self.items = list(items)
+        self.fixation_counts = [int(k) for k in fixation_counts]
+        self.blur_levels = [float(s) for s in blur_levels]
+        self.seed = int(seed)
+        self.skip_bad_samples = skip_bad_samples
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Epoch number mixed into the per-sample randomness (new masks and blur levels each epoch)."""
+        self.epoch = int(epoch)
+
+    def _draw(self, index: int) -> tuple[torch.Generator, int, float]:
+        """This sample's generator, fixation count and blur level."""
+        g = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
+        count = self.fixation_counts[int(torch.randint(len(self.fixation_counts), (1,), generator=g))]
+        blur = self.blur_levels[int(torch.randint(len(self.blur_levels), (1,), generator=g))]
+        return g, count, blur
+
+    def _mask(self, item: TrainingItem, frame: EncoderFrame, count: int, g: torch.Generator) -> torch.Tensor:
+        """``(T,)`` bool: ``count`` random patches, or the scanpath's first ``count`` fixations."""
+        if item.scanpath is None:
+            return random_patch_mask(count, frame.grid_size, generator=g).ravel()
+        if (item.scanpath.width, item.scanpath.height) != (frame.image_width, frame.image_height):
+            raise BadSampleError(
+                f"scanpath is for a {item.scanpath.width}x{item.scanpath.height} image, "
+                f"file is {frame.image_width}x{frame.image_height}"
+            )
+        return torch.from_numpy(token_mask(item.scanpath.xy[:count], frame).ravel())
+
+    def _make(self, index: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: list[str] = []
+        for attempt in range(len(self.items)):
+            i = (index + attempt) % len(self.items)
+            try:
+                sample = self._make(i)
+            except BadSampleError as err:
+                if not self.skip_bad_samples:
+                    raise BadSampleError(f"{self.items[i].key}: {err}") from err
+                skipped.append(str(err).split(" (")[0])
+                continue
+            sample["index"] = i
+            sample["skipped"] = skipped
+            return sample
+        raise BadSampleError("Every item of the training set is unusable; check the data paths.")
+
+
+class AdapterTrainingDataset(SampleSource):
     """Map-style dataset of adapter-training samples.
 
     Each sample is a dict:
@@ -124,29 +201,13 @@ class AdapterTrainingDataset(torch.utils.data.Dataset):
         seed: int = 0,
         skip_bad_samples: bool = True,
     ) -> None:
-        if not items:
-            raise ValueError("The training set is empty.")
-        if not fixation_counts or min(fixation_counts) < 0:
-            raise ValueError(f"fixation_counts must be non-negative integers, got {fixation_counts}.")
-        if not blur_levels or not all(0 < s <= 1 for s in blur_levels):
-            raise ValueError(f"blur_levels must lie in (0, 1], got {blur_levels}.")
-        self.items = list(items)
+        super().__init__(
+            items, fixation_counts=fixation_counts, blur_levels=blur_levels, seed=seed, skip_bad_samples=skip_bad_samples
+        )
         self.processor = processor
         self.canvas = canvas_size(processor)
         self.patch_size = int(patch_size)
         self.resolution = int(resolution)
-        self.fixation_counts = [int(k) for k in fixation_counts]
-        self.blur_levels = [float(s) for s in blur_levels]
-        self.seed = int(seed)
-        self.skip_bad_samples = skip_bad_samples
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Epoch number mixed into the per-sample randomness (new masks and blur levels each epoch)."""
-        self.epoch = int(epoch)
 
     def _make(self, index: int) -> dict[str, Any]:
         item = self.items[index]
@@ -154,48 +215,25 @@ class AdapterTrainingDataset(torch.utils.data.Dataset):
             image = item.load()
         except Exception as err:  # any decoding/IO failure makes the item bad, whatever the library raised
             raise BadSampleError(f"unreadable image ({type(err).__name__})") from err
-        g = torch.Generator().manual_seed(_sample_seed(self.seed, self.epoch, index))
-        count = self.fixation_counts[int(torch.randint(len(self.fixation_counts), (1,), generator=g))]
-        blur = self.blur_levels[int(torch.randint(len(self.blur_levels), (1,), generator=g))]
+        g, count, blur = self._draw(index)
         frame = EncoderFrame.fit(image.width, image.height, size=self.canvas, patch_size=self.patch_size)
-        if item.scanpath is None:
-            mask = random_patch_mask(count, frame.grid_size, generator=g).ravel()
-        else:
-            if (item.scanpath.width, item.scanpath.height) != (image.width, image.height):
-                raise BadSampleError(
-                    f"scanpath is for a {item.scanpath.width}x{item.scanpath.height} image, file is {image.width}x{image.height}"
-                )
-            xy = item.scanpath.xy[: min(count, len(item.scanpath))]
-            mask = torch.from_numpy(token_mask(xy, frame).ravel())
+        mask = self._mask(item, frame, count, g)
         encoder_pixels = self.processor(images=[frame.crop(image)], return_tensors="pt").pixel_values[0]
-        vae_image = image.resize((self.resolution, self.resolution), Image.Resampling.BICUBIC)
-        pixels = torch.from_numpy(np.asarray(vae_image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
-        return {"pixel_values": pixels, "encoder_pixels": encoder_pixels, "foveal_mask": mask, "blur": blur}
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        skipped: list[str] = []
-        for attempt in range(len(self.items)):
-            i = (index + attempt) % len(self.items)
-            try:
-                sample = self._make(i)
-            except BadSampleError as err:
-                if not self.skip_bad_samples:
-                    raise BadSampleError(f"{self.items[i].key}: {err}") from err
-                skipped.append(str(err).split(" (")[0])
-                continue
-            sample["index"] = i
-            sample["skipped"] = skipped
-            return sample
-        raise BadSampleError("Every item of the training set is unusable; check the data paths.")
+        return {
+            "pixel_values": vae_pixels(image, self.resolution),
+            "encoder_pixels": encoder_pixels,
+            "foveal_mask": mask,
+            "blur": blur,
+        }
 
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack samples into a batch; ``skipped`` becomes a Counter of reasons."""
-    return {
-        "pixel_values": torch.stack([s["pixel_values"] for s in samples]),
-        "encoder_pixels": torch.stack([s["encoder_pixels"] for s in samples]),
-        "foveal_mask": torch.stack([s["foveal_mask"] for s in samples]),
-        "blur": torch.tensor([s["blur"] for s in samples], dtype=torch.float32),
-        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
-        "skipped": Counter(r for s in samples for r in s["skipped"]),
+    """Stack samples into a batch (tensors stacked, ``blur``/``index`` as tensors); ``skipped``
+    becomes a Counter of reasons."""
+    batch: dict[str, Any] = {
+        k: torch.stack([s[k] for s in samples]) for k, v in samples[0].items() if isinstance(v, torch.Tensor)
     }
+    batch["blur"] = torch.tensor([s["blur"] for s in samples], dtype=torch.float32)
+    batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
+    batch["skipped"] = Counter(r for s in samples for r in s["skipped"])
+    return batch

@@ -241,16 +241,26 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
 
     # ---- data
     items, read_dropped = build_items(cfg)
-    dataset = AdapterTrainingDataset(
-        items,
-        processor=pipe.feature_extractor,
-        patch_size=int(pipe.image_encoder.config.patch_size),
-        resolution=cfg.data.resolution,
+    sampling = dict(
         fixation_counts=cfg.data.fixation_counts,
         blur_levels=cfg.data.blur_levels,
         seed=cfg.run.seed,
         skip_bad_samples=cfg.data.skip_bad_samples,
     )
+    if cfg.data.feature_cache:
+        dataset = _prepare_feature_cache(accelerator, pipe, items, cfg, sampling)
+        if cfg.run.cache_only:
+            accelerator.end_training()
+            _destroy_process_group()
+            return out
+    else:
+        dataset = AdapterTrainingDataset(
+            items,
+            processor=pipe.feature_extractor,
+            patch_size=int(pipe.image_encoder.config.patch_size),
+            resolution=cfg.data.resolution,
+            **sampling,
+        )
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.optim.batch_size,
@@ -327,7 +337,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            samples_since += batch["pixel_values"].shape[0]
+            samples_since += batch["blur"].shape[0]
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
@@ -390,21 +400,53 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     return out
 
 
+def _prepare_feature_cache(accelerator, pipe, items, cfg: TrainConfig, sampling: dict):
+    """Run (or finish) the distributed cache pre-pass, then read samples from the cache."""
+    from .feature_cache import CachedFeatureDataset, cache_features, cache_settings, check_cache
+
+    cache_dir = Path(cfg.data.feature_cache)
+    if accelerator.is_main_process:
+        check_cache(cache_dir, cache_settings(pipe, cfg.data.resolution, cfg.data.blur_levels, torch.float16))
+    accelerator.wait_for_everyone()
+    counts = cache_features(
+        pipe,
+        items,
+        cache_dir,
+        resolution=cfg.data.resolution,
+        blur_levels=cfg.data.blur_levels,
+        batch_size=cfg.optim.batch_size,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+        progress=accelerator.is_local_main_process,
+    )
+    logger.info("Feature cache (process %d): %s", accelerator.process_index, dict(counts))
+    accelerator.wait_for_everyone()
+    return CachedFeatureDataset(cache_dir, items, **sampling)
+
+
 def _loss(pipe, model, noise_scheduler, batch, empty_text, cfg, g, weight_dtype, compute_snr) -> torch.Tensor:
-    """One micro-batch: encode (frozen), mask, drop conditions, noise, predict, MSE (fp32)."""
+    """One micro-batch: encode (frozen) or read cached features, mask, drop conditions, noise,
+    predict, MSE (fp32)."""
     device = pipe.unet.device
-    pixels = batch["pixel_values"].to(device, weight_dtype)
-    canvas = batch["encoder_pixels"].to(device, weight_dtype)
     blur = batch["blur"]
-    b = pixels.shape[0]
+    b = blur.shape[0]
     with torch.no_grad():
-        latents = pipe.vae.encode(pixels).latent_dist.sample(generator=g) * pipe.vae.config.scaling_factor
-        sharp = patch_tokens(pipe.image_encoder, canvas)
-        degraded = torch.empty_like(canvas)
-        for s in blur.unique().tolist():  # one down/up per blur level present in the batch
-            idx = (blur == s).nonzero().ravel().to(device)
-            degraded[idx] = peripheral_image(canvas[idx], s)
-        peripheral = patch_tokens(pipe.image_encoder, degraded)
+        if "latent_mean" in batch:  # feature cache: sample the cached posterior, tokens as stored
+            mean, std = batch["latent_mean"].to(device, weight_dtype), batch["latent_std"].to(device, weight_dtype)
+            latents = (mean + std * torch.randn(mean.shape, generator=g, device=device, dtype=mean.dtype))
+            latents = latents * pipe.vae.config.scaling_factor
+            sharp = batch["sharp"].to(device, weight_dtype)
+            peripheral = batch["peripheral"].to(device, weight_dtype)
+        else:
+            pixels = batch["pixel_values"].to(device, weight_dtype)
+            canvas = batch["encoder_pixels"].to(device, weight_dtype)
+            latents = pipe.vae.encode(pixels).latent_dist.sample(generator=g) * pipe.vae.config.scaling_factor
+            sharp = patch_tokens(pipe.image_encoder, canvas)
+            degraded = torch.empty_like(canvas)
+            for s in blur.unique().tolist():  # one down/up per blur level present in the batch
+                idx = (blur == s).nonzero().ravel().to(device)
+                degraded[idx] = peripheral_image(canvas[idx], s)
+            peripheral = patch_tokens(pipe.image_encoder, degraded)
     mask = batch["foveal_mask"].to(device).unsqueeze(-1)
     foveal = sharp * mask.to(sharp.dtype)
     # independent condition dropout by zeroing the stream's tokens (never by scale 0)
