@@ -4,7 +4,9 @@ Subcommands:
 
 * ``render``: scene + one fixation list -> scene hypotheses, a contact sheet and a JSON record;
 * ``convert``: eye-tracking exports (COCO-FreeView, COCO-Search18, CSV) -> canonical scanpath JSONL;
-* ``train``: train the adapters (see :mod:`metamergen.trainer`).
+* ``train``: train the adapters (see :mod:`metamergen.trainer`);
+* ``report``: score table -> figures, contact sheets and an HTML index (:mod:`metamergen.report`);
+* ``analyze``: same/different responses + scores -> the paper's regression analysis (:mod:`metamergen.analysis`).
 """
 
 from __future__ import annotations
@@ -171,9 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     r.set_defaults(func=_render)
 
+    from .analysis import register_analyze_command
     from .converters import register_convert_command
+    from .report import register_report_command
 
     register_convert_command(sub)
+    register_report_command(sub)
+    register_analyze_command(sub)
 
     t = sub.add_parser(
         "train",

@@ -1,0 +1,239 @@
+"""``metamergen report``: summary statistics, figures, contact sheets, index page, errors."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from metamergen.report import (
+    METRIC_INFO,
+    ReportError,
+    bootstrap_ci,
+    foveated_input,
+    register_report_command,
+    summarize_scores,
+    unit_means,
+    write_report,
+)
+
+SCENES = {"s1": (64, 48), "s2": (56, 56)}
+
+
+def _noise(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+
+
+def make_study(folder: Path, metrics=("dreamsim", "clip", "ssim")) -> Path:
+    """2 scenes x 2 conditions x 2 sources x prefixes 1, 2 x 2 hypotheses = 32 rows, tiny PNGs."""
+    (folder / "scenes").mkdir(parents=True)
+    (folder / "images").mkdir()
+    for k, (sid, (w, h)) in enumerate(SCENES.items()):
+        _noise(w, h, k).save(folder / "scenes" / f"{sid}.png")
+    rows = []
+    rng = np.random.default_rng(0)
+    for (sid, (w, h)), cond, src, prefix, hyp in itertools.product(
+        SCENES.items(), ("both", "peripheral"), ("viewer", "random"), (1, 2), (0, 1)
+    ):
+        full = [[10.0, 12.0], [w - 9.0, h - 7.0]] if src == "viewer" else [[w / 2, h / 3], [5.0, h - 5.0]]
+        image_id = f"{sid}-{cond}-{src}-n{prefix}-h{hyp}"
+        _noise(32, 32, len(rows) + 100).save(folder / "images" / f"{image_id}.png")
+        row = dict(
+            image_id=image_id, path=f"images/{image_id}.png", scene=f"scenes/{sid}.png", scene_id=sid,
+            scanpath_id=f"{sid}-subj1", subject="subj1", prefix=prefix, n_fixations=prefix,
+            fixations=json.dumps(full[:prefix]), fixation_source=src, condition=cond, hypothesis=hyp, seed=hyp,
+            foveal_scale=1.2 if cond != "peripheral" else 0.0, peripheral_scale=0.7, peripheral_blur=0.25,
+            guidance="cfg++", guidance_scale=0.6, steps=2, height=32, width=32, model="tiny",
+            model_revision="", metamergen_version="0.1.0.dev0",
+        )
+        base = 0.5 - 0.1 * prefix - (0.1 if cond == "both" else 0.0)
+        for m in metrics:
+            row[m] = base + rng.normal(0, 0.02)
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(folder / "scores.csv", index=False)
+    return folder / "scores.csv"
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("href", "src"):
+                self.links.append(value)
+
+
+# ----------------------------------------------------------------------------------- statistics
+
+
+def test_metric_directions_match_the_metric_classes():
+    from metamergen.metrics import METRICS, DinoCosine
+
+    for name, info in METRIC_INFO.items():
+        cls = DinoCosine if name == "dino" else METRICS[name]
+        assert info.higher_is_similar == cls.higher_is_similar, name
+    assert set(METRIC_INFO) == set(METRICS)
+
+
+def test_unit_means_weight_every_unit_equally():
+    # scene A: four hypotheses at 0, scene B: one at 1 -> mean of unit means 0.5, not 0.2
+    means = unit_means([0, 0, 0, 0, 1, np.nan], ["A", "A", "A", "A", "B", "B"])
+    assert means.tolist() == [0.0, 1.0]
+
+
+def test_bootstrap_ci_matches_exact_enumeration():
+    values = np.array([0.0, 1.0, 2.0, 3.0, 10.0])
+    n = len(values)
+    # the exact bootstrap distribution: all n**n equally likely resamples
+    exact = np.array([values[list(idx)].mean() for idx in itertools.product(range(n), repeat=n)])
+    lo_exact, hi_exact = np.quantile(exact, [0.025, 0.975])
+    mean, lo, hi = bootstrap_ci(values, n_boot=20000, seed=1)
+    assert mean == pytest.approx(3.2)
+    step = 1 / n  # resampled means live on a grid of (sum of values) / n
+    assert abs(lo - lo_exact) <= step + 1e-9 and abs(hi - hi_exact) <= step + 1e-9
+    assert abs(lo - 0.1) > 0.4 and abs(hi - 6.3) > 0.3  # not the normal approximation 3.2 +- 1.96 * 1.58
+    assert bootstrap_ci(values, n_boot=500, seed=3) == bootstrap_ci(values, n_boot=500, seed=3)  # seeded
+    assert np.isnan(bootstrap_ci([4.0])[1]) and bootstrap_ci([4.0])[0] == 4.0  # one unit: no interval
+
+
+def test_summary_resamples_scenes_not_images(tmp_path: Path):
+    table = pd.read_csv(make_study(tmp_path))
+    cell = (table["condition"] == "both") & (table["fixation_source"] == "viewer") & (table["prefix"] == 1)
+    table.loc[cell & (table["scene_id"] == "s1"), "dreamsim"] = 0.0
+    table.loc[cell & (table["scene_id"] == "s2"), "dreamsim"] = 1.0
+    table.loc[cell & (table["scene_id"] == "s2") & (table["hypothesis"] == 1), "dreamsim"] = np.nan
+    s = summarize_scores(table, ["dreamsim"], unit="scene", n_boot=4000, seed=0)
+    row = s[(s["condition"] == "both") & (s["fixation_source"] == "viewer") & (s["prefix"] == "1")].iloc[0]
+    # per-scene means 0 and 1 -> 0.5 (the image mean would be 1/3); resamples of two units: {0, .5, 1}
+    assert row["mean"] == pytest.approx(0.5) and row["n_units"] == 2 and row["n_images"] == 3
+    assert (row["ci_low"], row["ci_high"]) == (0.0, 1.0)
+    img = summarize_scores(table, ["dreamsim"], unit="image", n_boot=100, seed=0)
+    r2 = img[(img["condition"] == "both") & (img["fixation_source"] == "viewer") & (img["prefix"] == "1")].iloc[0]
+    assert r2["mean"] == pytest.approx(1 / 3) and r2["n_units"] == 3
+    assert list(s["condition"].unique()) == ["both", "peripheral"]  # paper order
+
+
+# ---------------------------------------------------------------------------------- foveated view
+
+
+def test_foveated_input_is_sharp_at_the_fixated_patch_and_blurred_elsewhere():
+    scene = _noise(448, 448, 7)  # canvas size: the squash fit is the identity
+    sharp = np.asarray(scene).astype(int)
+    view = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25)).astype(int)
+    patch = (slice(28, 42), slice(14, 28))  # rows of y = 30, columns of x = 20 (14-px patches)
+    assert np.array_equal(view[patch], sharp[patch])
+    outside = np.ones(view.shape[:2], bool)
+    outside[patch] = False
+    assert np.abs(view[outside] - sharp[outside]).mean() > 30  # noise blurred towards grey
+    assert view[outside].std() < 0.5 * sharp[outside].std()
+    periphery = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "peripheral")).astype(int)
+    assert np.array_equal(periphery[outside], view[outside]) and not np.array_equal(periphery[patch], sharp[patch])
+    foveal = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "foveal")).astype(int)
+    assert np.array_equal(foveal[patch], sharp[patch]) and (foveal[outside] == 128).all()
+
+
+def test_foveated_input_maps_fixations_through_the_squash_fit():
+    # x squashed by 2, y stretched by 2; 8x4-pixel noise blocks survive the squash but not s = 1/8
+    blocks = np.asarray(_noise(112, 56, 3))
+    scene = Image.fromarray(np.kron(blocks, np.ones((4, 8, 1), dtype=np.uint8)))
+    sharp = np.asarray(scene).astype(int)
+    view = np.asarray(foveated_input(scene, np.array([[450.0, 100.0]]), 0.125)).astype(int)
+    assert view.shape == sharp.shape
+    # the fixated canvas patch (col 16, row 14) covers image x 448..476, y 98..105
+    near = np.abs(view[99:104, 452:472] - sharp[99:104, 452:472]).mean()
+    far = np.abs(view[20:60, 100:300] - sharp[20:60, 100:300]).mean()
+    assert near < 0.3 * far
+
+
+# ------------------------------------------------------------------------------------- report
+
+
+def test_report_writes_figures_sheets_and_a_resolving_index(tmp_path: Path):
+    scores = make_study(tmp_path / "study")
+    res = write_report(scores, tmp_path / "report", n_boot=200)
+    out = tmp_path / "report"
+    assert sorted(res.figures) == ["clip", "dreamsim", "ssim"]
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["clip.png", "dreamsim.png", "ssim.png"]
+    assert len(res.sheets) == 2 * 2 * 2  # scene x scanpath(1) x condition x source
+    for p in [*res.figures.values(), *res.sheets]:
+        with Image.open(p) as im:
+            assert im.format == "PNG" and im.width > 100
+    with Image.open(out / "sheets" / "s1_s1-subj1_both_viewer.png") as im:
+        # two prefix rows of (scene, foveated input, 2 hypotheses) at 256 px, plus the header
+        assert im.height == 20 + 2 * (256 + 16 + 12)
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 3 * 2 * 2 * 2 and set(summary["n_units"]) == {2}
+    page = (out / "index.html").read_text()
+    parser = _Links()
+    parser.feed(page)
+    assert len(parser.links) >= 3 + 3 + 8 + 1
+    for link in parser.links:
+        assert not link.startswith(("/", "http")), link
+        assert (out / link).is_file(), link
+    assert "lower = more similar" in page and "DS" in page and "bootstrap" in page
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_report_plots_only_the_metric_columns_present(tmp_path: Path):
+    scores = make_study(tmp_path / "study", metrics=("clip",))
+    res = write_report(scores, tmp_path / "r", n_boot=50, sheets=False)
+    assert list(res.figures) == ["clip"] and not (tmp_path / "r" / "sheets").exists()
+    with pytest.raises(ReportError, match=r"\['dreamsim'\].*clip"):
+        write_report(scores, tmp_path / "r2", metrics=["dreamsim"], n_boot=50, sheets=False)
+
+
+def test_report_errors_name_the_missing_column_or_file(tmp_path: Path):
+    scores = make_study(tmp_path / "study")
+    table = pd.read_csv(scores)
+    table.drop(columns=["scanpath_id"]).to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ReportError, match="scanpath_id"):
+        write_report(tmp_path / "bad.csv", tmp_path / "out1", n_boot=10)
+    table.drop(columns=["dreamsim", "clip", "ssim"]).to_csv(tmp_path / "study" / "nometric.csv", index=False)
+    with pytest.raises(ReportError, match="no metric columns"):
+        write_report(tmp_path / "study" / "nometric.csv", tmp_path / "out1", n_boot=10)
+    (tmp_path / "study" / "images" / "s2-both-random-n2-h1.png").unlink()
+    with pytest.raises(ReportError, match=r"(?s)1 image file.*s2-both-random-n2-h1\.png"):
+        write_report(scores, tmp_path / "out2", n_boot=10)
+    assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()  # nothing half-written
+    write_report(scores, tmp_path / "out3", n_boot=10, sheets=False)  # figures need no image files
+
+
+def test_report_root_resolves_relative_paths_and_the_command_runs(tmp_path: Path, capsys):
+    scores = make_study(tmp_path / "study")
+    moved = tmp_path / "elsewhere" / "scores.csv"
+    moved.parent.mkdir()
+    moved.write_bytes(scores.read_bytes())
+    with pytest.raises(ReportError, match="--root"):
+        write_report(moved, tmp_path / "r0", n_boot=10)
+    parser = argparse.ArgumentParser()
+    register_report_command(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", "--scores", str(moved), "--root", str(tmp_path / "study"), "--out",
+                              str(tmp_path / "r"), "--metrics", "dreamsim,clip", "--n-boot", "50", "--max-sheets", "3"])
+    assert args.func(args) == 0
+    assert "3 contact sheet(s)" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "r" / "figures").iterdir()) == ["clip.png", "dreamsim.png"]
+    args = parser.parse_args(["report", "--scores", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "r")])
+    with pytest.raises(SystemExit, match="error: No table"):
+        args.func(args)
+
+
+def test_parquet_table_with_whole_scanpath_rows(tmp_path: Path):
+    scores = make_study(tmp_path / "study", metrics=("dreamsim",))
+    table = pd.read_csv(scores)
+    table["prefix"] = table["prefix"].astype("Int64")
+    table.loc[table["prefix"] == 2, "prefix"] = pd.NA  # empty prefix = the whole scanpath
+    table.to_parquet(tmp_path / "study" / "scores.parquet")
+    res = write_report(tmp_path / "study" / "scores.parquet", tmp_path / "r", n_boot=50)
+    summary = pd.read_csv(tmp_path / "r" / "summary.csv", dtype={"prefix": str})
+    assert sorted(summary["prefix"].unique()) == ["1", "all"]
+    assert "all" in (tmp_path / "r" / "index.html").read_text() and len(res.sheets) == 8
