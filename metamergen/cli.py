@@ -3,6 +3,8 @@
 Subcommands:
 
 * ``render``: scene + one fixation list -> scene hypotheses, a contact sheet and a JSON record;
+* ``generate``: scenes + scanpaths -> a study's hypotheses and manifest (:mod:`metamergen.study`);
+* ``score``: manifest -> similarity table (DreamSim, CLIP, weight-free levels; :mod:`metamergen.scoring`);
 * ``convert``: eye-tracking exports (COCO-FreeView, COCO-Search18, CSV) -> canonical scanpath JSONL;
 * ``train``: train the adapters (see :mod:`metamergen.trainer`);
 * ``report``: score table -> figures, contact sheets and an HTML index (:mod:`metamergen.report`);
@@ -176,10 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .analysis import register_analyze_command
     from .converters import register_convert_command
     from .report import register_report_command
+    from .scoring import register_score_command
+    from .study import register_generate_command
 
-    register_convert_command(sub)
+    register_generate_command(sub)
+    register_score_command(sub)
     register_report_command(sub)
     register_analyze_command(sub)
+    register_convert_command(sub)
 
     t = sub.add_parser(
         "train",

@@ -1,0 +1,14 @@
+"""Score a study's generations against their scenes (same as ``metamergen score``).
+
+    python inference/score.py --manifest outputs/study/manifest.jsonl --out outputs/study/scores.csv \
+        --dreamsim-cache ~/.cache/metamergen/dreamsim --device cuda
+
+The work is done by :mod:`metamergen.scoring`.
+"""
+
+import sys
+
+from metamergen.scoring import main
+
+if __name__ == "__main__":
+    sys.exit(main())
