@@ -95,6 +95,10 @@ class OptimConfig:
     #: Min-SNR loss weighting gamma (None = plain MSE, the paper's implied loss).
     snr_gamma: float | None = None
     noise_offset: float = 0.0
+    #: Train on timesteps in [min_timestep, max_timestep) only (diffusers' examples call this
+    #: timestep_bias_strategy="range"). Default: the full range, as the paper.
+    min_timestep: int = 0
+    max_timestep: int | None = None
     #: EMA of the adapter weights (None = off); the exported weights are the EMA ones when on.
     ema_decay: float | None = None
 

@@ -459,7 +459,8 @@ def _loss(pipe, model, noise_scheduler, batch, empty_text, cfg, g, weight_dtype,
         noise = noise + cfg.optim.noise_offset * torch.randn(
             (b, latents.shape[1], 1, 1), generator=g, device=device, dtype=latents.dtype
         )
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (b,), generator=g, device=device).long()
+    t_max = cfg.optim.max_timestep or noise_scheduler.config.num_train_timesteps
+    t = torch.randint(cfg.optim.min_timestep, t_max, (b,), generator=g, device=device).long()
     noisy = noise_scheduler.add_noise(latents, noise, t)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, t)
