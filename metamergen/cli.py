@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -53,29 +54,74 @@ def _parse_fixations(text: str) -> np.ndarray:
     return arr
 
 
-def _load_pipeline(args: argparse.Namespace):
+# ----------------------------------------------------------------------------- model choice (shared by commands)
+
+_TINY_MODEL = "tiny-random"
+_SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model / --adapters (+ --base-model, --image-encoder) / --tiny``, ``--revision``, ``--device``, ``--dtype``."""
+    from .pipeline import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER
+
+    model = parser.add_argument_group("model (one of)")
+    model.add_argument("--model", help="folder or hub id of a saved MetamerGenPipeline")
+    model.add_argument("--adapters", help="trained adapters (folder or repo id), assembled with --base-model and --image-encoder")
+    model.add_argument("--tiny", action="store_true", help="tiny random offline model (tests the machinery; images are noise)")
+    parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help=f"Stable Diffusion id or folder (default {DEFAULT_BASE_MODEL})")
+    parser.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER, help=f"DINOv2 id or folder (default {DEFAULT_IMAGE_ENCODER})")
+    parser.add_argument("--revision", default=None, help="hub revision of --model (recorded; default: the commit of a hub-cache snapshot folder, else unknown)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+
+
+def load_pipeline_from_args(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """Load the pipeline :func:`add_model_arguments` describes.
+
+    Returns
+    -------
+    pipe, model, model_revision
+        The pipeline on ``args.device``, the model description recorded in manifests
+        (``"tiny-random"``, the ``--model`` string, or ``adapters=...;base=...;image_encoder=...``)
+        and its revision (``None`` if unknown).
+    """
     import torch
 
     from .pipeline import MetamerGenPipeline
 
     dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
+    check_model_choice(args)
     if args.tiny:
         from .testing import tiny_pipeline
 
         print(TINY_WARNING, file=sys.stderr)
-        pipe = tiny_pipeline(seed=0)
+        pipe, model, revision = tiny_pipeline(seed=0), _TINY_MODEL, None
     elif args.model:
-        pipe = MetamerGenPipeline.from_pretrained(args.model, torch_dtype=dtype)
-    elif args.adapters:
-        pipe = MetamerGenPipeline.from_base_models(
-            args.base_model, args.image_encoder, args.adapters, torch_dtype=dtype
-        )
+        kw = {"revision": args.revision} if args.revision else {}
+        pipe = MetamerGenPipeline.from_pretrained(args.model, torch_dtype=dtype, **kw)
+        match = _SNAPSHOT.search(str(Path(args.model).expanduser().resolve())) if Path(args.model).exists() else None
+        model, revision = args.model, args.revision or (match.group(1) if match else None)
     else:
+        pipe = MetamerGenPipeline.from_base_models(args.base_model, args.image_encoder, args.adapters, torch_dtype=dtype)
+        model = f"adapters={args.adapters};base={args.base_model};image_encoder={args.image_encoder}"
+        match = _SNAPSHOT.search(str(Path(args.adapters).expanduser().resolve())) if Path(args.adapters).exists() else None
+        revision = match.group(1) if match else None
+    return pipe.to(args.device), model, revision
+
+
+def check_model_choice(args: argparse.Namespace) -> None:
+    """Exit with a clear message unless exactly one of ``--model``, ``--adapters``, ``--tiny`` is given."""
+    n = sum(bool(x) for x in (args.tiny, args.model, args.adapters))
+    if n > 1:
+        raise SystemExit("error: give only one of --model, --adapters, --tiny.")
+    if n == 0:
         raise SystemExit(
             "error: say which model to use: --model <saved pipeline folder>, --adapters <trained adapters> "
             "(with --base-model/--image-encoder), or --tiny for the offline random test model."
         )
-    return pipe.to(args.device)
+    if args.revision and not args.model:
+        raise SystemExit("error: --revision applies to --model only.")
+
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -97,7 +143,7 @@ def _render(args: argparse.Namespace) -> int:
         _parse_fixations(args.fixations), width=image.width, height=image.height, off_image=args.off_image,
         image=str(args.image),
     )
-    pipe = _load_pipeline(args)
+    pipe, model, revision = load_pipeline_from_args(args)
     scene = pipe.encode_scene(image, peripheral_blur=args.peripheral_blur)
     generators = [torch.Generator().manual_seed(args.seed + i) for i in range(args.num_images)]
     out = pipe(
@@ -126,7 +172,8 @@ def _render(args: argparse.Namespace) -> int:
     record = {
         "image": str(args.image),
         "fixations": scanpath.xy.tolist(),
-        "model": "tiny-random" if args.tiny else (args.model or {"base": args.base_model, "image_encoder": args.image_encoder, "adapters": args.adapters}),
+        "model": model,
+        "model_revision": revision,
         "seeds": [args.seed + i for i in range(args.num_images)],
         "steps": args.steps,
         "guidance": args.guidance,
@@ -143,8 +190,6 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER
-
     parser = argparse.ArgumentParser(
         prog="metamergen",
         description="MetamerGen: render what a viewer could believe they saw after a few fixations "
@@ -156,12 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--image", required=True, help="the scene image file")
     r.add_argument("--fixations", default="", help="'x,y;x,y' in pixels of the image, or a .json file of [[x, y], ...]; empty = periphery only")
     r.add_argument("--out", required=True, help="output folder")
-    model = r.add_argument_group("model (one of)")
-    model.add_argument("--model", help="folder of a saved MetamerGenPipeline")
-    model.add_argument("--adapters", help="trained adapters (folder or repo id), assembled with --base-model and --image-encoder")
-    model.add_argument("--tiny", action="store_true", help="tiny random offline model (tests the machinery; images are noise)")
-    r.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help=f"Stable Diffusion id or folder (default {DEFAULT_BASE_MODEL})")
-    r.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER, help=f"DINOv2 id or folder (default {DEFAULT_IMAGE_ENCODER})")
+    add_model_arguments(r)
     r.add_argument("--num-images", type=int, default=4, help="hypotheses to render (default 4)")
     r.add_argument("--seed", type=int, default=0, help="seed of the first hypothesis; hypothesis i uses seed + i")
     r.add_argument("--steps", type=int, default=50, help="DDIM steps (paper: 50)")
@@ -171,8 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--peripheral-scale", type=float, default=0.7, help="λ_p (paper: 0.7; 0 = peripheral stream off)")
     r.add_argument("--peripheral-blur", type=float, default=0.25, help="down/up scale s in (0, 1] (paper figures: 0.25)")
     r.add_argument("--off-image", choices=["drop", "clip", "error"], default="drop", help="fixations outside the image")
-    r.add_argument("--device", default="cpu", help="torch device, e.g. cuda")
-    r.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     r.set_defaults(func=_render)
 
     from .analysis import register_analyze_command

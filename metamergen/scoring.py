@@ -351,7 +351,7 @@ def _score_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {err}") from None
     pipe = None
     if "dino" in names:
-        from .study import load_pipeline_from_args
+        from .cli import load_pipeline_from_args
 
         ns = argparse.Namespace(
             tiny=args.tiny, model=args.model, adapters=None, revision=None, dtype=args.dtype,

@@ -63,6 +63,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .cli import add_model_arguments, check_model_choice, load_pipeline_from_args
 from .data import read_info, read_scanpaths, resolve_image
 from .fixations import OffImagePolicy, Scanpath, matched_random
 from .guidance import DEFAULT_GUIDANCE
@@ -77,10 +78,7 @@ __all__ = [
     "StudyRunSummary",
     "StudyScene",
     "StudySettings",
-    "add_model_arguments",
-    "check_model_choice",
     "load_fixation_list_scene",
-    "load_pipeline_from_args",
     "load_scanpath_scenes",
     "main",
     "output_size",
@@ -740,74 +738,6 @@ def run_study(
 
 
 # --------------------------------------------------------------------------- command line
-
-_TINY_MODEL = "tiny-random"
-_SNAPSHOT = re.compile(r"snapshots[/\\]([0-9a-f]{40})(?:[/\\]|$)")
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--model / --adapters (+ --base-model, --image-encoder) / --tiny``, ``--revision``, ``--device``, ``--dtype``."""
-    from .pipeline import DEFAULT_BASE_MODEL, DEFAULT_IMAGE_ENCODER
-
-    model = parser.add_argument_group("model (one of)")
-    model.add_argument("--model", help="folder or hub id of a saved MetamerGenPipeline")
-    model.add_argument("--adapters", help="trained adapters (folder or repo id), assembled with --base-model and --image-encoder")
-    model.add_argument("--tiny", action="store_true", help="tiny random offline model (tests the machinery; images are noise)")
-    parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help=f"Stable Diffusion id or folder (default {DEFAULT_BASE_MODEL})")
-    parser.add_argument("--image-encoder", default=DEFAULT_IMAGE_ENCODER, help=f"DINOv2 id or folder (default {DEFAULT_IMAGE_ENCODER})")
-    parser.add_argument("--revision", default=None, help="hub revision of --model (recorded; default: the commit of a hub-cache snapshot folder, else unknown)")
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-
-
-def load_pipeline_from_args(args: argparse.Namespace) -> tuple[Any, str, str | None]:
-    """Load the pipeline :func:`add_model_arguments` describes.
-
-    Returns
-    -------
-    pipe, model, model_revision
-        The pipeline on ``args.device``, the model description recorded in manifests
-        (``"tiny-random"``, the ``--model`` string, or ``adapters=...;base=...;image_encoder=...``)
-        and its revision (``None`` if unknown).
-    """
-    import torch
-
-    from .pipeline import MetamerGenPipeline
-
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype]
-    check_model_choice(args)
-    if args.tiny:
-        from .cli import TINY_WARNING
-        from .testing import tiny_pipeline
-
-        print(TINY_WARNING, file=sys.stderr)
-        pipe, model, revision = tiny_pipeline(seed=0), _TINY_MODEL, None
-    elif args.model:
-        kw = {"revision": args.revision} if args.revision else {}
-        pipe = MetamerGenPipeline.from_pretrained(args.model, torch_dtype=dtype, **kw)
-        match = _SNAPSHOT.search(str(Path(args.model).expanduser().resolve())) if Path(args.model).exists() else None
-        model, revision = args.model, args.revision or (match.group(1) if match else None)
-    else:
-        pipe = MetamerGenPipeline.from_base_models(args.base_model, args.image_encoder, args.adapters, torch_dtype=dtype)
-        model = f"adapters={args.adapters};base={args.base_model};image_encoder={args.image_encoder}"
-        match = _SNAPSHOT.search(str(Path(args.adapters).expanduser().resolve())) if Path(args.adapters).exists() else None
-        revision = match.group(1) if match else None
-    return pipe.to(args.device), model, revision
-
-
-def check_model_choice(args: argparse.Namespace) -> None:
-    """Exit with a clear message unless exactly one of ``--model``, ``--adapters``, ``--tiny`` is given."""
-    n = sum(bool(x) for x in (args.tiny, args.model, args.adapters))
-    if n > 1:
-        raise SystemExit("error: give only one of --model, --adapters, --tiny.")
-    if n == 0:
-        raise SystemExit(
-            "error: say which model to use: --model <saved pipeline folder>, --adapters <trained adapters> "
-            "(with --base-model/--image-encoder), or --tiny for the offline random test model."
-        )
-    if args.revision and not args.model:
-        raise SystemExit("error: --revision applies to --model only.")
-
 
 def _parse_prefixes(text: str) -> tuple[int | None, ...]:
     out: list[int | None] = []
