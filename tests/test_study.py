@@ -217,8 +217,10 @@ def test_resume_after_interruption_and_deleted_files(study, pipe, tmp_path):
     rows = read_manifest(tmp_path / MANIFEST_NAME)
     assert sorted(r["image_id"] for r in rows) == sorted(j.image_id for j in jobs)
     assert {r["image_id"] for r in rows[-3:]} == redone
-    for job in jobs:  # resumed images are the same bytes as uninterrupted ones
-        assert (tmp_path / job.path).read_bytes() == (study["root"] / "out" / job.path).read_bytes()
+    for job in jobs:  # resumed images equal uninterrupted ones (batches differ, so allow a rounding flip)
+        resumed = np.asarray(Image.open(tmp_path / job.path), dtype=np.int16)
+        original = np.asarray(Image.open(study["root"] / "out" / job.path), dtype=np.int16)
+        assert np.abs(resumed - original).max() <= 1
     # nothing left to do: no encode, no call
     again = CountingPipe(pipe)
     assert run_study(again, jobs, tmp_path, progress=False).generated == 0
