@@ -281,7 +281,7 @@ def read_scanpaths(
         listed = ", ".join(map(str, bad[:_MAX_LISTED])) + (", ..." if len(bad) > _MAX_LISTED else "")
         warnings.warn(
             f"{path}: skipped {len(bad)} malformed lines (lines {listed}); first problem: "
-            f"{first_error}. Read with strict=True to stop at the first one.",
+            f"{first_error.rstrip('.')}. Read with strict=True to stop at the first one.",
             UserWarning,
             stacklevel=2,
         )

@@ -40,6 +40,11 @@ class ModelConfig:
     resampler_hidden_dim: int = 768
     resampler_depth: int = 4
     resampler_heads: int = 12
+    #: LoRA rank on the UNet's attention projections (peft); 0 = off, as the paper (adapters only).
+    #: The LoRA is merged into the exported UNet and also saved alone (diffusers' LoRA format).
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
 
 
 @dataclass

@@ -47,10 +47,14 @@ class AdapterTrainingModel(nn.Module):
     DDP neither broadcasts nor tracks its ~860M frozen parameters). One forward uses every
     trainable parameter: both resamplers and, through the UNet's processors, all new K/V."""
 
-    def __init__(self, unet: nn.Module, adapters: MetamerGenAdapters) -> None:
+    def __init__(
+        self, unet: nn.Module, adapters: MetamerGenAdapters, extra_parameters: Sequence[nn.Parameter] = ()
+    ) -> None:
         super().__init__()
         self.adapters = adapters
         self._unet = [unet]  # a list hides it from nn.Module registration
+        # trainable parameters living inside the UNet (LoRA), registered so DDP syncs them too
+        self.unet_trainable = nn.ParameterList(extra_parameters)
 
     def forward(
         self,
@@ -164,6 +168,46 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int 
     return final
 
 
+def _add_lora(unet: nn.Module, cfg: TrainConfig) -> list[nn.Parameter]:
+    """Attach a peft LoRA to the UNet's attention projections; returns its (fp32) parameters."""
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    rank = cfg.model.lora_rank
+    unet.add_adapter(
+        LoraConfig(
+            r=rank,
+            lora_alpha=cfg.model.lora_alpha or rank,
+            init_lora_weights="gaussian",
+            target_modules=list(cfg.model.lora_targets),
+        )
+    )
+    lora = [p for n, p in unet.named_parameters() if "lora_" in n]
+    for p in lora:
+        p.requires_grad_(True)
+    cast_training_params(unet, dtype=torch.float32)
+    return lora
+
+
+def _export_lora(pipe: MetamerGenPipeline, output_dir: Path) -> None:
+    """Save the UNet LoRA alone (diffusers' format, loadable with ``load_lora_weights``), then
+    merge it into the UNet so the exported pipeline needs no peft."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    tmp, final = output_dir / ".unet_lora.tmp", output_dir / "unet_lora"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    pipe.unet.fuse_lora()
+    pipe.unet.unload_lora()
+
+
 def _export(pipe: MetamerGenPipeline, output_dir: Path) -> None:
     """Final outputs: a loadable pipeline folder and the adapters alone, each renamed into place."""
     for name, save in (("pipeline", pipe.save_pretrained), ("adapters", pipe.adapters.save_pretrained)):
@@ -234,9 +278,11 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         if module.dtype != weight_dtype and module is not pipe.adapters:  # diffusers' to(dtype) always warns
             module.to(dtype=weight_dtype)
     cast_training_params(pipe.adapters, dtype=torch.float32)  # the UNet cast above touched the shared K/V
+    lora_params = _add_lora(pipe.unet, cfg) if cfg.model.lora_rank else []
+    params = params + lora_params
     if cfg.run.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    model = AdapterTrainingModel(pipe.unet, pipe.adapters)
+    model = AdapterTrainingModel(pipe.unet, pipe.adapters, lora_params)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # ---- data
@@ -374,7 +420,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     for part in gather_object([dict(skipped)]):
         all_skipped.update(part)
     all_skipped.update(read_dropped)
-    checksum = float(sum(p.detach().double().sum() for p in pipe.adapters.parameters()))
+    checksum = float(sum(p.detach().double().sum() for p in params))
     checksums = gather_object([checksum])
     ranks_dir = out / "ranks"
     if cfg.run.record_sample_ids:
@@ -392,6 +438,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         atomic_write(out / "data_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
         if all_skipped:
             logger.warning("Skipped during training: %s", ", ".join(f"{k}: {v}" for k, v in all_skipped.items()))
+        if cfg.model.lora_rank:
+            _export_lora(pipe, out)
         _export(pipe, out)
         logger.info("Saved the trained pipeline to %s and the adapters to %s.", out / "pipeline", out / "adapters")
     accelerator.wait_for_everyone()

@@ -130,7 +130,12 @@ def test_single_process_run_exports_a_loadable_pipeline_and_reports_bad_data(tmp
     images = tmp_path / "img"
     write_images(images, 6)
     (images / "corrupt.jpg").write_bytes(b"\x00garbage")
-    out = train(tiny_config(tmp_path, images))
+    out = train(tiny_config(
+        tmp_path, images, "run.validation_steps=2", f"run.validation_images=[{images / '001.png'}]",
+        "run.validation_fixations=[[[5, 5]]]", "run.validation_num_inference_steps=2",
+    ))
+    assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-0000002", "step-0000004"]
+    assert (out / "validation" / "step-0000004" / "00.png").is_file()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not list(out.glob(".*tmp"))
     report = json.loads((out / "data_report.json").read_text())
@@ -258,3 +263,28 @@ def test_training_lowers_the_loss_on_a_fixed_synthetic_set(tmp_path: Path):
     out = train(cfg)
     after = fixed_loss(MetamerGenPipeline.from_pretrained(out / "pipeline"))
     assert after < 0.9 * before, (before, after)  # measured here: 1.114 -> 0.976
+
+
+def test_optional_lora_trains_and_is_merged_into_the_export(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from metamergen.testing import tiny_pipeline
+    from metamergen.trainer import train
+
+    images = tmp_path / "img"
+    write_images(images, 4)
+    out = train(tiny_config(tmp_path, images, "model.lora_rank=4", "run.checkpointing_steps=2"))
+    lora = load_file(out / "unet_lora" / "pytorch_lora_weights.safetensors")
+    assert lora and all("lora" in k for k in lora)
+    exported = load_file(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not [k for k in exported if "lora" in k]  # merged: a plain UNet
+    original = tiny_pipeline(seed=0)
+    original.adapters.uninstall(original.unet)
+    base = original.unet.state_dict()
+    changed = [k for k in base if k.endswith("attn1.to_q.weight") and not torch.equal(base[k], exported[k])]
+    assert changed  # the merged LoRA moved the attention weights
+    frozen = [k for k in base if "conv" in k and k in exported]
+    assert frozen and all(torch.equal(base[k], exported[k]) for k in frozen)  # nothing else trained
+    pipe = MetamerGenPipeline.from_pretrained(out / "pipeline")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe(Image.open(images / "000.png"), [[5, 5]], num_inference_steps=2, output_type="np").images.shape[0] == 1
