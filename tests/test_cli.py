@@ -49,3 +49,34 @@ def test_render_errors_are_clear(tmp_path: Path):
     with pytest.raises(SystemExit, match="x,y;x,y"):
         main(["render", "--tiny", "--image", str(SCENE), "--fixations", "1,a", "--out", str(tmp_path)])
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_study_chain_generate_score_report(tmp_path: Path, capsys):
+    """The README's study walkthrough, end to end on the tiny model and a tiny offline CLIP."""
+    from transformers import CLIPConfig, CLIPModel
+
+    clip = CLIPModel(CLIPConfig(
+        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=8,
+    ))
+    clip.save_pretrained(tmp_path / "clip")
+    fix = tmp_path / "f.json"
+    fix.write_text("[[135, 150], [235, 255], [412, 250]]")
+    gen = tmp_path / "gen"
+    assert main(["generate", "--tiny", "--image", str(SCENE), "--fixations", str(fix), "--out", str(gen),
+                 "--prefixes", "1,3", "--conditions", "both,peripheral", "--random-control", "--steps", "2",
+                 "--no-progress"]) == 0
+    scores = tmp_path / "tables" / "scores.csv"
+    assert main(["score", "--manifest", str(gen / "manifest.jsonl"), "--metrics", "psnr,ssim,clip",
+                 "--clip-model", str(tmp_path / "clip"), "--device", "cpu", "--out", str(scores), "--no-progress"]) == 0
+    assert main(["report", "--scores", str(scores), "--out", str(tmp_path / "report")]) == 0
+    import csv
+
+    rows = list(csv.DictReader(scores.open()))
+    assert len(rows) == 2 * 2 * 2  # prefixes x conditions x (viewer, random)
+    assert {r["condition"] for r in rows} == {"both", "peripheral"} and all(r["clip"] for r in rows)
+    report = tmp_path / "report"
+    assert (report / "index.html").is_file() and (report / "figures" / "psnr.png").is_file()
+    assert len(list((report / "sheets").glob("*.png"))) == 4  # (condition x source) for the one scanpath
