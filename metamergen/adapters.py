@@ -21,7 +21,8 @@ A stream whose scale is 0 is skipped by the processor (stream off); to drop a st
 
 from __future__ import annotations
 
-from typing import Literal
+from contextlib import contextmanager
+from typing import Iterator, Literal
 
 import torch
 from diffusers import ModelMixin
@@ -238,6 +239,15 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         for name in self.config.layer_names:
             procs[name].scale = [float(foveal), float(peripheral)]
 
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        """All parameters the paper trains: both resamplers and the new K/V projections."""
-        return list(self.parameters())
+    @contextmanager
+    def scaled(self, unet: nn.Module, foveal: float, peripheral: float) -> Iterator[None]:
+        """Set the stream scales for the duration of a ``with`` block, then restore the previous
+        ones (so a render inside training does not change the scales training runs with)."""
+        procs = unet.attn_processors
+        before = [list(procs[n].scale) for n in self.config.layer_names]
+        self.set_scale(unet, foveal, peripheral)
+        try:
+            yield
+        finally:
+            for name, scale in zip(self.config.layer_names, before):
+                procs[name].scale = scale

@@ -232,9 +232,12 @@ def token_mask(
     if len(xy) == 0:
         return mask
     canvas = frame.to_canvas(xy)
-    cols = np.floor(canvas[:, 0] / frame.patch_size).astype(np.int64)
-    rows = np.floor(canvas[:, 1] / frame.patch_size).astype(np.int64)
-    inside = (cols >= 0) & (cols < g) & (rows >= 0) & (rows < g)
+    # "inside" is decided in image pixels against the box: a point just below the box edge can
+    # round onto the canvas edge (e.g. x = nextafter(800, 0) -> 448.0), which is still the last cell
+    left, top, right, bottom = frame.box
+    inside = (xy[:, 0] >= left) & (xy[:, 0] < right) & (xy[:, 1] >= top) & (xy[:, 1] < bottom)
+    cols = np.clip(np.floor(canvas[:, 0] / frame.patch_size), 0, g - 1).astype(np.int64)
+    rows = np.clip(np.floor(canvas[:, 1] / frame.patch_size), 0, g - 1).astype(np.int64)
     mask[rows[inside], cols[inside]] = True
     if radius_px:
         centers = frame.patch_centers()  # (g*g, 2) image px

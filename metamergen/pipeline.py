@@ -552,20 +552,20 @@ class MetamerGenPipeline(DiffusionPipeline):
         latents = latents * self.scheduler.init_noise_sigma
 
         # ---- denoising loop
-        self.adapters.set_scale(self.unet, foveal_scale, peripheral_scale)
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_in = torch.cat([latents, latents]) if do_uncond else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            eps = self.unet(model_in, t, encoder_hidden_states=hidden).sample
-            if guidance == "cfg++":
-                eps_u, eps_c = eps.chunk(2)
-                latents = cfgpp_ddim_step(self.scheduler, eps_u, eps_c, t, latents, guidance_scale)
-            else:
-                if do_uncond:
+        with self.adapters.scaled(self.unet, foveal_scale, peripheral_scale):
+            for t in self.progress_bar(self.scheduler.timesteps):
+                model_in = torch.cat([latents, latents]) if do_uncond else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                eps = self.unet(model_in, t, encoder_hidden_states=hidden).sample
+                if guidance == "cfg++":
                     eps_u, eps_c = eps.chunk(2)
-                    eps = eps_u + guidance_scale * (eps_c - eps_u)
-                step_kw = {"eta": eta, "generator": generator} if isinstance(self.scheduler, DDIMScheduler) else {}
-                latents = self.scheduler.step(eps, t, latents, **step_kw).prev_sample
+                    latents = cfgpp_ddim_step(self.scheduler, eps_u, eps_c, t, latents, guidance_scale)
+                else:
+                    if do_uncond:
+                        eps_u, eps_c = eps.chunk(2)
+                        eps = eps_u + guidance_scale * (eps_c - eps_u)
+                    step_kw = {"eta": eta, "generator": generator} if isinstance(self.scheduler, DDIMScheduler) else {}
+                    latents = self.scheduler.step(eps, t, latents, **step_kw).prev_sample
 
         # ---- decode
         if output_type == "latent":

@@ -283,6 +283,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     if cfg.run.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
     model = AdapterTrainingModel(pipe.unet, pipe.adapters, lora_params)
+    pipe.adapters.set_scale(pipe.unet, 1.0, 1.0)  # training runs both streams at scale 1 (renders restore it)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
 
     # ---- data

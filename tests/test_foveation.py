@@ -175,3 +175,12 @@ def test_foveal_crop_keeps_pixels_inside_the_windows_only():
     out = foveal_crop(pixels, np.array([[100.0, 200.0]]), f, radius_px=10)
     assert out[:, 200, 100].eq(1).all() and out[:, 200, 115].eq(0).all()
     assert int(out[0].sum()) == pytest.approx(np.pi * 10**2, rel=0.1)
+
+
+@pytest.mark.parametrize("size", [(800, 600), (100, 100), (25, 50), (1680, 1050)])
+def test_fixations_clipped_to_the_border_still_mark_the_edge_patch(size):
+    # clip puts them at nextafter(width, 0), which can round to exactly the canvas edge
+    w, h = size
+    xy = np.array([[np.nextafter(w, 0), np.nextafter(h, 0)], [0.0, np.nextafter(h, 0)]])
+    assert cells(token_mask(xy, EncoderFrame.fit(w, h))) == {(31, 31), (31, 0)}  # squash: the corners
+    assert len(cells(token_mask(xy, EncoderFrame.fit(w, h, mode="letterbox")))) == 2

@@ -50,6 +50,13 @@ def test_output_types_and_aspect_following_size(pipe):
         pipe(scene, [[10, 10]], num_inference_steps=1, height=15, width=24)
 
 
+def test_a_render_leaves_the_stream_scales_as_they_were(pipe):
+    pipe.adapters.set_scale(pipe.unet, 1.0, 1.0)
+    render(pipe, make_scene(), [[10, 10]], foveal_scale=1.2, peripheral_scale=0.0, generator=gens(0))
+    scales = {tuple(p.scale) for n, p in pipe.unet.attn_processors.items() if n in pipe.adapters.config.layer_names}
+    assert scales == {(1.0, 1.0)}
+
+
 def test_same_seed_same_bytes_different_seed_different_image(pipe):
     scene = make_scene()
     a = render(pipe, scene, [[10, 10]], generator=gens(7))
