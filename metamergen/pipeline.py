@@ -87,7 +87,9 @@ class MetamerGenPipeline(DiffusionPipeline):
         UNet's cross-attention on construction.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->adapters->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    # the resamplers run outside any offloaded forward; the adapters are small, keep them on device
+    _exclude_from_cpu_offload = ["adapters"]
 
     def __init__(
         self,
@@ -166,7 +168,9 @@ class MetamerGenPipeline(DiffusionPipeline):
         scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler", **kw)
         encoder = AutoModel.from_pretrained(image_encoder, **dtype_kw, **kw)
         if isinstance(adapters, MetamerGenAdapters):
-            adapter_module = adapters
+            adapter_module = adapters.to(unet.device)
+            if adapter_module.dtype != unet.dtype:  # the K/V live inside the UNet's attention
+                adapter_module = adapter_module.to(dtype=unet.dtype)
         elif adapters is None:
             adapter_module = MetamerGenAdapters.from_unet(
                 unet, image_embed_dim=encoder.config.hidden_size, **(adapter_config or {})
@@ -184,6 +188,27 @@ class MetamerGenPipeline(DiffusionPipeline):
             feature_extractor=dinov2_processor(encoder_resolution),
             adapters=adapter_module,
         )
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> MetamerGenPipeline:
+        """Load a saved MetamerGen pipeline from a local folder or a hub repo id.
+
+        A repo id is first downloaded whole with ``huggingface_hub.snapshot_download`` (diffusers'
+        own download step looks for a code file for the third-party ``adapters`` component and
+        fails), then loaded as a local folder. Other keyword arguments are diffusers' own.
+        """
+        path = pretrained_model_name_or_path
+        if not os.path.isdir(path):
+            from huggingface_hub import snapshot_download
+
+            path = snapshot_download(
+                str(path),
+                revision=kwargs.pop("revision", None),
+                cache_dir=kwargs.get("cache_dir"),
+                token=kwargs.get("token"),
+                local_files_only=kwargs.get("local_files_only", False),
+            )
+        return super().from_pretrained(path, **kwargs)
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs: Any) -> None:
         """Save every component; the UNet is saved without the adapter processors (the adapters

@@ -143,8 +143,9 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def _save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int | None) -> Path:
+def _save_checkpoint(accelerator, output_dir: Path, state: dict[str, int], total_limit: int | None) -> Path:
     """accelerate state written to a temporary folder, then renamed: never half-written."""
+    step = state["global_step"]
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp"
     if accelerator.is_main_process and tmp.exists():
@@ -153,7 +154,7 @@ def _save_checkpoint(accelerator, output_dir: Path, step: int, total_limit: int 
     accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / "train_state.json").write_text(json.dumps({"global_step": step}))
+        (tmp / "train_state.json").write_text(json.dumps(state))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -189,35 +190,45 @@ def _add_lora(unet: nn.Module, cfg: TrainConfig) -> list[nn.Parameter]:
     return lora
 
 
-def _export_lora(pipe: MetamerGenPipeline, output_dir: Path) -> None:
-    """Save the UNet LoRA alone (diffusers' format, loadable with ``load_lora_weights``), then
-    merge it into the UNet so the exported pipeline needs no peft."""
-    from diffusers import StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
+def _export(trained: MetamerGenPipeline, cfg: TrainConfig, output_dir: Path) -> None:
+    """Final outputs, each written to a temporary folder and renamed into place: ``pipeline/``
+    (loadable with ``MetamerGenPipeline.from_pretrained``), ``adapters/`` and, with LoRA,
+    ``unet_lora/`` (diffusers' LoRA format, loadable with ``load_lora_weights``).
 
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
-    tmp, final = output_dir / ".unet_lora.tmp", output_dir / "unet_lora"
+    Training keeps the frozen models in the mixed-precision dtype, so the exported pipeline is
+    rebuilt from the original (fp32) frozen weights plus the trained adapters, and a LoRA is merged
+    into those fp32 weights rather than into rounded ones (the export then needs no peft).
+    """
+    if trained.unet.dtype == torch.float32 and not cfg.model.lora_rank:
+        export = trained
+    else:
+        export = load_training_pipeline(cfg)
+        export.adapters.load_state_dict({k: v.float().cpu() for k, v in trained.adapters.state_dict().items()})
+    if cfg.model.lora_rank:
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+        lora_state = {k: v.float().cpu() for k, v in get_peft_model_state_dict(trained.unet).items()}
+        _add_lora(export.unet, cfg)
+        set_peft_model_state_dict(export.unet, lora_state)
+        layers = convert_state_dict_to_diffusers(lora_state)
+        _replace_dir(output_dir / "unet_lora", lambda d: StableDiffusionPipeline.save_lora_weights(d, unet_lora_layers=layers))
+        export.unet.fuse_lora()
+        export.unet.unload_lora()
+    _replace_dir(output_dir / "pipeline", export.save_pretrained)
+    _replace_dir(output_dir / "adapters", export.adapters.save_pretrained)
+
+
+def _replace_dir(final: Path, save) -> None:
+    """``save(tmp)`` into a temporary sibling folder, then rename it over ``final``."""
+    tmp = final.parent / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    StableDiffusionPipeline.save_lora_weights(tmp, unet_lora_layers=layers)
+    save(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
-    pipe.unet.fuse_lora()
-    pipe.unet.unload_lora()
-
-
-def _export(pipe: MetamerGenPipeline, output_dir: Path) -> None:
-    """Final outputs: a loadable pipeline folder and the adapters alone, each renamed into place."""
-    for name, save in (("pipeline", pipe.save_pretrained), ("adapters", pipe.adapters.save_pretrained)):
-        tmp, final = output_dir / f".{name}.tmp", output_dir / name
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -342,20 +353,20 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         accelerator.register_for_checkpointing(ema)
 
     # ---- resume
-    global_step = 0
+    # where the data stream stands: micro-steps and the position in the epoch are stored, not
+    # derived from global_step, because accelerate forces an optimizer step at each epoch's end
+    global_step = micro_step = epoch = batch_in_epoch = 0
     if resume:
         ckpt = latest_checkpoint(out) if resume == "latest" else Path(resume)
         if ckpt is None:
             logger.info("No checkpoint in %s: starting from scratch.", out)
         else:
             accelerator.load_state(str(ckpt))
-            global_step = json.loads((ckpt / "train_state.json").read_text())["global_step"]
+            state = json.loads((ckpt / "train_state.json").read_text())
+            global_step, micro_step = state["global_step"], state["micro_step"]
+            epoch, batch_in_epoch = state["epoch"], state["batch_in_epoch"]
             logger.info("Resumed from %s (step %d).", ckpt, global_step)
 
-    accum = cfg.optim.gradient_accumulation_steps
-    micro_step = global_step * accum
-    batches_per_epoch = len(loader)
-    first_epoch, skip_batches = divmod(micro_step, batches_per_epoch)
     if accelerator.is_main_process:
         accelerator.init_trackers("metamergen", config={k: v for k, v in _flat(cfg.to_dict()).items()})
     with torch.no_grad():
@@ -365,13 +376,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     bar = tqdm(total=cfg.optim.max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
     t_last, samples_since = time.perf_counter(), 0
     rank = accelerator.process_index
-    epoch = first_epoch
     while global_step < cfg.optim.max_steps:
+        if batch_in_epoch >= len(loader):
+            epoch, batch_in_epoch = epoch + 1, 0
         dataset.set_epoch(epoch)
         loader.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, skip_batches) if skip_batches else loader
-        skip_batches = 0
+        epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
         for batch in epoch_loader:
+            batch_in_epoch += 1
             skipped.update(batch["skipped"])
             seen.extend(batch["index"].tolist())
             g = torch.Generator(accelerator.device).manual_seed(_sample_seed(cfg.run.seed, micro_step, rank))
@@ -402,7 +414,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
                 accelerator.log(logs, step=global_step)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if cfg.run.checkpointing_steps and global_step % cfg.run.checkpointing_steps == 0:
-                _save_checkpoint(accelerator, out, global_step, cfg.run.checkpoints_total_limit)
+                state = {"global_step": global_step, "micro_step": micro_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}
+                _save_checkpoint(accelerator, out, state, cfg.run.checkpoints_total_limit)
                 if cfg.run.stop_after_step is not None and global_step >= cfg.run.stop_after_step:
                     logger.info("Stopping after step %d as configured (run.stop_after_step).", global_step)
                     bar.close()
@@ -413,7 +426,6 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
                 _validate(accelerator, pipe, ema, cfg, out, global_step)
             if global_step >= cfg.optim.max_steps:
                 break
-        epoch += 1
     bar.close()
 
     # ---- report, consistency check, export
@@ -439,9 +451,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         atomic_write(out / "data_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
         if all_skipped:
             logger.warning("Skipped during training: %s", ", ".join(f"{k}: {v}" for k, v in all_skipped.items()))
-        if cfg.model.lora_rank:
-            _export_lora(pipe, out)
-        _export(pipe, out)
+        _export(pipe, cfg, out)
         logger.info("Saved the trained pipeline to %s and the adapters to %s.", out / "pipeline", out / "adapters")
     accelerator.wait_for_everyone()
     accelerator.end_training()

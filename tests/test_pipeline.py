@@ -253,3 +253,22 @@ def test_foveal_crop_mode_costs_one_more_pass(pipe):
         calls.handle.remove()
     tokens = render(pipe, scene=scene, fixations=[[[30, 30]], [[80, 80]]], foveal_radius_px=20, generator=gens(0, 1))
     assert crop.shape == tokens.shape and not np.allclose(crop, tokens, atol=1e-4)
+
+
+def test_from_pretrained_downloads_a_hub_repo_first(tmp_path: Path, monkeypatch):
+    # diffusers' own download step fails for the third-party adapters component, so a repo id is
+    # snapshot-downloaded whole and loaded as a folder (the download itself is faked: no network)
+    import huggingface_hub
+
+    pipe = tiny_pipeline(seed=4)
+    pipe.save_pretrained(tmp_path / "snapshot")
+    asked = {}
+
+    def fake_snapshot_download(repo_id, revision=None, **kw):
+        asked.update(repo_id=repo_id, revision=revision)
+        return str(tmp_path / "snapshot")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    loaded = MetamerGenPipeline.from_pretrained("someone/metamergen-sd15", revision="abc123")
+    assert asked == {"repo_id": "someone/metamergen-sd15", "revision": "abc123"}
+    assert loaded.adapters.is_installed(loaded.unet)

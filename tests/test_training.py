@@ -153,19 +153,23 @@ def test_single_process_run_exports_a_loadable_pipeline_and_reports_bad_data(tmp
     assert all(torch.equal(pipe.adapters.state_dict()[k], after[k]) for k in after)
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_adapters(tmp_path: Path):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_interrupted_and_resumed_run_ends_with_the_same_adapters(tmp_path: Path, accumulation: int):
     from metamergen.trainer import train
 
     images = tmp_path / "img"
-    write_images(images, 7)  # 3 batches of 2 per epoch: the stop at step 2 falls mid-epoch
-    full = train(tiny_config(tmp_path / "a", images, "optim.max_steps=6"))
-    part = tiny_config(tmp_path / "b", images, "optim.max_steps=6", "run.stop_after_step=2")
+    # 3 batches of 2 per epoch: the stop at step 2 falls mid-epoch; with accumulation 2, accelerate
+    # also forces an optimizer step at each epoch's end, so steps and batches do not divide evenly
+    write_images(images, 7)
+    common = ["optim.max_steps=6", f"optim.gradient_accumulation_steps={accumulation}"]
+    full = train(tiny_config(tmp_path / "a", images, *common))
+    part = tiny_config(tmp_path / "b", images, *common, "run.stop_after_step=2")
     train(part)
     assert not (Path(part.run.output_dir) / "adapters").exists()  # "killed": no export
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    resumed = train(tiny_config(tmp_path / "b", images, "optim.max_steps=6"), resume="latest")
+    resumed = train(tiny_config(tmp_path / "b", images, *common), resume="latest")
     a, b = adapter_state(full), adapter_state(resumed)
     assert a.keys() == b.keys()
     for k in a:
@@ -288,3 +292,20 @@ def test_optional_lora_trains_and_is_merged_into_the_export(tmp_path: Path):
     pipe = MetamerGenPipeline.from_pretrained(out / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     assert pipe(Image.open(images / "000.png"), [[5, 5]], num_inference_steps=2, output_type="np").images.shape[0] == 1
+
+
+def test_bf16_training_exports_the_original_fp32_frozen_weights(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from metamergen.testing import tiny_pipeline
+    from metamergen.trainer import train
+
+    images = tmp_path / "img"
+    write_images(images, 4)
+    out = train(tiny_config(tmp_path, images, "run.mixed_precision=bf16", "optim.max_steps=2", "run.checkpointing_steps=0"))
+    exported = load_file(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    original = tiny_pipeline(seed=0)
+    original.adapters.uninstall(original.unet)
+    assert all(exported[k].dtype == torch.float32 and torch.equal(exported[k], v) for k, v in original.unet.state_dict().items())
+    adapters = adapter_state(out)
+    assert all(v.dtype == torch.float32 for v in adapters.values())
