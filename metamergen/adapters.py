@@ -150,13 +150,22 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ forward pieces
 
-    def project(self, foveal_tokens: torch.Tensor, peripheral_tokens: torch.Tensor) -> list[torch.Tensor]:
+    def project(
+        self,
+        foveal_tokens: torch.Tensor,
+        peripheral_tokens: torch.Tensor,
+        *,
+        active: tuple[bool, bool] = (True, True),
+    ) -> list[torch.Tensor]:
         """Resample both streams.
 
         Parameters
         ----------
         foveal_tokens, peripheral_tokens
             ``(B, T, image_embed_dim)`` encoder tokens (foveal: masked, zeros outside the fovea).
+        active
+            Which streams to resample. An inactive stream (scale 0: the attention processor skips
+            it) gets zeros of the output shape instead of a resampler pass.
 
         Returns
         -------
@@ -164,7 +173,16 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
             ``[foveal, peripheral]``, each ``(B, num_tokens, cross_attention_dim)``: the second
             element of the UNet's ``encoder_hidden_states`` tuple.
         """
-        return [self.foveal_resampler(foveal_tokens), self.peripheral_resampler(peripheral_tokens)]
+        out = []
+        for tokens, resampler, on in zip(
+            (foveal_tokens, peripheral_tokens), (self.foveal_resampler, self.peripheral_resampler), active
+        ):
+            if on:
+                out.append(resampler(tokens))
+            else:
+                shape = (tokens.shape[0], self.config.num_tokens, self.config.cross_attention_dim)
+                out.append(torch.zeros(shape, device=tokens.device, dtype=tokens.dtype))
+        return out
 
     # ------------------------------------------------------------------ UNet wiring
 

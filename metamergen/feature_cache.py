@@ -190,6 +190,12 @@ class CachedFeatureDataset(SampleSource):
         g, count, blur = self._draw(index)
         with safe_open(path, "pt") as f:
             meta = f.metadata()
+            if meta.get("key") != self.items[index].key:
+                raise ValueError(
+                    f"Feature cache {path} holds {meta.get('key')!r} but training item {index} is "
+                    f"{self.items[index].key!r}: the data changed since the cache was built. Use a new "
+                    "data.feature_cache folder."
+                )
             sample = {k: f.get_tensor(k) for k in ("latent_mean", "latent_std", "sharp")}
             sample["peripheral"] = f.get_slice("peripheral")[self.level_index[blur]]
         frame = EncoderFrame.fit(int(meta["width"]), int(meta["height"]), size=self.size, patch_size=self.patch)

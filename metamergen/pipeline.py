@@ -47,7 +47,15 @@ from diffusers import DiffusionPipeline  # noqa: F401
 from metamergen.pipeline import MetamerGenPipeline  # noqa: F401
 """
 
-__all__ = ["DEFAULT_BASE_MODEL", "DEFAULT_IMAGE_ENCODER", "MetamerGenPipeline", "MetamerGenPipelineOutput"]
+def output_size(width: int, height: int, native_size: int, multiple: int) -> tuple[int, int]:
+    """``(height, width)`` of a generation for a ``width`` x ``height`` region: the same aspect ratio
+    at ``native_size**2`` pixels (512^2 for SD1.5), rounded to multiples of ``multiple``."""
+    aspect = width / height
+    w, h = native_size * aspect**0.5, native_size / aspect**0.5
+    return max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple)
+
+
+__all__ = ["DEFAULT_BASE_MODEL", "DEFAULT_IMAGE_ENCODER", "MetamerGenPipeline", "MetamerGenPipelineOutput", "output_size"]
 
 
 @dataclass
@@ -132,6 +140,9 @@ class MetamerGenPipeline(DiffusionPipeline):
         adapters_subfolder: str | None = None,
         adapter_config: dict[str, Any] | None = None,
         revision: str | None = None,
+        image_encoder_revision: str | None = None,
+        adapters_revision: str | None = None,
+        variant: str | None = None,
         **hub_kwargs: Any,
     ) -> MetamerGenPipeline:
         """Assemble a pipeline from a Stable Diffusion model, a DINOv2 model and adapters.
@@ -156,17 +167,22 @@ class MetamerGenPipeline(DiffusionPipeline):
             dtype for all weights (e.g. ``torch.float16`` on GPU).
         adapter_config
             Constructor arguments for fresh adapters (``num_tokens``, ``resampler_*``).
-        revision, hub_kwargs
+        revision, image_encoder_revision, adapters_revision
+            Hub revisions of the three repos (each applies to its own repo only).
+        variant
+            Weight variant of the Stable Diffusion components (e.g. ``"fp16"``).
+        hub_kwargs
             Passed to every ``from_pretrained`` (``cache_dir``, ``local_files_only``, ``token``...).
         """
         kw = dict(hub_kwargs, revision=revision)
         dtype_kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", **dtype_kw, **kw)
-        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", **dtype_kw, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", **dtype_kw, **kw)
+        weights_kw = dict(kw, **dtype_kw, **({"variant": variant} if variant else {}))
+        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", **weights_kw)
+        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", **weights_kw)
+        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", **weights_kw)
         tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer", **kw)
         scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler", **kw)
-        encoder = AutoModel.from_pretrained(image_encoder, **dtype_kw, **kw)
+        encoder = AutoModel.from_pretrained(image_encoder, **dtype_kw, **hub_kwargs, revision=image_encoder_revision)
         if isinstance(adapters, MetamerGenAdapters):
             adapter_module = adapters.to(unet.device)
             if adapter_module.dtype != unet.dtype:  # the K/V live inside the UNet's attention
@@ -177,7 +193,9 @@ class MetamerGenPipeline(DiffusionPipeline):
             )
         else:
             sub = {"subfolder": adapters_subfolder} if adapters_subfolder else {}
-            adapter_module = MetamerGenAdapters.from_pretrained(adapters, **sub, **dtype_kw, **kw).to(unet.device)
+            adapter_module = MetamerGenAdapters.from_pretrained(
+                adapters, **sub, **dtype_kw, **hub_kwargs, revision=adapters_revision
+            ).to(unet.device)
         return cls(
             vae=vae,
             text_encoder=text_encoder,
@@ -365,6 +383,8 @@ class MetamerGenPipeline(DiffusionPipeline):
                     f"Got {len(lists)} fixation lists for {len(scene)} scenes: give one list per scene, "
                     "or one scene for all lists."
                 )
+        if len(scene_index) != len(lists):
+            raise ValueError(f"Got {len(scene_index)} scene indices for {len(lists)} fixation lists.")
         xys, masks = [], []
         for item, i in zip(lists, scene_index):
             frame = scene.frames[i]
@@ -397,14 +417,9 @@ class MetamerGenPipeline(DiffusionPipeline):
         """Output ``(height, width)`` in pixels: the encoded region's aspect ratio at the UNet's
         native area (512^2 for SD1.5), rounded to multiples of the VAE factor."""
         base = int(self.unet.config.sample_size) * self.vae_scale_factor
-        sizes = set()
-        for f in frames:
-            left, top, right, bottom = f.box
-            aspect = (right - left) / (bottom - top)
-            w = base * aspect**0.5
-            h = base / aspect**0.5
-            m = self.vae_scale_factor
-            sizes.add((max(m, round(h / m) * m), max(m, round(w / m) * m)))
+        sizes = {
+            output_size(f.box[2] - f.box[0], f.box[3] - f.box[1], base, self.vae_scale_factor) for f in frames
+        }
         if len(sizes) > 1:
             raise ValueError(
                 "The scenes in this batch have different aspect ratios, so they cannot share one latent "
@@ -429,8 +444,8 @@ class MetamerGenPipeline(DiffusionPipeline):
         guidance_scale: float | None = None,
         foveal_scale: float = 1.2,
         peripheral_scale: float = 0.7,
-        peripheral_blur: float | PeripheralBlur = 0.25,
-        fit: FitMode = "squash",
+        peripheral_blur: float | PeripheralBlur | None = None,
+        fit: FitMode | None = None,
         foveal_mode: str = "tokens",
         foveal_radius_px: float | None = None,
         foveal_radius_deg: float | None = None,
@@ -472,7 +487,8 @@ class MetamerGenPipeline(DiffusionPipeline):
         foveal_scale, peripheral_scale
             λ_f and λ_p (paper: 1.2 and 0.7). 0 turns a stream off (foveal-only / peripheral-only ablations).
         peripheral_blur, fit
-            Encoding options used when ``image`` is given (see :meth:`encode_scene`).
+            Encoding options when ``image`` is given (default 0.25 and ``"squash"``; see
+            :meth:`encode_scene`). With ``scene=`` they were fixed at encoding time: passing them is an error.
         foveal_mode
             ``"tokens"`` (paper: mask the sharp tokens) or ``"crop"`` (encode a view with sharp pixels
             only inside the foveal windows; one extra encoder pass per call, needs a radius).
@@ -497,9 +513,18 @@ class MetamerGenPipeline(DiffusionPipeline):
         if scene is None:
             if image is None:
                 raise ValueError("Pass the scene: image=... (encoded now) or scene=pipe.encode_scene(...) (cached).")
-            scene = self.encode_scene(image, peripheral_blur=peripheral_blur, fit=fit)
+            scene = self.encode_scene(
+                image, peripheral_blur=0.25 if peripheral_blur is None else peripheral_blur, fit=fit or "squash"
+            )
         elif image is not None:
             raise ValueError("Pass either image= or scene=, not both.")
+        elif peripheral_blur is not None or fit is not None:
+            raise ValueError(
+                f"peripheral_blur and fit are fixed when a scene is encoded (this one: {scene.blur}); "
+                "encode the scene again with pipe.encode_scene(..., peripheral_blur=..., fit=...)."
+            )
+        if foveal_scale < 0 or peripheral_scale < 0:
+            raise ValueError(f"Stream scales must be >= 0 (0 turns a stream off); got {foveal_scale}, {peripheral_scale}.")
         if not self.adapters.is_installed(self.unet):
             raise RuntimeError(
                 "The UNet's cross-attention processors no longer use the MetamerGen adapters (something "
@@ -508,6 +533,11 @@ class MetamerGenPipeline(DiffusionPipeline):
             )
         if guidance_scale is None:
             guidance_scale = DEFAULT_GUIDANCE.get(guidance, 0.0)
+        if guidance == "cfg++" and not 0 <= guidance_scale <= 1:
+            raise ValueError(
+                f"CFG++ takes a guidance_scale in [0, 1] (0.6 is comparable to CFG 7.5), got {guidance_scale}; "
+                "for classic guidance pass guidance='cfg'."
+            )
         do_uncond = needs_unconditional(guidance, guidance_scale)
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}.")
@@ -544,7 +574,8 @@ class MetamerGenPipeline(DiffusionPipeline):
         k = num_images_per_prompt
         n_lists = len(scene_index)
         n = n_lists * k
-        cond = self._project(foveal_tokens, peripheral_tokens, foveal_scale, peripheral_scale)
+        active = (bool(foveal_scale), bool(peripheral_scale))
+        cond = self.adapters.project(foveal_tokens, peripheral_tokens, active=active)
         cond = [t.repeat_interleave(k, dim=0).to(unet_dtype) for t in cond]
         prompts = [prompt] * n_lists if isinstance(prompt, str) else list(prompt)
         if len(prompts) != n_lists:
@@ -552,7 +583,7 @@ class MetamerGenPipeline(DiffusionPipeline):
         text = self.encode_prompt(prompts, device).repeat_interleave(k, dim=0).to(unet_dtype)
         if do_uncond:
             zeros = torch.zeros_like(foveal_tokens[:1])
-            uncond = self._project(zeros, zeros, foveal_scale, peripheral_scale)
+            uncond = self.adapters.project(zeros, zeros, active=active)
             uncond = [t.to(unet_dtype).expand(n, -1, -1) for t in uncond]
             text_u = self.encode_prompt([negative_prompt], device).to(unet_dtype).expand(n, -1, -1)
             hidden = (torch.cat([text_u, text]), [torch.cat([u, c]) for u, c in zip(uncond, cond)])
@@ -603,14 +634,3 @@ class MetamerGenPipeline(DiffusionPipeline):
         if not return_dict:
             return images, out_masks
         return MetamerGenPipelineOutput(images=images, foveal_masks=out_masks)
-
-    def _project(
-        self, foveal_tokens: torch.Tensor, peripheral_tokens: torch.Tensor, foveal_scale: float, peripheral_scale: float
-    ) -> list[torch.Tensor]:
-        """Both streams' resampled tokens; a stream whose scale is 0 is skipped by the attention
-        processor, so its resampler is not run (zeros of the right shape stand in)."""
-        shape = (foveal_tokens.shape[0], self.adapters.config.num_tokens, self.adapters.config.cross_attention_dim)
-        zeros = torch.zeros(shape, device=foveal_tokens.device, dtype=foveal_tokens.dtype)
-        fov = self.adapters.foveal_resampler(foveal_tokens) if foveal_scale else zeros
-        per = self.adapters.peripheral_resampler(peripheral_tokens) if peripheral_scale else zeros
-        return [fov, per]

@@ -67,6 +67,7 @@ from .cli import add_model_arguments, check_model_choice, load_pipeline_from_arg
 from .data import read_info, read_scanpaths, resolve_image
 from .fixations import OffImagePolicy, Scanpath, matched_random
 from .guidance import DEFAULT_GUIDANCE
+from .pipeline import output_size
 from .io_utils import atomic_write
 
 __all__ = [
@@ -119,6 +120,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "width",
     "model",
     "model_revision",
+    "dtype",
     "metamergen_version",
 )
 
@@ -366,6 +368,10 @@ class StudySettings:
             raise ValueError(f"hypotheses must be an int >= 1, got {self.hypotheses!r}.")
         if self.guidance not in DEFAULT_GUIDANCE:
             raise ValueError(f"guidance must be one of {sorted(DEFAULT_GUIDANCE)}, got {self.guidance!r}.")
+        if self.guidance == "cfg++" and self.guidance_scale is not None and not 0 <= self.guidance_scale <= 1:
+            raise ValueError(f"CFG++ takes a guidance scale in [0, 1] (default 0.6), got {self.guidance_scale}.")
+        if float(self.foveal_scale) < 0 or float(self.peripheral_scale) < 0:
+            raise ValueError("foveal_scale and peripheral_scale must be >= 0.")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}.")
         if not 0 < float(self.peripheral_blur) <= 1:
@@ -410,6 +416,7 @@ class StudyJob:
     width: int
     model: str
     model_revision: str | None
+    dtype: str
     metamergen_version: str
     scene_width: int = field(default=0, compare=False)
     scene_height: int = field(default=0, compare=False)
@@ -428,14 +435,6 @@ class StudyJob:
         row = {name: getattr(self, name) for name in MANIFEST_COLUMNS}
         row["fixations"] = [list(p) for p in self.fixations]
         return row
-
-
-def output_size(width: int, height: int, native_size: int, multiple: int) -> tuple[int, int]:
-    """``(height, width)`` of a generation: the image's aspect ratio at ``native_size**2`` pixels,
-    rounded to multiples of ``multiple`` (what the pipeline does for a squashed scene)."""
-    aspect = width / height
-    w, h = native_size * aspect**0.5, native_size / aspect**0.5
-    return max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple)
 
 
 _SLUG = re.compile(r"[^A-Za-z0-9_-]+")
@@ -460,6 +459,7 @@ def plan_study(
     *,
     model: str,
     model_revision: str | None = None,
+    dtype: str = "float32",
     pipe: Any = None,
     native_size: int | None = None,
     size_multiple: int | None = None,
@@ -473,8 +473,9 @@ def plan_study(
         From :func:`load_scanpath_scenes` or :func:`load_fixation_list_scene`.
     settings
         What to render per list.
-    model, model_revision
-        Recorded in the manifest and part of each image_id (a different model gives different ids).
+    model, model_revision, dtype
+        Recorded in the manifest and part of each image_id (a different model or precision gives
+        different ids, so a rerun at another precision renders anew instead of mixing).
     pipe
         The pipeline, used only for its default output size (UNet sample size x VAE factor).
         Alternatively give ``native_size`` and ``size_multiple``, or ``settings.height/width``.
@@ -526,7 +527,7 @@ def plan_study(
                             "peripheral_scale": per, "peripheral_blur": float(settings.peripheral_blur),
                             "guidance": settings.guidance, "guidance_scale": guidance_scale,
                             "steps": settings.steps, "height": height, "width": width,
-                            "model": model, "model_revision": model_revision,
+                            "model": model, "model_revision": model_revision, "dtype": dtype,
                         }
                         image_id = "__".join((
                             _slug(Path(scene.scene_id).with_suffix("").as_posix()),
@@ -540,7 +541,7 @@ def plan_study(
                             seed=_derived_seed(settings.seed, image_id), foveal_scale=fov, peripheral_scale=per,
                             peripheral_blur=float(settings.peripheral_blur), guidance=settings.guidance,
                             guidance_scale=guidance_scale, steps=settings.steps, height=height, width=width,
-                            model=model, model_revision=model_revision, metamergen_version=__version__,
+                            model=model, model_revision=model_revision, dtype=dtype, metamergen_version=__version__,
                             scene_width=scene.width, scene_height=scene.height,
                         ))
     if skipped:
@@ -823,7 +824,7 @@ def _generate_command(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     pipe, model, revision = load_pipeline_from_args(args)
-    jobs = plan_study(scenes, settings, model=model, model_revision=revision, pipe=pipe, report=report)
+    jobs = plan_study(scenes, settings, model=model, model_revision=revision, dtype=args.dtype, pipe=pipe, report=report)
     lists = sum(len(s.lists) for s in scenes)
     print(f"Study: {len(scenes)} scene(s), {lists} fixation list(s) -> {len(jobs)} image(s).", file=sys.stderr)
     if report[_SKIPPED_PREFIX]:

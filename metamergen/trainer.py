@@ -35,7 +35,7 @@ from .foveation import peripheral_image
 from .io_utils import atomic_write
 from .pipeline import MetamerGenPipeline
 from .train_config import TrainConfig
-from .train_data import AdapterTrainingDataset, TrainingItem, _sample_seed, collate, list_images
+from .train_data import AdapterTrainingDataset, TrainingItem, _open_rgb, _sample_seed, collate, list_images
 
 logger = logging.getLogger("metamergen.train")
 
@@ -123,18 +123,14 @@ def build_items(cfg: TrainConfig) -> tuple[list[TrainingItem], Counter]:
         scanpaths = read_scanpaths(path, strict=not d.skip_bad_samples, report=dropped)
         items = []
         for sp in scanpaths:
+            if not sp.image:
+                dropped["scanpath without image"] += 1
+                continue
             image_path = resolve_image(info, sp.image, path)
             items.append(TrainingItem(str(image_path), (lambda p=image_path: _open_rgb(p)), scanpath=sp))
     if d.max_samples is not None:
         items = items[: d.max_samples]
     return items, dropped
-
-
-def _open_rgb(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:

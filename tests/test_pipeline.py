@@ -272,3 +272,15 @@ def test_from_pretrained_downloads_a_hub_repo_first(tmp_path: Path, monkeypatch)
     loaded = MetamerGenPipeline.from_pretrained("someone/metamergen-sd15", revision="abc123")
     assert asked == {"repo_id": "someone/metamergen-sd15", "revision": "abc123"}
     assert loaded.adapters.is_installed(loaded.unet)
+
+
+def test_more_bad_arguments(pipe):
+    scene = pipe.encode_scene(make_scene())
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        pipe(scene=scene, fixations=[[1, 1]], guidance="cfg++", guidance_scale=7.5, num_inference_steps=1)
+    with pytest.raises(ValueError, match=">= 0"):
+        pipe(scene=scene, fixations=[[1, 1]], foveal_scale=-1.0, num_inference_steps=1)
+    with pytest.raises(ValueError, match="fixed when a scene is encoded"):
+        pipe(scene=scene, fixations=[[1, 1]], peripheral_blur=0.5, num_inference_steps=1)
+    with pytest.raises(ValueError, match="scene indices"):
+        pipe.foveal_masks(scene, [[[1, 1]], [[2, 2]]], scene_index=[0])
