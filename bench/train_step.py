@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from diffusers.training_utils import cast_training_params, compute_snr
 
     from metamergen.train_config import TrainConfig
-    from metamergen.trainer import AdapterTrainingModel, _loss
+    from metamergen.trainer import AdapterTrainingModel, _loss, build_optimizer
 
     bl.log(f"[{NAME}] building the {'tiny' if args.tiny else 'SD1.5-size'} training model on {device} ({args.dtype})")
     comp = bl.build_components(args.tiny, device, dtype, seed=args.seed)
@@ -107,13 +107,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     cfg.data.resolution = resolution
     cfg.optim.batch_size = args.batch_size
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=cfg.optim.learning_rate,
-        betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
-        weight_decay=cfg.optim.weight_decay,
-        eps=cfg.optim.adam_epsilon,
-    )
+    optimizer = build_optimizer(params, cfg.optim)
     with torch.no_grad():
         empty_text = pipe.encode_prompt([""], device)
     batches = synthetic_batches(comp, args.batch_size, resolution, args.seed)

@@ -40,12 +40,16 @@ def _parse_fixations(text: str) -> np.ndarray:
         return np.zeros((0, 2))
     path = Path(text)
     if path.suffix == ".json" and path.exists():
-        data = json.loads(path.read_text())
-    else:
+        from .data import read_fixation_list
+
         try:
-            data = [[float(v) for v in pair.split(",")] for pair in text.split(";") if pair.strip()]
+            return read_fixation_list(path)
         except ValueError as err:
-            raise SystemExit(f"error: could not read --fixations {text!r}: {err}. Use 'x,y;x,y' or a .json file.") from err
+            raise SystemExit(f"error: {err}") from None
+    try:
+        data = [[float(v) for v in pair.split(",")] for pair in text.split(";") if pair.strip()]
+    except ValueError as err:
+        raise SystemExit(f"error: could not read --fixations {text!r}: {err}. Use 'x,y;x,y' or a .json file.") from err
     arr = np.asarray(data, dtype=float)
     if arr.size == 0:
         return np.zeros((0, 2))
@@ -129,7 +133,8 @@ def _render(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from . import __version__
-    from .figures import contact_sheet, draw_scanpath, foveated_view
+    from .encoders import canvas_size
+    from .figures import contact_sheet, draw_scanpath, foveated_input
 
     try:
         image = Image.open(args.image).convert("RGB")
@@ -163,7 +168,11 @@ def _render(args: argparse.Namespace) -> int:
         path = out_dir / f"hypothesis_{i:03d}_seed{args.seed + i}.png"
         atomic_write(path, lambda p, im=im: im.save(p, format="PNG"))
         paths.append(path)
-    panels = [draw_scanpath(image, scanpath.xy), foveated_view(scene, 0, out.foveal_masks[0]), *out.images]
+    view = foveated_input(
+        image, scanpath.xy, args.peripheral_blur,
+        size=canvas_size(pipe.feature_extractor), patch_size=int(pipe.image_encoder.config.patch_size),
+    )
+    panels = [draw_scanpath(image, scanpath.xy), view, *out.images]
     captions = ["scene + fixations", f"foveal + periphery s={args.peripheral_blur}"] + [
         f"seed {args.seed + i}" for i in range(len(out.images))
     ]

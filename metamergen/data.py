@@ -25,10 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from .fixations import OffImagePolicy, Scanpath, _check_policy
 from .io_utils import atomic_write
 
 __all__ = [
+    "read_fixation_list",
     "SIDECAR_NAME",
     "DatasetInfo",
     "write_scanpaths",
@@ -286,6 +289,26 @@ def read_scanpaths(
             stacklevel=2,
         )
     return scanpaths
+
+
+def read_fixation_list(source: str | os.PathLike) -> np.ndarray:
+    """One fixation list from a JSON file holding ``[[x, y], ...]`` in image pixels, as ``(N, 2)``
+    (``[]`` is valid: no fixations). Errors name the file and, for bad JSON, the line."""
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no fixation list at {path}.")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}, line {err.lineno}: not valid JSON ({err.msg}); expected a list of [x, y] pairs in image pixels."
+        ) from None
+    if not isinstance(data, list) or not all(
+        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+        for p in data
+    ):
+        raise ValueError(f"{path}: expected a JSON list of [x, y] pairs (numbers, image pixels), e.g. [[120, 80], [300, 210]].")
+    return np.asarray(data, dtype=np.float64).reshape(-1, 2)
 
 
 def load_scanpath_dataset(

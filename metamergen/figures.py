@@ -8,10 +8,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .encoders import IMAGENET_MEAN, IMAGENET_STD, SceneEncoding
-from .foveation import peripheral_image
+from .foveation import EncoderFrame, peripheral_image, token_mask
 
-__all__ = ["contact_sheet", "draw_scanpath", "foveated_view"]
+__all__ = ["contact_sheet", "draw_scanpath", "foveated_input"]
 
 
 def draw_scanpath(image: Image.Image, xy: np.ndarray, radius: float | None = None) -> Image.Image:
@@ -38,27 +37,55 @@ def draw_scanpath(image: Image.Image, xy: np.ndarray, radius: float | None = Non
     return out
 
 
-def foveated_view(scene: SceneEncoding, index: int, mask: torch.Tensor) -> Image.Image:
-    """What the two streams were given, in one picture: the foveated patches sharp, the rest as the
-    peripheral stream saw it. Returned at the size of the encoded region (image pixels of the box).
+def foveated_input(
+    scene: Image.Image,
+    fixations: np.ndarray,
+    peripheral_blur: float = 0.25,
+    condition: str = "both",
+    *,
+    size: int = 448,
+    patch_size: int = 14,
+    fill: tuple[int, int, int] = (128, 128, 128),
+) -> Image.Image:
+    """What the model was given, computed without any model.
+
+    The scene is squashed to the ``size`` canvas (``EncoderFrame.fit(..., mode="squash")``, bicubic,
+    as the DINOv2 processor does), degraded by :func:`~metamergen.foveation.peripheral_image` with
+    ``peripheral_blur``, the ``patch_size`` patches marked by
+    :func:`~metamergen.foveation.token_mask` are pasted back sharp, and the canvas is resized
+    back to the scene's size.
 
     Parameters
     ----------
     scene
-        The scene encoding (its sharp canvas and peripheral blur are used).
-    index
-        Which scene of the encoding.
-    mask
-        ``(grid, grid)`` bool token mask.
+        The scene image (image pixels).
+    fixations
+        ``(N, 2)`` fixations in image pixels.
+    peripheral_blur
+        The paper's down/up scale ``s`` in (0, 1].
+    condition
+        ``"both"`` (sharp patches over the degraded periphery), ``"peripheral"`` (periphery only,
+        no sharp patches) or ``"foveal"`` (sharp patches over ``fill``: the peripheral stream was off).
+    size, patch_size
+        Canvas and patch side in canvas pixels (448 and 14 in the paper).
+    fill
+        RGB shown where nothing was given (``"foveal"`` condition).
     """
-    sharp = scene.pixel_values[index : index + 1].float().cpu()
-    blurred = peripheral_image(sharp, scene.blur)
-    frame = scene.frames[index]
-    keep = mask.to(torch.bool).cpu().repeat_interleave(frame.patch_size, 0).repeat_interleave(frame.patch_size, 1)
-    canvas = torch.where(keep, sharp, blurred)[0]
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    rgb = ((canvas * std + mean).clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
+    image = scene.convert("RGB")
+    frame = EncoderFrame.fit(image.width, image.height, size=size, patch_size=patch_size, mode="squash")
+    canvas = frame.crop(image).resize((size, size), Image.Resampling.BICUBIC)
+    sharp = torch.from_numpy(np.asarray(canvas, dtype=np.float32).copy()).permute(2, 0, 1)[None] / 255.0
+    if condition == "foveal":
+        periphery = torch.tensor(fill, dtype=torch.float32).view(1, 3, 1, 1).expand_as(sharp) / 255.0
+    else:
+        periphery = peripheral_image(sharp, float(peripheral_blur))
+    if condition == "peripheral":
+        keep = torch.zeros(size, size, dtype=torch.bool)
+    else:
+        mask = torch.from_numpy(token_mask(np.asarray(fixations, dtype=float).reshape(-1, 2), frame))
+        keep = mask.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
+    out = torch.where(keep, sharp, periphery)[0]
+    rgb = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     left, top, right, bottom = frame.box
     return Image.fromarray(rgb).resize((right - left, bottom - top), Image.Resampling.BICUBIC)
 

@@ -21,7 +21,7 @@ interval is a percentile bootstrap over those units (``n_boot`` resamples with r
 per cell so a cell's interval does not depend on which other cells or metrics are present). With
 fewer than two units a cell has no interval.
 
-The foveated panel is computed without any model (:func:`foveated_input`), following the encoder:
+The foveated panel is computed without any model (:func:`metamergen.figures.foveated_input`), following the encoder:
 squash fit to the 448-px canvas, the paper's down/up periphery at the row's ``peripheral_blur``,
 sharp 14-px patches where :func:`~metamergen.foveation.token_mask` is set, resized back to the
 scene's size. It shows the input of the row's ``condition``: ``peripheral`` rows have no sharp
@@ -55,7 +55,6 @@ __all__ = [
     "ReportResult",
     "SOURCES",
     "bootstrap_ci",
-    "foveated_input",
     "metric_columns",
     "read_table",
     "register_report_command",
@@ -421,63 +420,6 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
 # -------------------------------------------------------------------------------- foveated view
 
 
-def foveated_input(
-    scene: Image.Image,
-    fixations: np.ndarray,
-    peripheral_blur: float = 0.25,
-    condition: str = "both",
-    *,
-    size: int = 448,
-    patch_size: int = 14,
-    fill: tuple[int, int, int] = (128, 128, 128),
-) -> Image.Image:
-    """What the model was given, computed without any model (twin of ``figures.foveated_view``).
-
-    The scene is squashed to the ``size`` canvas (``EncoderFrame.fit(..., mode="squash")``, bicubic,
-    as the DINOv2 processor does), degraded by :func:`~metamergen.foveation.peripheral_image` with
-    ``peripheral_blur``, the ``patch_size`` patches marked by
-    :func:`~metamergen.foveation.token_mask` are pasted back sharp, and the canvas is resized
-    back to the scene's size.
-
-    Parameters
-    ----------
-    scene
-        The scene image (image pixels).
-    fixations
-        ``(N, 2)`` fixations in image pixels.
-    peripheral_blur
-        The paper's down/up scale ``s`` in (0, 1].
-    condition
-        ``"both"`` (sharp patches over the degraded periphery), ``"peripheral"`` (periphery only,
-        no sharp patches) or ``"foveal"`` (sharp patches over ``fill``: the peripheral stream was off).
-    size, patch_size
-        Canvas and patch side in canvas pixels (448 and 14 in the paper).
-    fill
-        RGB shown where nothing was given (``"foveal"`` condition).
-    """
-    import torch
-
-    from .foveation import EncoderFrame, peripheral_image, token_mask
-
-    image = scene.convert("RGB")
-    frame = EncoderFrame.fit(image.width, image.height, size=size, patch_size=patch_size, mode="squash")
-    canvas = frame.crop(image).resize((size, size), Image.Resampling.BICUBIC)
-    sharp = torch.from_numpy(np.asarray(canvas, dtype=np.float32).copy()).permute(2, 0, 1)[None] / 255.0
-    if condition == "foveal":
-        periphery = torch.tensor(fill, dtype=torch.float32).view(1, 3, 1, 1).expand_as(sharp) / 255.0
-    else:
-        periphery = peripheral_image(sharp, float(peripheral_blur))
-    if condition == "peripheral":
-        keep = torch.zeros(size, size, dtype=torch.bool)
-    else:
-        mask = torch.from_numpy(token_mask(np.asarray(fixations, dtype=float).reshape(-1, 2), frame))
-        keep = mask.repeat_interleave(patch_size, 0).repeat_interleave(patch_size, 1)
-    out = torch.where(keep, sharp, periphery)[0]
-    rgb = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    left, top, right, bottom = frame.box
-    return Image.fromarray(rgb).resize((right - left, bottom - top), Image.Resampling.BICUBIC)
-
-
 # ------------------------------------------------------------------------------------- sheets
 
 
@@ -574,7 +516,7 @@ def build_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256,
     One row per prefix (and per distinct fixation list / blur within it): the scene with the
     fixations drawn, the model-free foveated input, then the hypotheses captioned with scores.
     """
-    from .figures import contact_sheet, draw_scanpath
+    from .figures import contact_sheet, draw_scanpath, foveated_input
 
     cache = scene_cache if scene_cache is not None else {}
     first = group.iloc[0]

@@ -64,7 +64,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .cli import add_model_arguments, check_model_choice, load_pipeline_from_args
-from .data import read_info, read_scanpaths, resolve_image
+from .data import read_fixation_list, read_info, read_scanpaths, resolve_image
 from .fixations import OffImagePolicy, Scanpath, matched_random
 from .guidance import DEFAULT_GUIDANCE
 from .pipeline import output_size
@@ -249,24 +249,6 @@ def load_scanpath_scenes(
     ]
 
 
-def _read_fixation_list(source: str | os.PathLike) -> np.ndarray:
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"no fixation list at {path}.")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}, line {err.lineno}: not valid JSON ({err.msg}); expected a list of [x, y] pairs in image pixels."
-        ) from None
-    if not isinstance(data, list) or not all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
-        for p in data
-    ):
-        raise ValueError(f"{path}: expected a JSON list of [x, y] pairs (numbers, image pixels), e.g. [[120, 80], [300, 210]].")
-    return np.asarray(data, dtype=np.float64).reshape(-1, 2)
-
-
 def load_fixation_list_scene(
     image: str | os.PathLike,
     fixations: str | os.PathLike | Sequence[Sequence[float]] | np.ndarray,
@@ -291,7 +273,7 @@ def load_fixation_list_scene(
     image_path = Path(image)
     width, height = _image_size(image_path, "--image")
     if isinstance(fixations, (str, os.PathLike)):
-        points = _read_fixation_list(fixations)
+        points = read_fixation_list(fixations)
         default_id = Path(fixations).stem
     else:
         points = np.asarray(fixations, dtype=np.float64).reshape(-1, 2) if len(fixations) else np.zeros((0, 2))

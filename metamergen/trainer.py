@@ -34,12 +34,12 @@ from .encoders import patch_tokens
 from .foveation import peripheral_image
 from .io_utils import atomic_write
 from .pipeline import MetamerGenPipeline
-from .train_config import TrainConfig
+from .train_config import OptimConfig, TrainConfig
 from .train_data import AdapterTrainingDataset, TrainingItem, _open_rgb, _sample_seed, collate, list_images
 
 logger = logging.getLogger("metamergen.train")
 
-__all__ = ["AdapterTrainingModel", "build_items", "latest_checkpoint", "load_training_pipeline", "main", "train"]
+__all__ = ["AdapterTrainingModel", "build_items", "build_optimizer", "latest_checkpoint", "load_training_pipeline", "main", "train"]
 
 
 class AdapterTrainingModel(nn.Module):
@@ -131,6 +131,17 @@ def build_items(cfg: TrainConfig) -> tuple[list[TrainingItem], Counter]:
     if d.max_samples is not None:
         items = items[: d.max_samples]
     return items, dropped
+
+
+def build_optimizer(params: Sequence[nn.Parameter], optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters with the config's learning rate, betas, decay and eps."""
+    return torch.optim.AdamW(
+        params,
+        lr=optim.learning_rate,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        weight_decay=optim.weight_decay,
+        eps=optim.adam_epsilon,
+    )
 
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -323,13 +334,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         num_workers=cfg.data.num_workers,
         drop_last=True,
     )
-    optimizer = torch.optim.AdamW(
-        params,
-        lr=cfg.optim.learning_rate,
-        betas=(cfg.optim.adam_beta1, cfg.optim.adam_beta2),
-        weight_decay=cfg.optim.weight_decay,
-        eps=cfg.optim.adam_epsilon,
-    )
+    optimizer = build_optimizer(params, cfg.optim)
     lr_scheduler = get_scheduler(
         cfg.optim.lr_scheduler,
         optimizer,

@@ -141,8 +141,8 @@ def test_empty_fixation_list_is_peripheral_information_only(pipe):
     none = render(pipe, scene=scene, fixations=None, generator=gens(3))
     assert np.array_equal(none, render(pipe, scene=scene, fixations=[], generator=gens(3)))
     assert np.array_equal(none, render(pipe, scene=scene, fixations=Scanpath((), width=90, height=60), generator=gens(3)))
-    # the same as fixations on the scene with the foveal stream turned off? No: an empty fovea is
-    # the *dropped* foveal condition (zero tokens), which still passes through the resampler.
+    # an empty fovea is the dropped foveal condition (zero tokens through the resampler), as in
+    # training; it is not the same as foveal_scale=0, which removes the stream altogether
     assert pipe(scene=scene, fixations=None, num_inference_steps=1).foveal_masks.sum() == 0
 
 

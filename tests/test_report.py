@@ -13,11 +13,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from metamergen.figures import foveated_input
 from metamergen.report import (
     METRIC_INFO,
     ReportError,
     bootstrap_ci,
-    foveated_input,
     register_report_command,
     summarize_scores,
     unit_means,
