@@ -1,0 +1,199 @@
+"""Regenerate the bundled demo model from scratch on the CPU (issue 6).
+
+    python training/build_demo_model.py                       # full build -> metamergen/assets/demo_model
+    python training/build_demo_model.py --quick --out /tmp/m  # a few steps of each stage (CI)
+
+Stages (all seeded; the seeds and step counts are written to ``build_info.json`` next to the model):
+
+1. **world**: toy train/test splits (:func:`metamergen.toyworld.write_world`);
+2. **vae**: a small VAE trained to reconstruct the train scenes (:func:`metamergen.toymodel.train_vae`);
+3. **base**: a small UNet and its text encoder trained text-to-image on scene captions
+   (:func:`metamergen.toymodel.train_base_unet`), the toy counterpart of Stable Diffusion;
+4. **adapters**: the project's own trainer (``training/train.py``'s loop) on the frozen base with
+   ``configs/demo_toyworld.yaml``: random fixations and blur levels, as the paper.
+
+The exported model is an ordinary :class:`~metamergen.MetamerGenPipeline` folder. Each stage's
+output lands in ``--work`` and is reused by a later run with ``--resume-stages`` (for instance
+to retrain only the adapters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from metamergen.io_utils import atomic_write  # noqa: E402
+from metamergen.pipeline import MetamerGenPipeline  # noqa: E402
+from metamergen.toymodel import (  # noqa: E402
+    DemoModelConfig,
+    assemble_pipeline,
+    build_image_encoder,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    encode_latents,
+    images_to_tensor,
+    scene_caption,
+    train_base_unet,
+    train_vae,
+)
+from metamergen.toyworld import ToyWorldConfig, read_objects, write_world  # noqa: E402
+from metamergen.train_config import TrainConfig  # noqa: E402
+from metamergen.trainer import train  # noqa: E402
+
+DEFAULT_OUT = REPO / "metamergen" / "assets" / "demo_model"
+
+#: Step counts of the full build and of ``--quick`` (CI smoke test).
+FULL = {"n_train": 2000, "n_test": 200, "vae_steps": 1500, "base_steps": 2500, "adapter_steps": 1500}
+QUICK = {"n_train": 16, "n_test": 4, "vae_steps": 2, "base_steps": 2, "adapter_steps": 2}
+
+
+def _load_train_split(world: Path) -> tuple[list, list[str], list]:
+    """Train images, their captions and their object boxes."""
+    from PIL import Image
+
+    records = read_objects(world / "train" / "objects.jsonl")
+    images, captions, boxes = [], [], []
+    for rec in records.values():
+        images.append(Image.open(world / "train" / "images" / rec["image"]).convert("RGB"))
+        captions.append(scene_caption(rec["layout"], rec["objects"]))
+        boxes.append([o.box for o in rec["objects"]])
+    return images, captions, boxes
+
+
+def build(
+    out: str | Path = DEFAULT_OUT,
+    *,
+    work: str | Path = "outputs/demo_build",
+    seed: int = 0,
+    quick: bool = False,
+    steps: dict[str, int] | None = None,
+    resume_stages: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+) -> Path:
+    """Run every stage (module docstring) and write the model to ``out``; returns ``out``.
+
+    ``steps`` overrides entries of :data:`FULL` (or :data:`QUICK` with ``quick``); ``overrides``
+    are ``section.key=value`` overrides of the adapter-training config.
+    """
+    steps = {**(QUICK if quick else FULL), **(steps or {})}
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    model_cfg = DemoModelConfig()
+    world_cfg = ToyWorldConfig(size=model_cfg.image_size)
+    info: dict = {"steps": steps, "seed": seed, "model": model_cfg.to_dict(), "world": world_cfg.to_dict(),
+                  "timings_s": {}, "results": {}}
+    resume = set(resume_stages)
+    torch.manual_seed(seed)
+
+    t0 = time.time()
+    world = work / "world"
+    if "world" not in resume or not (world / "test" / "objects.jsonl").exists():
+        shutil.rmtree(world, ignore_errors=True)
+        write_world(world, steps["n_train"], steps["n_test"], seed=seed, config=world_cfg)
+    info["timings_s"]["world"] = round(time.time() - t0, 1)
+    images, captions, boxes = _load_train_split(world)
+    pixels = images_to_tensor(images)
+
+    t0 = time.time()
+    vae_dir = work / "vae"
+    if "vae" in resume and vae_dir.exists():
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(vae_dir)
+    else:
+        torch.manual_seed(seed)
+        vae = build_vae(model_cfg)
+        info["results"]["vae"] = train_vae(vae, pixels, steps=steps["vae_steps"], boxes=boxes, seed=seed, log=print)
+        vae.save_pretrained(vae_dir)
+    info["timings_s"]["vae"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    base_dir = work / "base"
+    if "base" in resume and (base_dir / "model_index.json").exists():
+        pass
+    else:
+        torch.manual_seed(seed + 1)
+        tokenizer = build_tokenizer(model_cfg.text_max_length)
+        text_encoder = build_text_encoder(tokenizer, model_cfg)
+        unet = build_unet(model_cfg)
+        latents = encode_latents(vae, pixels)
+        info["results"]["base"] = train_base_unet(
+            unet, text_encoder, tokenizer, latents, captions, steps=steps["base_steps"], seed=seed + 1, log=print
+        )
+        torch.manual_seed(seed + 2)
+        base = assemble_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                 image_encoder=build_image_encoder(model_cfg), config=model_cfg)
+        base.save_pretrained(base_dir)
+    info["timings_s"]["base"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    cfg = TrainConfig.from_yaml(
+        REPO / "configs" / "demo_toyworld.yaml",
+        [
+            f"model.pipeline={base_dir}",
+            f"data.images={world / 'train' / 'images'}",
+            f"data.feature_cache={work / 'feature_cache'}",
+            f"run.output_dir={work / 'adapters_run'}",
+            f"run.seed={seed}",
+            f"optim.max_steps={steps['adapter_steps']}",
+            *(["optim.lr_warmup_steps=0", "optim.batch_size=4"] if quick else []),
+            *overrides,
+        ],
+    )
+    run = train(cfg)
+    info["timings_s"]["adapters"] = round(time.time() - t0, 1)
+    info["train_config"] = cfg.to_dict()
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe = MetamerGenPipeline.from_pretrained(run / "pipeline")
+    pipe.save_pretrained(tmp)
+    info["torch"] = torch.__version__
+    info["platform"] = platform.platform()
+    try:
+        info["git_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                                            text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
+    atomic_write(tmp / "build_info.json", lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)  # the previous model is replaced only by a complete new one
+    print(f"Demo model written to {out} ({sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB).")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(DEFAULT_OUT), help="where the model folder goes (default: the bundled one)")
+    p.add_argument("--work", default="outputs/demo_build", help="intermediate outputs (world, vae, base, runs)")
+    p.add_argument("--seed", type=int, default=0, help="world seed and the base seed of every stage")
+    p.add_argument("--quick", action="store_true", help="a few steps of every stage (smoke test, not a model)")
+    p.add_argument("--resume-stages", nargs="*", choices=["world", "vae", "base"],
+                   help="reuse these stages' outputs from --work instead of retraining them")
+    for key in FULL:
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help=f"override {key}")
+    p.add_argument("override", nargs="*", help="adapter-training config overrides, section.key=value")
+    args = p.parse_args(argv)
+    steps = {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
+    build(args.out, work=args.work, seed=args.seed, quick=args.quick, steps=steps,
+          resume_stages=args.resume_stages or (), overrides=args.override)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
