@@ -205,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(Raina et al., ICLR 2026, arXiv 2601.11675).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    from .demo import register_demo_command
+
+    register_demo_command(sub)  # first in --help: the command to try first
 
     r = sub.add_parser("render", help="render scene hypotheses from one image and one fixation list")
     r.add_argument("--image", required=True, help="the scene image file")

@@ -89,6 +89,9 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "color_hist": MetricInfo("colour-histogram distance", "Hist", False),
     "gabor": MetricInfo("Gabor-energy distance", "Gabor", False),
     "sobel": MetricInfo("Sobel-energy distance", "Sobel", False),
+    # toy-world object measures (metamergen.demo.object_scores)
+    "objects_recovered": MetricInfo("share of the scene's objects recovered (colour)", "Obj", True),
+    "fixated_objects_recovered": MetricInfo("share of fixated objects recovered (colour)", "FixObj", True),
 }
 
 CONDITIONS: tuple[str, ...] = ("both", "peripheral", "foveal")

@@ -1,0 +1,286 @@
+"""``metamergen demo``: the bundled toy-world model renders, scores and reports, offline, on a CPU.
+
+The demo model (``metamergen/assets/demo_model``, built by ``training/build_demo_model.py``) was
+trained on :mod:`metamergen.toyworld` scenes. The demo
+
+1. writes held-out scenes: the first ``n_scenes`` of the world's *test* split (split seed
+   ``2 * seed + 1`` of the build seed, never seen in training), with toy-viewer scanpaths;
+2. renders, with :mod:`metamergen.study`, every scene for fixation prefixes 1, 2, 3, 5, 10, for
+   both streams / peripheral only / foveal only, from the viewer's fixations and from the matched
+   random control;
+3. scores every generation against its scene (weight-free metrics: no CLIP or DreamSim weights
+   are needed) and adds two object-level measures (:func:`object_scores`) and the
+   own-versus-other-scene comparison (:func:`own_vs_other`);
+4. writes the usual report (figures with scene-level bootstrap intervals, contact sheets, HTML).
+
+The same functions serve the ablation (``inference/ablation.py``), with more scenes and samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .io_utils import atomic_write
+
+__all__ = [
+    "DEMO_MODEL",
+    "DEMO_METRICS",
+    "DemoResult",
+    "demo_model_info",
+    "load_demo_pipeline",
+    "write_demo_scenes",
+    "object_scores",
+    "own_vs_other",
+    "run_demo",
+    "register_demo_command",
+]
+
+#: The bundled demo model folder.
+DEMO_MODEL = Path(__file__).resolve().parent / "assets" / "demo_model"
+
+#: Scores of the demo: weight-free image metrics plus the object-level measures.
+DEMO_METRICS: tuple[str, ...] = ("ssim", "mse", "color_hist", "objects_recovered", "fixated_objects_recovered")
+
+
+def _missing_model(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"No demo model at {path}. The repository ships one in metamergen/assets/demo_model; "
+        "rebuild it with `python training/build_demo_model.py` (about 20 minutes on 2 CPU cores)."
+    )
+
+
+def demo_model_info(model: str | Path = DEMO_MODEL) -> dict[str, Any]:
+    """The ``build_info.json`` of a demo model (seeds, step counts, toy-world config, timings)."""
+    path = Path(model) / "build_info.json"
+    if not path.is_file():
+        raise _missing_model(Path(model))
+    return json.loads(path.read_text())
+
+
+def load_demo_pipeline(model: str | Path = DEMO_MODEL):
+    """Load the demo model as a :class:`~metamergen.pipeline.MetamerGenPipeline` (fp32, CPU)."""
+    from .pipeline import MetamerGenPipeline
+
+    if not (Path(model) / "model_index.json").is_file():
+        raise _missing_model(Path(model))
+    pipe = MetamerGenPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_demo_scenes(out: str | Path, n_scenes: int, info: Mapping[str, Any]) -> Path:
+    """Write held-out toy scenes for the demo; returns the viewer-only scanpath file.
+
+    The scenes are the first ``n_scenes`` scenes of the model's *test* split (split seed
+    ``2 * seed + 1`` of the build seed, the rule of :func:`metamergen.toyworld.write_world`; the
+    adapters never saw them). Only the viewer scanpaths are kept (``viewer_scanpaths.jsonl``): the
+    study adds its own matched random control, so both sources go through one code path.
+    """
+    from .data import read_info, read_scanpaths, write_scanpaths
+    from .toyworld import ToyWorldConfig, write_split
+
+    if n_scenes < 2:
+        raise ValueError(f"The demo needs at least 2 scenes (own vs other scene), got {n_scenes}.")
+    cfg = ToyWorldConfig.from_dict(info["world"])
+    out = Path(out)
+    summary = write_split(out, n_scenes, seed=2 * int(info["seed"]) + 1, config=cfg, name="demo-heldout")
+    viewer = [s for s in read_scanpaths(summary["scanpaths"]) if s.condition == "viewer"]
+    return write_scanpaths(out / "viewer_scanpaths.jsonl", viewer, read_info(summary["scanpaths"]))
+
+
+def _hit(box: Sequence[float], fixations: Sequence[Sequence[float]], margin: float) -> bool:
+    x0, y0, x1, y1 = box
+    return any(x0 - margin <= x < x1 + margin and y0 - margin <= y < y1 + margin for x, y in fixations)
+
+
+def object_scores(
+    generation: Image.Image,
+    objects: Sequence[Any],
+    fixations: Sequence[Sequence[float]],
+    *,
+    scene_size: tuple[int, int],
+    margin: float = 2.0,
+) -> dict[str, float]:
+    """Object-level recovery of a generation (:func:`metamergen.toyworld.object_colour_match`).
+
+    Parameters
+    ----------
+    generation
+        The rendered image (any size; boxes are scaled from the scene's frame).
+    objects
+        The scene's :class:`~metamergen.toyworld.ToyObject` list.
+    fixations
+        The fixations used for this generation, ``(x, y)`` in pixels of the scene image.
+    scene_size
+        ``(width, height)`` of the scene image, pixels.
+    margin
+        A fixation within ``margin`` scene pixels of a box counts as landing on the object.
+
+    Returns
+    -------
+    dict
+        ``objects_recovered``: share of *all* the scene's objects whose colour is the dominant
+        palette colour in their box of the generation; ``fixated_objects_recovered``: the same over
+        the objects hit by at least one fixation (NaN when none was hit).
+    """
+    from .toyworld import object_colour_match
+
+    matches = [object_colour_match(generation, o, frame=scene_size).match for o in objects]
+    hit = [m for m, o in zip(matches, objects) if _hit(o.box, fixations, margin)]
+    return {
+        "objects_recovered": float(np.mean(matches)) if matches else math.nan,
+        "fixated_objects_recovered": float(np.mean(hit)) if hit else math.nan,
+    }
+
+
+def own_vs_other(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, float]:
+    """Is each generation closer (pixel MSE) to its own scene than to the other scenes?
+
+    For every generation the MSE to its own scene is compared with the mean MSE to each other
+    scene of the set (all resized to the generation's size). Returns the share of generations
+    whose own scene is the closest (``own_closest``; chance is ``1 / n_scenes``), the mean MSE
+    to the own scene and to the others, and their ratio (``< 1``: the generations carry their
+    scene).
+    """
+    scenes = sorted({r["scene"] for r in rows})
+    if len(scenes) < 2:
+        raise ValueError("own_vs_other needs generations of at least two scenes.")
+    cache: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+
+    def pixels(path: str, size: tuple[int, int]) -> np.ndarray:
+        key = (path, size)
+        if key not in cache:
+            with Image.open(root / path if not Path(path).is_absolute() else path) as im:
+                cache[key] = np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float64) / 255.0
+        return cache[key]
+
+    own, other, closest = [], [], []
+    for r in rows:
+        with Image.open(root / r["path"]) as im:
+            g = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
+        size = (g.shape[1], g.shape[0])
+        d = {s: float(((pixels(s, size) - g) ** 2).mean()) for s in scenes}
+        own.append(d[r["scene"]])
+        other.append(float(np.mean([v for s, v in d.items() if s != r["scene"]])))
+        closest.append(min(d, key=d.get) == r["scene"])
+    return {
+        "n_generations": len(rows),
+        "n_scenes": len(scenes),
+        "own_closest": float(np.mean(closest)),
+        "chance": 1.0 / len(scenes),
+        "mse_own": float(np.mean(own)),
+        "mse_other": float(np.mean(other)),
+        "ratio": float(np.mean(own) / np.mean(other)),
+    }
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` wrote and measured."""
+
+    out: Path
+    report_index: Path
+    scores: Path
+    summary: dict[str, Any]
+
+
+def run_demo(
+    out: str | Path = "outputs/demo",
+    *,
+    model: str | Path = DEMO_MODEL,
+    n_scenes: int = 4,
+    prefixes: Sequence[int] = (1, 2, 3, 5, 10),
+    conditions: Sequence[str] = ("both", "peripheral", "foveal"),
+    hypotheses: int = 1,
+    steps: int = 20,
+    n_boot: int = 2000,
+    sheets: bool = True,
+    progress: bool = True,
+    pipe: Any = None,
+) -> DemoResult:
+    """Render, score and report the demo (module docstring); everything lands in ``out``.
+
+    ``out/scenes`` holds the held-out scenes and scanpaths, ``out/study`` the generations and
+    manifest, ``out/scores.csv`` the scores, ``out/report/index.html`` the report and
+    ``out/demo_summary.json`` the settings, timings and :func:`own_vs_other`. Re-running skips
+    finished generations (the study is resumable).
+    """
+    from .report import write_report
+    from .scoring import score_manifest, write_score_table
+    from .study import StudySettings, load_scanpath_scenes, plan_study, run_study
+    from .toyworld import read_objects
+
+    t0 = time.time()
+    out = Path(out)
+    info = demo_model_info(model)
+    pipe = pipe if pipe is not None else load_demo_pipeline(model)
+    scan_file = write_demo_scenes(out / "scenes", n_scenes, info)
+    scenes = load_scanpath_scenes(scan_file, image_root=out / "scenes" / "images")
+    settings = StudySettings(
+        prefixes=tuple(prefixes), hypotheses=hypotheses, conditions=tuple(conditions), random_control=True,
+        seed=int(info["seed"]), steps=steps,
+    )
+    jobs = plan_study(scenes, settings, model=str(model), pipe=pipe)
+    t_render = time.time()
+    run_study(pipe, jobs, out / "study", batch_size=16, progress=progress)
+    t_render = time.time() - t_render
+
+    rows = score_manifest(out / "study" / "manifest.jsonl", ["ssim", "mse", "color_hist"])
+    objects = {rec["image"]: rec["objects"] for rec in read_objects(out / "scenes" / "objects.jsonl").values()}
+    for r in rows:
+        with Image.open(out / "study" / r["path"]) as im:
+            gen = im.convert("RGB")
+        r.update(object_scores(gen, objects[Path(r["scene"]).name], r["fixations"],
+                               scene_size=(int(info["world"]["size"]), int(info["world"]["size"]))))
+    scores = write_score_table(rows, out / "scores.csv")
+    report = write_report(scores, out / "report", root=out / "study", metrics=list(DEMO_METRICS),
+                          n_boot=n_boot, sheets=sheets, max_sheets=2 * n_scenes)
+    summary = {
+        "model": str(model),
+        "n_scenes": n_scenes,
+        "n_generations": len(rows),
+        "settings": {"prefixes": list(prefixes), "conditions": list(conditions), "hypotheses": hypotheses,
+                     "steps": steps},
+        "own_vs_other": own_vs_other(rows, out / "study"),
+        "timings_s": {"render": round(t_render, 1), "total": round(time.time() - t0, 1)},
+    }
+    atomic_write(out / "demo_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+    return DemoResult(out=out, report_index=report.index, scores=scores, summary=summary)
+
+
+def _demo_command(args: argparse.Namespace) -> int:
+    result = run_demo(args.out, model=args.model, n_scenes=args.scenes, steps=args.steps,
+                      hypotheses=args.hypotheses, progress=True)
+    ovo = result.summary["own_vs_other"]
+    print(
+        f"{result.summary['n_generations']} generations of {ovo['n_scenes']} held-out scenes in "
+        f"{result.summary['timings_s']['total']:.0f} s. Own scene closest for {ovo['own_closest']:.0%} "
+        f"(chance {ovo['chance']:.0%}); MSE to own scene / to others = {ovo['ratio']:.2f}."
+    )
+    print(f"Report: {result.report_index}")
+    return 0
+
+
+def register_demo_command(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``metamergen demo`` to the CLI."""
+    d = subparsers.add_parser(
+        "demo",
+        help="render, score and report held-out toy scenes with the bundled demo model (offline, CPU)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    d.add_argument("--model", default=str(DEMO_MODEL), help="demo model folder (default: the bundled one)")
+    d.add_argument("--scenes", type=int, default=4, help="held-out scenes to render (default 4)")
+    d.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    d.add_argument("--hypotheses", type=int, default=1, help="samples per condition (default 1)")
+    d.set_defaults(func=_demo_command)

@@ -1,0 +1,118 @@
+"""The demo path: object-level scores, own-vs-other, the ablation table, the demo-model build
+script (shortened), and the bundled model itself (it must have learned its scenes)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metamergen.demo import DEMO_MODEL, object_scores, own_vs_other
+from metamergen.toyworld import generate_scene
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_script(rel: str):
+    spec = importlib.util.spec_from_file_location(f"script_{Path(rel).stem}", REPO / rel)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------------- measures
+
+
+def test_object_scores_count_recovered_and_fixated_objects():
+    scene = generate_scene(7)
+    size = (scene.size, scene.size)
+    first = scene.objects[0]
+    perfect = object_scores(scene.image, scene.objects, [first.centre], scene_size=size)
+    assert perfect == {"objects_recovered": 1.0, "fixated_objects_recovered": 1.0}
+    grey = Image.new("RGB", size, (128, 128, 128))
+    blank = object_scores(grey, scene.objects, [first.centre], scene_size=size)
+    assert blank == {"objects_recovered": 0.0, "fixated_objects_recovered": 0.0}
+    # only the first object painted back: all-objects share 1/n, fixated share 1 when fixating it
+    partial = grey.copy()
+    partial.paste(scene.image.crop(first.box), first.box[:2])
+    on_first = object_scores(partial, scene.objects, [first.centre], scene_size=size)
+    assert on_first["objects_recovered"] == pytest.approx(1 / len(scene.objects))
+    assert on_first["fixated_objects_recovered"] == 1.0
+    # no fixation on any object: the fixated share is undefined, not zero
+    x0, y0, x1, y1 = first.box
+    far = [(0.5, 0.5)] if not any(o.box[0] <= 3 and o.box[1] <= 3 for o in scene.objects) else [(63.5, 0.5)]
+    assert math.isnan(object_scores(partial, scene.objects, far, scene_size=size)["fixated_objects_recovered"])
+    # a generation at twice the size is scored in its own pixels (boxes scaled)
+    big = scene.image.resize((2 * size[0], 2 * size[1]), Image.NEAREST)
+    assert object_scores(big, scene.objects, [], scene_size=size)["objects_recovered"] == 1.0
+
+
+def _write(path: Path, image: Image.Image) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+    return path.name
+
+
+def test_own_vs_other_finds_each_generation_s_scene(tmp_path):
+    scenes = [generate_scene(s).image for s in (1, 2, 3)]
+    rows = []
+    for i, im in enumerate(scenes):
+        scene = str(tmp_path / "scenes" / f"s{i}.png")
+        _write(Path(scene), im)
+        noisy = np.clip(np.asarray(im, float) + np.random.default_rng(i).normal(0, 10, (64, 64, 3)), 0, 255)
+        _write(tmp_path / "gen" / f"g{i}.png", Image.fromarray(noisy.astype(np.uint8)))
+        rows.append({"scene": scene, "path": f"gen/g{i}.png"})
+    result = own_vs_other(rows, tmp_path)
+    assert result["own_closest"] == 1.0 and result["chance"] == pytest.approx(1 / 3)
+    assert result["ratio"] < 0.2
+    # the same generations attributed to the wrong scenes: never closest
+    shifted = [{"scene": rows[(i + 1) % 3]["scene"], "path": r["path"]} for i, r in enumerate(rows)]
+    assert own_vs_other(shifted, tmp_path)["own_closest"] == 0.0
+    with pytest.raises(ValueError, match="two scenes"):
+        own_vs_other(rows[:1], tmp_path)
+
+
+def test_ablation_table_signs_and_verdicts():
+    pd = pytest.importorskip("pandas")
+    ablation = _load_script("inference/ablation.py")
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in range(12):
+        for cond, base in (("both", 0.8), ("peripheral", 0.6), ("foveal", 0.3)):
+            for source in ("viewer", "random"):
+                for prefix in (1, 10):
+                    value = base + (0.1 if prefix == 10 else 0.0) + rng.normal(0, 0.02)
+                    rows.append({"scene_id": f"s{s}", "condition": cond, "fixation_source": source, "prefix": prefix,
+                                 "ssim": value, "mse": 1 - value, "color_hist": 0.5, "objects_recovered": value,
+                                 "fixated_objects_recovered": value})
+    out = {(r["question"], r["measure"]): r for r in ablation.ablation_table(pd.DataFrame(rows), n_boot=500)}
+    # MSE is lower-is-better: its sign is flipped so both metrics agree
+    for measure in ("ssim", "mse"):
+        assert out[("both > peripheral", measure)]["verdict"] == "yes"
+        assert out[("both > peripheral", measure)]["mean"] == pytest.approx(0.2, abs=0.02)
+        assert out[("peripheral > foveal", measure)]["verdict"] == "yes"
+        assert out[("10 fixations > 1", measure)]["mean"] == pytest.approx(0.1, abs=0.02)
+    assert out[("viewer > random", "ssim")]["verdict"] == "not resolved"  # no viewer effect built in
+    assert out[("both > peripheral", "color_hist")]["mean"] == 0.0
+
+
+# ---------------------------------------------------------------------------------- build script
+
+
+def test_build_script_quick_writes_a_loadable_model(tmp_path):
+    from metamergen.pipeline import MetamerGenPipeline
+
+    build = _load_script("training/build_demo_model.py")
+    out = build.build(tmp_path / "model", work=tmp_path / "work", seed=3, quick=True)
+    info = json.loads((out / "build_info.json").read_text())
+    assert info["seed"] == 3 and info["steps"] == build.QUICK
+    assert set(info["timings_s"]) == {"world", "vae", "base", "adapters"}
+    assert not (tmp_path / "model.partial").exists()
+    pipe = MetamerGenPipeline.from_pretrained(out)
+    assert pipe.unet.config.cross_attention_dim == info["model"]["cross_attention_dim"]
+    assert pipe.vae.config.scaling_factor != 0.18215  # set from the trained VAE's latents
