@@ -56,6 +56,10 @@ from metamergen.trainer import train  # noqa: E402
 
 DEFAULT_OUT = REPO / "metamergen" / "assets" / "demo_model"
 
+#: Components saved in fp16. The text and image encoders stay fp32: transformers would load them
+#: back in fp16, and together they are under 2 MB.
+FP16_COMPONENTS = ("vae", "unet", "adapters")
+
 #: Step counts of the full build and of ``--quick`` (CI smoke test).
 FULL = {"n_train": 2000, "n_test": 200, "vae_steps": 1500, "base_steps": 2500, "adapter_steps": 1500}
 QUICK = {"n_train": 16, "n_test": 4, "vae_steps": 2, "base_steps": 2, "adapter_steps": 2}
@@ -162,6 +166,8 @@ def build(
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe = MetamerGenPipeline.from_pretrained(run / "pipeline")
+    for name in FP16_COMPONENTS:  # stored in fp16 (half the size); diffusers loads them back as fp32
+        getattr(pipe, name).to(torch.float16)
     pipe.save_pretrained(tmp)
     info["torch"] = torch.__version__
     info["platform"] = platform.platform()
