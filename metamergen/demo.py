@@ -24,12 +24,15 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
 
 from .io_utils import atomic_write
+
+if TYPE_CHECKING:
+    from .pipeline import MetamerGenPipeline
 
 __all__ = [
     "DEMO_MODEL",
@@ -54,7 +57,7 @@ DEMO_METRICS: tuple[str, ...] = ("ssim", "mse", "color_hist", "objects_recovered
 def _missing_model(path: Path) -> FileNotFoundError:
     return FileNotFoundError(
         f"No demo model at {path}. The repository ships one in metamergen/assets/demo_model; "
-        "rebuild it with `python training/build_demo_model.py` (about 20 minutes on 2 CPU cores)."
+        "rebuild it with `python training/build_demo_model.py` (about 45 minutes on 2 CPU cores)."
     )
 
 
@@ -66,13 +69,25 @@ def demo_model_info(model: str | Path = DEMO_MODEL) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def load_demo_pipeline(model: str | Path = DEMO_MODEL):
-    """Load the demo model as a :class:`~metamergen.pipeline.MetamerGenPipeline` (fp32, CPU)."""
+def load_demo_pipeline(model: str | Path = DEMO_MODEL) -> MetamerGenPipeline:
+    """Load the demo model as a :class:`~metamergen.pipeline.MetamerGenPipeline` (fp32, CPU).
+
+    The tokenizer and the DINOv2 processor hold no trained state; they are rebuilt from the
+    model's config instead of read from disk, so that the folder (written with transformers 5)
+    also loads where transformers saves or names them differently.
+    """
+    from .encoders import dinov2_processor
     from .pipeline import MetamerGenPipeline
+    from .toymodel import DemoModelConfig, build_tokenizer
 
     if not (Path(model) / "model_index.json").is_file():
         raise _missing_model(Path(model))
-    pipe = MetamerGenPipeline.from_pretrained(model)
+    cfg = DemoModelConfig.from_dict(demo_model_info(model)["model"])
+    pipe = MetamerGenPipeline.from_pretrained(
+        model,
+        tokenizer=build_tokenizer(cfg.text_max_length),
+        feature_extractor=dinov2_processor(cfg.encoder_resolution),
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -95,11 +110,6 @@ def write_demo_scenes(out: str | Path, n_scenes: int, info: Mapping[str, Any]) -
     summary = write_split(out, n_scenes, seed=2 * int(info["seed"]) + 1, config=cfg, name="demo-heldout")
     viewer = [s for s in read_scanpaths(summary["scanpaths"]) if s.condition == "viewer"]
     return write_scanpaths(out / "viewer_scanpaths.jsonl", viewer, read_info(summary["scanpaths"]))
-
-
-def _hit(box: Sequence[float], fixations: Sequence[Sequence[float]], margin: float) -> bool:
-    x0, y0, x1, y1 = box
-    return any(x0 - margin <= x < x1 + margin and y0 - margin <= y < y1 + margin for x, y in fixations)
 
 
 def object_scores(
@@ -132,46 +142,52 @@ def object_scores(
         palette colour in their box of the generation; ``fixated_objects_recovered``: the same over
         the objects hit by at least one fixation (NaN when none was hit).
     """
-    from .toyworld import object_colour_match
+    from .toyworld import _in_box, object_colour_match
 
     matches = [object_colour_match(generation, o, frame=scene_size).match for o in objects]
-    hit = [m for m, o in zip(matches, objects) if _hit(o.box, fixations, margin)]
+    hit = [m for m, o in zip(matches, objects) if any(_in_box(x, y, o.box, margin) for x, y in fixations)]
     return {
         "objects_recovered": float(np.mean(matches)) if matches else math.nan,
         "fixated_objects_recovered": float(np.mean(hit)) if hit else math.nan,
     }
 
 
-def own_vs_other(rows: Sequence[Mapping[str, Any]], root: Path) -> dict[str, float]:
+def own_vs_other(rows: Sequence[Mapping[str, Any]], root: str | Path) -> dict[str, float]:
     """Is each generation closer (pixel MSE) to its own scene than to the other scenes?
 
-    For every generation the MSE to its own scene is compared with the mean MSE to each other
-    scene of the set (all resized to the generation's size). Returns the share of generations
-    whose own scene is the closest (``own_closest``; chance is ``1 / n_scenes``), the mean MSE
-    to the own scene and to the others, and their ratio (``< 1``: the generations carry their
-    scene).
+    Parameters
+    ----------
+    rows
+        Manifest rows (:mod:`metamergen.study`): ``path`` of the generation relative to ``root``
+        and ``scene``, the scene image path; generations of at least two scenes.
+    root
+        The study folder.
+
+    Returns
+    -------
+    dict
+        ``own_closest``: share of generations whose own scene has the lowest MSE among all the
+        scenes of ``rows`` (``chance`` = ``1 / n_scenes``); ``mse_own`` / ``mse_other``: mean MSE
+        to the own scene / to each other scene (:class:`metamergen.metrics.MSE`, the generation
+        resized to the scene, as in ``metamergen score``); ``ratio`` = their quotient (``< 1``:
+        generations carry their scene); ``n_generations``, ``n_scenes``.
     """
-    scenes = sorted({r["scene"] for r in rows})
+    from .metrics import MSE
+
+    root = Path(root)
+    scenes = sorted({str(r["scene"]) for r in rows})
     if len(scenes) < 2:
         raise ValueError("own_vs_other needs generations of at least two scenes.")
-    cache: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
-
-    def pixels(path: str, size: tuple[int, int]) -> np.ndarray:
-        key = (path, size)
-        if key not in cache:
-            with Image.open(root / path if not Path(path).is_absolute() else path) as im:
-                cache[key] = np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float64) / 255.0
-        return cache[key]
-
+    originals = [Image.open(s if Path(s).is_absolute() else root / s).convert("RGB") for s in scenes]
+    mse = MSE()
     own, other, closest = [], [], []
     for r in rows:
         with Image.open(root / r["path"]) as im:
-            g = np.asarray(im.convert("RGB"), dtype=np.float64) / 255.0
-        size = (g.shape[1], g.shape[0])
-        d = {s: float(((pixels(s, size) - g) ** 2).mean()) for s in scenes}
-        own.append(d[r["scene"]])
-        other.append(float(np.mean([v for s, v in d.items() if s != r["scene"]])))
-        closest.append(min(d, key=d.get) == r["scene"])
+            generation = im.convert("RGB")
+        d = dict(zip(scenes, mse(originals, [generation] * len(scenes)).tolist()))
+        own.append(d[str(r["scene"])])
+        other.append(float(np.mean([v for s, v in d.items() if s != str(r["scene"])])))
+        closest.append(min(d, key=d.get) == str(r["scene"]))
     return {
         "n_generations": len(rows),
         "n_scenes": len(scenes),
@@ -209,6 +225,23 @@ def run_demo(
 ) -> DemoResult:
     """Render, score and report the demo (module docstring); everything lands in ``out``.
 
+    Parameters
+    ----------
+    out
+        Output folder.
+    model
+        A demo model folder (``build_info.json`` + pipeline); default the bundled one.
+    n_scenes
+        Held-out scenes (>= 2), the first of the model's test split.
+    prefixes, conditions, hypotheses, steps
+        What to render (:class:`metamergen.study.StudySettings`); the random control is always on.
+    n_boot, sheets
+        Bootstrap resamples of the report's intervals; whether to draw contact sheets.
+    progress
+        Progress bar while rendering.
+    pipe
+        An already loaded demo pipeline (else loaded from ``model``).
+
     ``out/scenes`` holds the held-out scenes and scanpaths, ``out/study`` the generations and
     manifest, ``out/scores.csv`` the scores, ``out/report/index.html`` the report and
     ``out/demo_summary.json`` the settings, timings and :func:`own_vs_other`. Re-running skips
@@ -234,13 +267,15 @@ def run_demo(
     run_study(pipe, jobs, out / "study", batch_size=16, progress=progress)
     t_render = time.time() - t_render
 
-    rows = score_manifest(out / "study" / "manifest.jsonl", ["ssim", "mse", "color_hist"])
-    objects = {rec["image"]: rec["objects"] for rec in read_objects(out / "scenes" / "objects.jsonl").values()}
+    ids = {job.image_id for job in jobs}  # the folder may hold other runs' images: score this run's only
+    rows = [r for r in score_manifest(out / "study" / "manifest.jsonl", ["ssim", "mse", "color_hist"])
+            if r["image_id"] in ids]
+    records = read_objects(out / "scenes" / "objects.jsonl")
     for r in rows:
+        rec = records[Path(r["scene"]).name]
         with Image.open(out / "study" / r["path"]) as im:
             gen = im.convert("RGB")
-        r.update(object_scores(gen, objects[Path(r["scene"]).name], r["fixations"],
-                               scene_size=(int(info["world"]["size"]), int(info["world"]["size"]))))
+        r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=(rec["width"], rec["height"])))
     scores = write_score_table(rows, out / "scores.csv")
     report = write_report(scores, out / "report", root=out / "study", metrics=list(DEMO_METRICS),
                           n_boot=n_boot, sheets=sheets, max_sheets=2 * n_scenes)
@@ -258,8 +293,11 @@ def run_demo(
 
 
 def _demo_command(args: argparse.Namespace) -> int:
-    result = run_demo(args.out, model=args.model, n_scenes=args.scenes, steps=args.steps,
-                      hypotheses=args.hypotheses, progress=True)
+    try:
+        result = run_demo(args.out, model=args.model, n_scenes=args.scenes, steps=args.steps,
+                          hypotheses=args.hypotheses, progress=True)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
     ovo = result.summary["own_vs_other"]
     print(
         f"{result.summary['n_generations']} generations of {ovo['n_scenes']} held-out scenes in "

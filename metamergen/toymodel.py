@@ -32,7 +32,7 @@ import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -49,6 +49,10 @@ from transformers import (
     Dinov2WithRegistersModel,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from .adapters import MetamerGenAdapters
+from .encoders import dinov2_processor
+from .pipeline import MetamerGenPipeline
 
 __all__ = [
     "DemoModelConfig",
@@ -213,13 +217,11 @@ def build_scheduler() -> DDIMScheduler:
     )
 
 
-def fresh_adapters(unet: UNet2DConditionModel, config: DemoModelConfig):
+def fresh_adapters(unet: UNet2DConditionModel, config: DemoModelConfig) -> MetamerGenAdapters:
     """New demo adapters for ``unet`` (K/V copied from its text K/V, as the paper).
 
     The resampler keeps depth 4 and one 64-wide head so that the IP-Adapter export round-trips.
     """
-    from .adapters import MetamerGenAdapters
-
     return MetamerGenAdapters.from_unet(
         unet,
         image_embed_dim=config.encoder_width,
@@ -239,15 +241,12 @@ def assemble_pipeline(
     unet: UNet2DConditionModel,
     image_encoder: Dinov2WithRegistersModel,
     config: DemoModelConfig,
-):
+) -> MetamerGenPipeline:
     """A :class:`~metamergen.pipeline.MetamerGenPipeline` of the given parts with fresh adapters.
 
     Processors installed on ``unet`` are replaced by plain ones first, so the frozen parts of a
     trained demo model can be given new, untrained adapters.
     """
-    from .encoders import dinov2_processor
-    from .pipeline import MetamerGenPipeline
-
     unet.set_attn_processor(AttnProcessor2_0())
     return MetamerGenPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
@@ -275,16 +274,23 @@ def scene_caption(layout: Mapping[str, Any], objects: Sequence[Any]) -> str:
 # ---------------------------------------------------------------------------------- training
 
 
-def images_to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
-    """RGB images (same size) -> float tensor ``(N, 3, H, W)`` in ``[-1, 1]`` (the VAE's range)."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2) / 127.5 - 1.0
+def images_to_tensor(images: Sequence[Image.Image], resolution: int = 64) -> torch.Tensor:
+    """RGB images -> ``(N, 3, R, R)`` float tensor in ``[-1, 1]``, exactly the trainer's VAE input
+    (:func:`metamergen.train_data.vae_pixels`: squashed to ``resolution`` px, a no-op at 64)."""
+    from .train_data import vae_pixels
+
+    return torch.stack([vae_pixels(im.convert("RGB"), resolution) for im in images])
 
 
-def _cosine_lr(step: int, total: int, warmup: int = 50) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+def _cosine_schedule(opt: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
+    # Not diffusers' get_cosine_schedule_with_warmup: its warm-up starts at lr 0, this one at
+    # lr / warmup, and the bundled model was trained with this one (rebuilds must match it).
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 def _crops(
@@ -319,7 +325,7 @@ def train_vae(
     learning_rate: float = 2e-3,
     kl_weight: float = 1e-6,
     seed: int = 0,
-    log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Train ``vae`` in place to reconstruct ``pixels`` ``(N, 3, H, W)`` in ``[-1, 1]``.
 
@@ -329,7 +335,7 @@ def train_vae(
     all of what the fovea is about. Loss: L1 + MSE on the reconstruction of a posterior sample,
     plus ``kl_weight`` times the KL to N(0, 1) (SD's VAE used a tiny KL weight too; no perceptual
     or adversarial term, which flat-coloured toy scenes do not need). Cosine learning rate with a
-    50-step warm-up. Afterwards ``vae.config.scaling_factor`` is set to ``1 / std`` of the latent
+    50-step linear warm-up. ``progress`` shows a progress bar. Afterwards ``vae.config.scaling_factor`` is set to ``1 / std`` of the latent
     means of ``pixels`` (SD's 0.18215 was found the same way).
 
     Returns ``{"l1": mean L1 of the last 50 crops' steps, "l1_full": mean L1 on the first 128
@@ -338,9 +344,9 @@ def train_vae(
     g = torch.Generator().manual_seed(seed)
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    sched = _cosine_schedule(opt, steps)
     recent: list[float] = []
-    bar = tqdm(range(steps), desc="vae", disable=log is None)
+    bar = tqdm(range(steps), desc="vae", disable=not progress)
     for step in bar:
         x = _crops(pixels, boxes, batch_size, min(crop, pixels.shape[-1]), g)
         posterior = vae.encode(x).latent_dist
@@ -390,14 +396,14 @@ def train_base_unet(
     caption_dropout: float = 0.1,
     ema_decay: float = 0.999,
     seed: int = 0,
-    log: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, float]:
     """Train ``unet`` and ``text_encoder`` in place: text-to-image ε-prediction on toy scenes.
 
     ``latents`` ``(N, 4, h, w)`` are scaled VAE latents (:func:`encode_latents`), ``captions`` the
     N matching captions. Timesteps uniform in [0, 1000) on SD1.5's schedule; a caption is replaced
     by ``""`` with probability ``caption_dropout`` (the unconditional model used by guidance and by
-    the adapters' training). AdamW, cosine schedule, gradient-norm clip 1. The weights left in
+    the adapters' training). AdamW, cosine schedule with warm-up, gradient-norm clip 1. The weights left in
     the models are an exponential moving average (``ema_decay``, warmed up as ``min(decay,
     (1 + step) / (10 + step))``), which gives much cleaner samples than the last iterate, as in
     most diffusion training; ``ema_decay=0`` keeps the last iterate.
@@ -414,10 +420,10 @@ def train_base_unet(
     unet.train()
     text_encoder.train()
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _cosine_lr(s, steps))
+    sched = _cosine_schedule(opt, steps)
     ema = [p.detach().clone() for p in params]
     recent: list[float] = []
-    bar = tqdm(range(steps), desc="base unet", disable=log is None)
+    bar = tqdm(range(steps), desc="base unet", disable=not progress)
     for step in bar:
         idx = torch.randint(0, len(latents), (batch_size,), generator=g)
         z = latents[idx]

@@ -44,8 +44,9 @@ def test_object_scores_count_recovered_and_fixated_objects():
     assert on_first["objects_recovered"] == pytest.approx(1 / len(scene.objects))
     assert on_first["fixated_objects_recovered"] == 1.0
     # no fixation on any object: the fixated share is undefined, not zero
-    x0, y0, x1, y1 = first.box
-    far = [(0.5, 0.5)] if not any(o.box[0] <= 3 and o.box[1] <= 3 for o in scene.objects) else [(63.5, 0.5)]
+    corners = [(0.5, 0.5), (63.5, 0.5), (0.5, 63.5), (63.5, 63.5)]
+    far = [next(c for c in corners if not any(o.box[0] - 3 <= c[0] < o.box[2] + 3 and o.box[1] - 3 <= c[1] < o.box[3] + 3
+                                              for o in scene.objects))]
     assert math.isnan(object_scores(partial, scene.objects, far, scene_size=size)["fixated_objects_recovered"])
     # a generation at twice the size is scored in its own pixels (boxes scaled)
     big = scene.image.resize((2 * size[0], 2 * size[1]), Image.NEAREST)
@@ -116,3 +117,80 @@ def test_build_script_quick_writes_a_loadable_model(tmp_path):
     pipe = MetamerGenPipeline.from_pretrained(out)
     assert pipe.unet.config.cross_attention_dim == info["model"]["cross_attention_dim"]
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the trained VAE's latents
+
+
+# ---------------------------------------------------------------------------------- the bundled model
+
+
+@pytest.fixture(scope="module")
+def demo_pipe():
+    from metamergen.demo import load_demo_pipeline
+
+    return load_demo_pipeline()
+
+
+def _heldout(n: int, info: dict):
+    from metamergen.toyworld import ToyWorldConfig, scene_seeds
+
+    cfg = ToyWorldConfig.from_dict(info["world"])
+    return [generate_scene(s, cfg) for s in scene_seeds(2 * info["seed"] + 1, n)]
+
+
+def test_every_bundled_model_file_is_package_data():
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["metamergen"]
+    files = [f for f in DEMO_MODEL.rglob("*") if f.is_file()]
+    assert files
+    for f in files:  # setuptools globs are relative to the package folder; '*' does not cross '/'
+        rel = f.relative_to(REPO / "metamergen").as_posix()
+        assert any(fnmatch.fnmatch(rel, g) and rel.count("/") == g.count("/") for g in globs), rel
+
+
+def test_bundled_model_is_complete_small_and_documented():
+    from metamergen.demo import demo_model_info
+
+    info = demo_model_info()
+    index = json.loads((DEMO_MODEL / "model_index.json").read_text())
+    for name, spec in index.items():
+        if isinstance(spec, list) and spec[0] is not None:
+            assert any((DEMO_MODEL / name).iterdir()), f"component {name} has no files"
+    assert set(info["steps"]) == {"n_train", "n_test", "vae_steps", "base_steps", "adapter_steps"}
+    assert {"world", "vae", "base", "adapters"} <= set(info["timings_s"])
+    size = sum(f.stat().st_size for f in DEMO_MODEL.rglob("*") if f.is_file())
+    assert size < 25e6, f"the bundled model is {size / 1e6:.1f} MB; the aim is < 25 MB"
+
+
+def test_bundled_model_reconstructs_held_out_scenes_from_their_own_tokens(demo_pipe):
+    """The adapters carry the scene: one-step latent estimates of held-out scenes are closer from
+    the scene's own foveal + peripheral tokens than from another scene's, at every noise level."""
+    from metamergen.demo import demo_model_info
+    from metamergen.diagnostics import conditioning_reconstruction
+
+    scenes = _heldout(16, demo_model_info())
+    fixations = [[o.centre for o in s.objects] for s in scenes]
+    for t in (300, 600, 900):
+        r = conditioning_reconstruction(demo_pipe, [s.image for s in scenes], fixations, timesteps=(t,))
+        assert r["own"] < 0.95 * r["other"], (t, r["own"], r["other"])
+        assert r["own_better"] >= 0.75, (t, r["own_per_scene"], r["other_per_scene"])
+
+
+@pytest.mark.slow
+def test_demo_writes_the_report_and_generations_resemble_their_own_scene(demo_pipe, tmp_path):
+    """The demo path end to end (fewer prefixes and steps than the command's defaults)."""
+    from metamergen.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", n_scenes=4, prefixes=(1, 10), steps=10, n_boot=200, progress=False,
+                      pipe=demo_pipe)
+    out = tmp_path / "demo"
+    for rel in ("report/index.html", "report/summary.csv", "scores.csv", "demo_summary.json",
+                "study/manifest.jsonl", "scenes/viewer_scanpaths.jsonl"):
+        assert (out / rel).is_file(), rel
+    assert {p.name for p in (out / "report" / "figures").iterdir()} >= {f"{m}.png" for m in
+                                                                      ("ssim", "mse", "objects_recovered")}
+    assert len(list((out / "report" / "sheets").iterdir())) > 0
+    assert result.summary["n_generations"] == 4 * 2 * 3 * 2
+    ovo = result.summary["own_vs_other"]
+    assert ovo["ratio"] < 0.9, ovo  # generations are closer to their own scene than to the others
+    assert ovo["own_closest"] > ovo["chance"], ovo

@@ -94,13 +94,19 @@ def build(
     are ``section.key=value`` overrides of the adapter-training config.
     """
     steps = {**(QUICK if quick else FULL), **(steps or {})}
+    resume = set(resume_stages)
+    for stage, needs in (("vae", "world"), ("base", "vae")):
+        if stage in resume and needs not in resume:
+            raise ValueError(f"--resume-stages {stage} needs {needs} too: a stage is only reused with the ones it was built on.")
+    out = Path(out)
+    if out.exists() and not (out / "model_index.json").is_file():
+        raise FileExistsError(f"{out} exists and is not a model folder; refusing to replace it. Choose another --out.")
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     model_cfg = DemoModelConfig()
-    world_cfg = ToyWorldConfig(size=model_cfg.image_size)
+    world_cfg = ToyWorldConfig(size=model_cfg.image_size, seed=seed)
     info: dict = {"steps": steps, "seed": seed, "model": model_cfg.to_dict(), "world": world_cfg.to_dict(),
                   "timings_s": {}, "results": {}}
-    resume = set(resume_stages)
     torch.manual_seed(seed)
 
     t0 = time.time()
@@ -121,7 +127,7 @@ def build(
     else:
         torch.manual_seed(seed)
         vae = build_vae(model_cfg)
-        info["results"]["vae"] = train_vae(vae, pixels, steps=steps["vae_steps"], boxes=boxes, seed=seed, log=print)
+        info["results"]["vae"] = train_vae(vae, pixels, steps=steps["vae_steps"], boxes=boxes, seed=seed, progress=True)
         vae.save_pretrained(vae_dir)
     info["timings_s"]["vae"] = round(time.time() - t0, 1)
 
@@ -136,7 +142,7 @@ def build(
         unet = build_unet(model_cfg)
         latents = encode_latents(vae, pixels)
         info["results"]["base"] = train_base_unet(
-            unet, text_encoder, tokenizer, latents, captions, steps=steps["base_steps"], seed=seed + 1, log=print
+            unet, text_encoder, tokenizer, latents, captions, steps=steps["base_steps"], seed=seed + 1, progress=True
         )
         torch.manual_seed(seed + 2)
         base = assemble_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
@@ -162,13 +168,13 @@ def build(
     info["timings_s"]["adapters"] = round(time.time() - t0, 1)
     info["train_config"] = cfg.to_dict()
 
-    out = Path(out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe = MetamerGenPipeline.from_pretrained(run / "pipeline")
     for name in FP16_COMPONENTS:  # stored in fp16 (half the size); diffusers loads them back as fp32
         getattr(pipe, name).to(torch.float16)
     pipe.save_pretrained(tmp)
+    info["export"] = {"fp16": list(FP16_COMPONENTS), "fp32": ["text_encoder", "image_encoder"]}
     info["torch"] = torch.__version__
     info["platform"] = platform.platform()
     try:
