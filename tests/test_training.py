@@ -348,6 +348,7 @@ def test_adapters_trained_on_a_text_conditioned_base_carry_their_scene(tmp_path:
         "run.checkpointing_steps=0",
     ])
     after = conditioning_reconstruction(MetamerGenPipeline.from_pretrained(train(cfg) / "pipeline"), images, fixations)
+    print("\nlearning test:", {k: before[k] for k in ("own", "other", "own_better")}, {k: after[k] for k in ("own", "other", "own_better")})
     assert abs(before["own"] - before["other"]) < 0.03 * before["other"], before  # untrained: tokens make no difference
     assert after["own"] < 0.95 * after["other"], after
     assert after["own_better"] >= 0.75, after
