@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ from metamergen.report import METRIC_INFO, bootstrap_ci, read_table  # noqa: E40
 HIGHER_IS_BETTER = {m: METRIC_INFO[m].higher_is_similar for m in DEMO_METRICS}
 
 
-def _scene_means(table, metric: str, **where) -> "dict[str, float]":
+def _scene_means(table, metric: str, **where: Any) -> dict[str, float]:
     sub = table
     for k, v in where.items():
         sub = sub[sub[k].isin(v if isinstance(v, (list, tuple)) else [v])]

@@ -20,10 +20,6 @@ round-trips exactly. A generated image is noise-like: the weights are random.
 
 from __future__ import annotations
 
-import json
-import tempfile
-from pathlib import Path
-
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import (
@@ -33,11 +29,11 @@ from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
 )
-from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from .adapters import MetamerGenAdapters
 from .encoders import dinov2_processor
 from .pipeline import MetamerGenPipeline
+from .toymodel import build_scheduler, build_tokenizer
 
 __all__ = [
     "tiny_adapters",
@@ -55,17 +51,10 @@ TINY_ENCODER_RESOLUTION = 112
 
 
 def tiny_text_stack() -> tuple[CLIPTokenizer, CLIPTextModel]:
-    """A byte-level CLIP tokenizer (no merges, built from files written to a temporary folder)
-    and a 2-layer CLIP text encoder of width 32."""
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+    """A byte-level CLIP tokenizer (:func:`metamergen.toymodel.build_tokenizer`, 77 tokens) and a
+    2-layer CLIP text encoder of width 32."""
+    tokenizer = build_tokenizer(77)
+    vocab = tokenizer.get_vocab()
     config = CLIPTextConfig(
         vocab_size=len(vocab),
         hidden_size=32,
@@ -125,16 +114,8 @@ def tiny_image_encoder() -> Dinov2WithRegistersModel:
 
 
 def tiny_scheduler() -> DDIMScheduler:
-    """DDIM with SD1.5's noise schedule settings."""
-    return DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    """DDIM with SD1.5's noise schedule settings (:func:`metamergen.toymodel.build_scheduler`)."""
+    return build_scheduler()
 
 
 def tiny_adapters(unet: UNet2DConditionModel, image_embed_dim: int = 48) -> MetamerGenAdapters:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from metamergen.demo import DEMO_MODEL, object_scores, own_vs_other
@@ -168,6 +169,8 @@ def test_bundled_model_reconstructs_held_out_scenes_from_their_own_tokens(demo_p
     from metamergen.demo import demo_model_info
     from metamergen.diagnostics import conditioning_reconstruction
 
+    # VAE, UNet and adapters are stored in fp16 and must come back as fp32 for the CPU
+    assert {m.dtype for m in demo_pipe.components.values() if isinstance(m, torch.nn.Module)} == {torch.float32}
     scenes = _heldout(16, demo_model_info())
     fixations = [[o.centre for o in s.objects] for s in scenes]
     for t in (300, 600, 900):

@@ -133,9 +133,7 @@ def build(
 
     t0 = time.time()
     base_dir = work / "base"
-    if "base" in resume and (base_dir / "model_index.json").exists():
-        pass
-    else:
+    if not ("base" in resume and (base_dir / "model_index.json").exists()):
         torch.manual_seed(seed + 1)
         tokenizer = build_tokenizer(model_cfg.text_max_length)
         text_encoder = build_text_encoder(tokenizer, model_cfg)
