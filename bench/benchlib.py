@@ -36,7 +36,7 @@ import torch  # noqa: E402
 BENCH_DIR = Path(__file__).resolve().parent
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
-#: The paper's training / sampling sets (DESIGN.md section 2).
+#: The paper's training / sampling sets (docs/design.md).
 PAPER_FIXATION_COUNTS = (1, 2, 3, 5, 10)
 PAPER_BLUR_LEVELS = (0.0625, 0.125, 0.25, 0.5, 1.0)
 
@@ -407,7 +407,7 @@ class Components:
         return (self.encoder_resolution // int(self.image_encoder.config.patch_size)) ** 2
 
     def pipeline(self):
-        from metamergen.pipeline import MetamerGenPipeline
+        from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
 
         pipe = MetamerGenPipeline(
             vae=self.vae,
@@ -444,8 +444,8 @@ class Components:
 
 def build_components(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Components:
     """Random-weight components: the real architectures, or the tiny ones with ``tiny=True``."""
-    from metamergen.adapters import MetamerGenAdapters
-    from metamergen.encoders import dinov2_processor
+    from metamergen.adapters.model import MetamerGenAdapters
+    from metamergen.encoders.dinov2 import dinov2_processor
     from metamergen import testing
 
     torch.manual_seed(seed)

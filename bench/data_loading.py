@@ -1,7 +1,7 @@
 """Data loading: samples per second of the training loader vs the training step, at one batch size.
 
 Synthetic photo-like JPEGs (``--image-size``, COCO-like 640 x 480 by default) are written to a
-temporary folder and read by :class:`~metamergen.train_data.AdapterTrainingDataset` (random
+temporary folder and read by :class:`~metamergen.training.data.AdapterTrainingDataset` (random
 fixations, K in {1, 2, 3, 5, 10}, blur s in {1/16 ... 1}: decode, squash to the training resolution,
 DINOv2 canvas at 448 px, mask) through a ``DataLoader`` with ``collate``, as the trainer builds it,
 with ``num_workers`` 0 and ``--workers``. One repeat is one epoch over the folder with a fresh
@@ -88,8 +88,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.num_images < 2 * args.batch_size:
         raise SystemExit("--num-images must hold at least two batches.")
     from metamergen import testing
-    from metamergen.encoders import dinov2_processor
-    from metamergen.train_data import AdapterTrainingDataset, TrainingItem, _open_rgb, collate, list_images
+    from metamergen.encoders.dinov2 import dinov2_processor
+    from metamergen.training.data import AdapterTrainingDataset, TrainingItem, collate, list_images, open_rgb
 
     width, height = (64, 48) if args.tiny else args.image_size
     encoder_resolution = testing.TINY_ENCODER_RESOLUTION if args.tiny else 448
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         bl.log(f"[{NAME}] writing {args.num_images} synthetic {width}x{height} JPEGs to {folder}")
         for i in range(args.num_images):
             bl.synthetic_scene(width, height, seed=args.seed + i).save(folder / f"{i:06d}.jpg", quality=90)
-        items = [TrainingItem(str(p), functools.partial(_open_rgb, p)) for p in list_images(folder)]
+        items = [TrainingItem(str(p), functools.partial(open_rgb, p)) for p in list_images(folder)]
         dataset = AdapterTrainingDataset(
             items,
             processor=dinov2_processor(encoder_resolution),

@@ -1,20 +1,20 @@
 """Adapter training step (forward + backward + optimizer): online encoding vs the feature cache,
 with and without gradient checkpointing.
 
-The step is the trainer's own: :func:`metamergen.trainer._loss` on an
-:class:`~metamergen.trainer.AdapterTrainingModel` (frozen UNet, trainable adapters), then backward,
-gradient clipping (``max_grad_norm`` 1.0) and AdamW, as ``metamergen.trainer.train`` runs it, on
+The step is the trainer's own: :func:`metamergen.training.loss.adapter_loss` on an
+:class:`~metamergen.training.trainer.AdapterTrainingModel` (frozen UNet, trainable adapters), then backward,
+gradient clipping (``max_grad_norm`` 1.0) and AdamW, as ``metamergen.training.train`` runs it, on
 synthetic batches built by the datasets' own ``collate``:
 
 * ``online``: ``pixel_values`` (R x R) and ``encoder_pixels`` (448 x 448) as
-  :class:`~metamergen.train_data.AdapterTrainingDataset` yields them, so the step runs the VAE
+  :class:`~metamergen.training.data.AdapterTrainingDataset` yields them, so the step runs the VAE
   encoder and two DINOv2 passes before the UNet;
 * ``cache``: ``latent_mean``/``latent_std`` and fp16 ``sharp``/``peripheral`` tokens as
-  :class:`~metamergen.feature_cache.CachedFeatureDataset` yields them, so the step runs only the
+  :class:`~metamergen.training.feature_cache.CachedFeatureDataset` yields them, so the step runs only the
   resamplers and the UNet.
 
 Masks and blur levels are drawn like the datasets' (K in {1, 2, 3, 5, 10}, s in {1/16 ... 1}).
-Batches start on the host and ``_loss`` moves them to the device, as in training. Peak memory is
+Batches start on the host and ``encode_batch`` moves them to the device, as in training. Peak memory is
 measured in a separate untimed pass (CUDA: ``torch.cuda.max_memory_allocated``; CPU: process RSS
 sampled in a thread with psutil, else the ``ru_maxrss`` delta; ``memory_method`` says which).
 
@@ -53,8 +53,8 @@ def build_parser():
 
 def synthetic_batches(comp: bl.Components, batch_size: int, resolution: int, seed: int) -> dict[str, dict[str, Any]]:
     """One online and one cached batch, shaped exactly as the two datasets' samples, through ``collate``."""
-    from metamergen.foveation import random_patch_mask
-    from metamergen.train_data import collate
+    from metamergen.foveation.fovea import random_patch_mask
+    from metamergen.training.data import collate
 
     g = torch.Generator().manual_seed(seed)
     grid = comp.encoder_resolution // int(comp.image_encoder.config.patch_size)
@@ -92,8 +92,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from diffusers import DDPMScheduler
     from diffusers.training_utils import cast_training_params, compute_snr
 
-    from metamergen.train_config import TrainConfig
-    from metamergen.trainer import AdapterTrainingModel, _loss, build_optimizer
+    from metamergen.training.config import TrainConfig
+    from metamergen.training.trainer import AdapterTrainingModel, build_optimizer
+    from metamergen.training.loss import adapter_loss, encode_batch
 
     bl.log(f"[{NAME}] building the {'tiny' if args.tiny else 'SD1.5-size'} training model on {device} ({args.dtype})")
     comp = bl.build_components(args.tiny, device, dtype, seed=args.seed)
@@ -121,7 +122,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     def step(source: str) -> None:
         g = torch.Generator(device).manual_seed(next(micro))
         with autocast():
-            loss = _loss(pipe, model, noise_scheduler, batches[source], empty_text, cfg, g, dtype, compute_snr)
+            encoded = encode_batch(pipe, batches[source], generator=g, dtype=dtype)
+            loss = adapter_loss(model, noise_scheduler, encoded, empty_text, cfg.optim, generator=g, compute_snr=compute_snr)
         loss.backward()
         if cfg.optim.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
@@ -187,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ["inputs", "ms / step", "steps / s", "samples / s", "peak MiB", "vs online", f"cache >= {TARGET}x"],
         rows,
         [
-            "forward + backward + clip + AdamW of metamergen.trainer's step on collate()-shaped synthetic batches",
+            "forward + backward + clip + AdamW of metamergen.training's step on collate()-shaped synthetic batches",
             f"median of {args.repeats} interleaved repeats after {args.warmup} warm-up round(s)",
             f"peak memory: {method}",
         ],

@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
     from diffusers.models.embeddings import IPAdapterPlusImageProjection, MultiIPAdapterImageProjection
 
-    from metamergen.adapters import cross_attention_layers
+    from metamergen.adapters.model import cross_attention_layers
 
     bl.log(f"[{NAME}] building {'tiny' if args.tiny else 'SD1.5-size'} UNet and adapters on {device} ({args.dtype})")
     comp = bl.build_components(args.tiny, device, dtype, seed=args.seed)

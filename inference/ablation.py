@@ -3,7 +3,7 @@
     python inference/ablation.py --out outputs/ablation            # 32 scenes, 2 samples each
     python inference/ablation.py --scenes 4 --hypotheses 1 --steps 4 --out /tmp/abl   # smoke run
 
-Renders (via :func:`metamergen.demo.run_demo`) every held-out scene for prefixes 1, 2, 3, 5, 10,
+Renders (via :func:`metamergen.demo.run.run_demo`) every held-out scene for prefixes 1, 2, 3, 5, 10,
 both streams / peripheral only / foveal only, viewer and matched random fixations, scores them,
 and answers the paper's three questions with scene-level paired bootstrap intervals (95 %):
 
@@ -32,9 +32,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from metamergen.demo import DEMO_METRICS, DEMO_MODEL, run_demo  # noqa: E402
-from metamergen.io_utils import atomic_write  # noqa: E402
-from metamergen.report import METRIC_INFO, bootstrap_ci, read_table  # noqa: E402
+from metamergen.demo.run import DEMO_METRICS, DEMO_MODEL, run_demo  # noqa: E402
+from metamergen.utils.io import atomic_write  # noqa: E402
+from metamergen.viz.report import METRIC_INFO, read_table  # noqa: E402
+from metamergen.evaluation.statistics import bootstrap_ci
 
 #: Measures of the ablation and whether higher means more similar / more recovered.
 HIGHER_IS_BETTER = {m: METRIC_INFO[m].higher_is_similar for m in DEMO_METRICS}

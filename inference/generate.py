@@ -9,7 +9,7 @@ The work is done by :mod:`metamergen.study`; re-running the same command resumes
 
 import sys
 
-from metamergen.study import main
+from metamergen.commands.generate import main
 
 if __name__ == "__main__":
     sys.exit(main())

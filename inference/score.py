@@ -3,12 +3,12 @@
     python inference/score.py --manifest outputs/study/manifest.jsonl --out outputs/study/scores.csv \
         --dreamsim-cache ~/.cache/metamergen/dreamsim --device cuda
 
-The work is done by :mod:`metamergen.scoring`.
+The work is done by :mod:`metamergen.evaluation.scoring`.
 """
 
 import sys
 
-from metamergen.scoring import main
+from metamergen.commands.score import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,5 @@
 """``python -m metamergen``: the same as the ``metamergen`` console script."""
 
-from .cli import main
+from metamergen.commands import main
 
 raise SystemExit(main())

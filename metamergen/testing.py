@@ -20,6 +20,10 @@ round-trips exactly. A generated image is noise-like: the weights are random.
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
+
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import (
@@ -30,12 +34,15 @@ from transformers import (
     Dinov2WithRegistersModel,
 )
 
-from .adapters import MetamerGenAdapters
-from .encoders import dinov2_processor
-from .pipeline import MetamerGenPipeline
-from .toymodel import build_scheduler, build_tokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+from metamergen.adapters.model import MetamerGenAdapters
+from metamergen.encoders.dinov2 import dinov2_processor
+from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
 
 __all__ = [
+    "byte_level_tokenizer",
+    "sd15_ddim_scheduler",
     "tiny_adapters",
     "tiny_image_encoder",
     "tiny_pipeline",
@@ -50,10 +57,40 @@ __all__ = [
 TINY_ENCODER_RESOLUTION = 112
 
 
+def byte_level_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A byte-level CLIP tokenizer (one token per character, no merges).
+
+    Built from files in a temporary folder because ``CLIPTokenizer`` reads its vocabulary from disk;
+    ``save_pretrained`` then writes ordinary tokenizer files.
+    """
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=max_length)
+
+
+def sd15_ddim_scheduler() -> DDIMScheduler:
+    """DDIM with SD1.5's noise schedule (scaled-linear betas 0.00085-0.012, 1000 steps)."""
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def tiny_text_stack() -> tuple[CLIPTokenizer, CLIPTextModel]:
-    """A byte-level CLIP tokenizer (:func:`metamergen.toymodel.build_tokenizer`, 77 tokens) and a
+    """A byte-level CLIP tokenizer (:func:`byte_level_tokenizer`, 77 tokens) and a
     2-layer CLIP text encoder of width 32."""
-    tokenizer = build_tokenizer(77)
+    tokenizer = byte_level_tokenizer(77)
     vocab = tokenizer.get_vocab()
     config = CLIPTextConfig(
         vocab_size=len(vocab),
@@ -114,8 +151,8 @@ def tiny_image_encoder() -> Dinov2WithRegistersModel:
 
 
 def tiny_scheduler() -> DDIMScheduler:
-    """DDIM with SD1.5's noise schedule settings (:func:`metamergen.toymodel.build_scheduler`)."""
-    return build_scheduler()
+    """DDIM with SD1.5's noise schedule settings (:func:`sd15_ddim_scheduler`)."""
+    return sd15_ddim_scheduler()
 
 
 def tiny_adapters(unet: UNet2DConditionModel, image_embed_dim: int = 48) -> MetamerGenAdapters:

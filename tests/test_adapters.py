@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from metamergen.adapters import MetamerGenAdapters, cross_attention_layers
+from metamergen.adapters.model import MetamerGenAdapters, cross_attention_layers
 from metamergen.testing import tiny_pipeline, tiny_unet
 
 

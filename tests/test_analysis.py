@@ -11,15 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metamergen.analysis import (
-    AnalysisError,
-    analyze,
-    binned_proportions,
-    forward_stepwise,
-    logistic_regression,
-    register_analyze_command,
-    wilson_interval,
-)
+from metamergen.evaluation.analysis import AnalysisError, analyze, binned_proportions, forward_stepwise, logistic_regression, wilson_interval
+from metamergen.commands.analyze import add_parser as add_analyze_parser
 
 TRUE_INTERCEPT, TRUE_SLOPE = 3.0, -10.0  # logit P(same) = 3 - 10 * dreamsim (raw units)
 
@@ -137,7 +130,7 @@ def test_analyze_command_writes_json_markdown_and_figure(tmp_path: Path, capsys)
     d[["image_id", "same"]].to_csv(tmp_path / "responses.csv", index=False)
     d[["image_id", "dreamsim", "noise"]].to_parquet(tmp_path / "scores.parquet")
     parser = argparse.ArgumentParser()
-    register_analyze_command(parser.add_subparsers(dest="command"))
+    add_analyze_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["analyze", "--responses", str(tmp_path / "responses.csv"), "--scores",
                               str(tmp_path / "scores.parquet"), "--features", "dreamsim,noise", "--out",
                               str(tmp_path / "out")])

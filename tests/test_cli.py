@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from metamergen.cli import main
+from metamergen.commands import main
 
 SCENE = Path(__file__).resolve().parents[1] / "metamergen" / "assets" / "example_scene.png"
 

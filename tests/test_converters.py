@@ -12,13 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metamergen.converters import (
-    convert_coco_freeview,
-    convert_coco_search18,
-    convert_csv,
-    register_convert_command,
-)
-from metamergen.data import read_info, read_scanpaths
+from metamergen.fixations.converters import convert_coco_freeview, convert_coco_search18, convert_csv
+from metamergen.commands.convert import add_parser as add_convert_parser
+from metamergen.fixations.io import read_info, read_scanpaths
 
 NAN = float("nan")
 
@@ -156,7 +152,7 @@ def test_csv_image_sizes_mapping_and_missing_size(tmp_path: Path) -> None:
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metamergen")
-    register_convert_command(parser.add_subparsers(dest="command", required=True))
+    add_convert_parser(parser.add_subparsers(dest="command", required=True))
     return parser
 
 

@@ -8,16 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from metamergen.data import (
-    DatasetInfo,
-    load_scanpath_dataset,
-    read_info,
-    read_scanpaths,
-    resolve_image,
-    scanpath_from_row,
-    write_scanpaths,
-)
-from metamergen.fixations import Scanpath
+from metamergen.fixations.io import DatasetInfo, load_scanpath_dataset, read_info, read_scanpaths, resolve_image, scanpath_from_row, write_scanpaths
+from metamergen.fixations.records import Scanpath
 
 
 def sample_scanpaths() -> list[Scanpath]:

@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from metamergen.demo import DEMO_MODEL, object_scores, own_vs_other
-from metamergen.toyworld import generate_scene
+from metamergen.demo.run import DEMO_MODEL
+from metamergen.demo.measures import object_scores, own_vs_other
+from metamergen.demo.toyworld import generate_scene
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -107,7 +108,7 @@ def test_ablation_table_signs_and_verdicts():
 
 
 def test_build_script_quick_writes_a_loadable_model(tmp_path):
-    from metamergen.pipeline import MetamerGenPipeline
+    from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
 
     build = _load_script("training/build_demo_model.py")
     out = build.build(tmp_path / "model", work=tmp_path / "work", seed=3, quick=True)
@@ -125,13 +126,13 @@ def test_build_script_quick_writes_a_loadable_model(tmp_path):
 
 @pytest.fixture(scope="module")
 def demo_pipe():
-    from metamergen.demo import load_demo_pipeline
+    from metamergen.demo.run import load_demo_pipeline
 
     return load_demo_pipeline()
 
 
 def _heldout(n: int, info: dict):
-    from metamergen.toyworld import ToyWorldConfig, scene_seeds
+    from metamergen.demo.toyworld import ToyWorldConfig, scene_seeds
 
     cfg = ToyWorldConfig.from_dict(info["world"])
     return [generate_scene(s, cfg) for s in scene_seeds(2 * info["seed"] + 1, n)]
@@ -150,7 +151,7 @@ def test_every_bundled_model_file_is_package_data():
 
 
 def test_bundled_model_is_complete_small_and_documented():
-    from metamergen.demo import demo_model_info
+    from metamergen.demo.run import demo_model_info
 
     info = demo_model_info()
     index = json.loads((DEMO_MODEL / "model_index.json").read_text())
@@ -166,8 +167,8 @@ def test_bundled_model_is_complete_small_and_documented():
 def test_bundled_model_reconstructs_held_out_scenes_from_their_own_tokens(demo_pipe):
     """The adapters carry the scene: one-step latent estimates of held-out scenes are closer from
     the scene's own foveal + peripheral tokens than from another scene's, at every noise level."""
-    from metamergen.demo import demo_model_info
-    from metamergen.diagnostics import conditioning_reconstruction
+    from metamergen.demo.run import demo_model_info
+    from metamergen.evaluation.diagnostics import conditioning_reconstruction
 
     # VAE, UNet and adapters are stored in fp16 and must come back as fp32 for the CPU
     assert {m.dtype for m in demo_pipe.components.values() if isinstance(m, torch.nn.Module)} == {torch.float32}
@@ -182,7 +183,7 @@ def test_bundled_model_reconstructs_held_out_scenes_from_their_own_tokens(demo_p
 @pytest.mark.slow
 def test_demo_writes_the_report_and_generations_resemble_their_own_scene(demo_pipe, tmp_path):
     """The demo path end to end (fewer prefixes and steps than the command's defaults)."""
-    from metamergen.demo import run_demo
+    from metamergen.demo.run import run_demo
 
     result = run_demo(tmp_path / "demo", n_scenes=4, prefixes=(1, 10), steps=10, n_boot=200, progress=False,
                       pipe=demo_pipe)

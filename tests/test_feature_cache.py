@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from metamergen.encoders import patch_tokens
-from metamergen.feature_cache import CachedFeatureDataset, cache_features, cache_settings, check_cache
-from metamergen.foveation import EncoderFrame, peripheral_image
+from metamergen.encoders.dinov2 import patch_tokens
+from metamergen.training.feature_cache import CachedFeatureDataset, cache_features, cache_settings, check_cache
+from metamergen.foveation.frame import EncoderFrame
+from metamergen.foveation.periphery import peripheral_image
 from metamergen.testing import tiny_pipeline
-from metamergen.train_data import AdapterTrainingDataset, TrainingItem
+from metamergen.training.data import AdapterTrainingDataset, TrainingItem
 
 LEVELS = [0.25, 1.0]
 
@@ -90,8 +91,8 @@ def test_a_cache_built_differently_is_refused(tmp_path: Path):
 def test_training_from_the_cache(tmp_path: Path):
     from accelerate.state import AcceleratorState
 
-    from metamergen.train_config import TrainConfig
-    from metamergen.trainer import train
+    from metamergen.training.config import TrainConfig
+    from metamergen.training.trainer import train
 
     AcceleratorState._reset_state(reset_partial_state=True)
     items_for(tmp_path / "img", 4)

@@ -9,7 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
-from metamergen.fixations import Fixation, Scanpath, matched_random, random_fixations
+from metamergen.fixations.records import Fixation, Scanpath, matched_random, random_fixations
 
 W, H = 640, 480
 

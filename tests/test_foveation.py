@@ -7,15 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from metamergen.encoders import dinov2_processor
-from metamergen.foveation import (
-    EncoderFrame,
-    GaussianBlur,
-    foveal_crop,
-    peripheral_image,
-    random_patch_mask,
-    token_mask,
-)
+from metamergen.encoders.dinov2 import dinov2_processor
+from metamergen.foveation.frame import EncoderFrame
+from metamergen.foveation.periphery import GaussianBlur, peripheral_image
+from metamergen.foveation.fovea import foveal_crop, random_patch_mask, token_mask
 
 
 def cells(mask: np.ndarray) -> set[tuple[int, int]]:

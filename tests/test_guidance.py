@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import EulerDiscreteScheduler
 
-from metamergen.guidance import cfgpp_ddim_step, needs_unconditional
+from metamergen.pipeline.guidance import cfgpp_ddim_step, needs_unconditional
 from metamergen.testing import tiny_scheduler
 
 

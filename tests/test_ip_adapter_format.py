@@ -11,14 +11,8 @@ from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from safetensors.torch import load_file
 
-from metamergen.adapters import MetamerGenAdapters
-from metamergen.ip_adapter_format import (
-    FOVEAL_WEIGHT_NAME,
-    PERIPHERAL_WEIGHT_NAME,
-    load_ip_adapter_state_dicts,
-    save_ip_adapter,
-    to_ip_adapter_state_dicts,
-)
+from metamergen.adapters.model import MetamerGenAdapters
+from metamergen.adapters.ip_adapter_format import FOVEAL_WEIGHT_NAME, PERIPHERAL_WEIGHT_NAME, load_ip_adapter_state_dicts, save_ip_adapter, to_ip_adapter_state_dicts
 from metamergen.testing import tiny_adapters, tiny_pipeline
 
 TOKENS = (2, 64, 48)  # batch, DINOv2 tokens (8 x 8 grid), encoder width of the tiny pipeline

@@ -19,20 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
-from metamergen.encoders import dinov2_processor
-from metamergen.metrics import (
-    METRICS,
-    MODEL_METRICS,
-    WEIGHT_FREE_METRICS,
-    CLIPSimilarity,
-    ColorHistogramDistance,
-    DinoCosine,
-    DreamSimDistance,
-    GaborEnergyDistance,
-    Metric,
-    build_metrics,
-    dreamsim_missing_files,
-)
+from metamergen.encoders.dinov2 import dinov2_processor
+from metamergen.evaluation.metrics import METRICS, MODEL_METRICS, WEIGHT_FREE_METRICS, CLIPSimilarity, ColorHistogramDistance, DinoCosine, DreamSimDistance, GaborEnergyDistance, Metric, build_metrics, dreamsim_missing_files
 from metamergen.testing import TINY_ENCODER_RESOLUTION, tiny_image_encoder
 
 # --------------------------------------------------------------------------- images
@@ -199,7 +187,7 @@ def test_generation_is_resized_to_the_original_with_bicubic():
 
 
 def test_gabor_fft_filtering_equals_spatial_convolution():
-    from metamergen.metrics import _luminance, _to_float
+    from metamergen.evaluation.metrics import _luminance, _to_float
 
     arr = np.asarray(scene(40, 30))
     gabor = GaborEnergyDistance()

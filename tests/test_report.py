@@ -13,16 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from metamergen.figures import foveated_input
-from metamergen.report import (
-    METRIC_INFO,
-    ReportError,
-    bootstrap_ci,
-    register_report_command,
-    summarize_scores,
-    unit_means,
-    write_report,
-)
+from metamergen.viz.figures import foveated_input
+from metamergen.viz.report import METRIC_INFO, ReportError, summarize_scores, write_report
+from metamergen.evaluation.statistics import bootstrap_ci, unit_means
+from metamergen.commands.report import add_parser as add_report_parser
 
 SCENES = {"s1": (64, 48), "s2": (56, 56)}
 
@@ -77,7 +71,7 @@ class _Links(HTMLParser):
 
 
 def test_metric_directions_match_the_metric_classes():
-    from metamergen.metrics import METRICS, DinoCosine
+    from metamergen.evaluation.metrics import METRICS, DinoCosine
 
     toy_measures = {"objects_recovered", "fixated_objects_recovered"}  # metamergen.demo.object_scores
     for name, info in METRIC_INFO.items():
@@ -220,7 +214,7 @@ def test_report_root_resolves_relative_paths_and_the_command_runs(tmp_path: Path
     with pytest.raises(ReportError, match="--root"):
         write_report(moved, tmp_path / "r0", n_boot=10)
     parser = argparse.ArgumentParser()
-    register_report_command(parser.add_subparsers(dest="command"))
+    add_report_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["report", "--scores", str(moved), "--root", str(tmp_path / "study"), "--out",
                               str(tmp_path / "r"), "--metrics", "dreamsim,clip", "--n-boot", "50", "--max-sheets", "3"])
     assert args.func(args) == 0

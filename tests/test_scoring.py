@@ -16,13 +16,16 @@ import torch
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
-import metamergen.scoring as scoring
-from metamergen.metrics import WEIGHT_FREE_METRICS
-from metamergen.study import MANIFEST_COLUMNS, MANIFEST_NAME, StudySettings, load_scanpath_scenes, plan_study, read_manifest, run_study
-from metamergen.data import DatasetInfo, write_scanpaths
-from metamergen.fixations import Scanpath
-from metamergen.scoring import main as score_main
-from metamergen.scoring import score_manifest, write_score_table
+import metamergen.evaluation.scoring as scoring
+from metamergen.evaluation.metrics import WEIGHT_FREE_METRICS
+from metamergen.study.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest
+from metamergen.study.plan import StudySettings, plan_study
+from metamergen.study.scenes import load_scanpath_scenes
+from metamergen.study.run import run_study
+from metamergen.fixations.io import DatasetInfo, write_scanpaths
+from metamergen.fixations.records import Scanpath
+from metamergen.commands.score import main as score_main
+from metamergen.evaluation.scoring import score_manifest, write_score_table
 
 
 def structured_scene(width: int, height: int, seed: int) -> Image.Image:

@@ -11,20 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metamergen.data import DatasetInfo, write_scanpaths
-from metamergen.fixations import Fixation, Scanpath
-from metamergen.study import (
-    MANIFEST_COLUMNS,
-    MANIFEST_NAME,
-    StudySettings,
-    load_fixation_list_scene,
-    load_scanpath_scenes,
-    main as generate_main,
-    output_size,
-    plan_study,
-    read_manifest,
-    run_study,
-)
+from metamergen.fixations.io import DatasetInfo, write_scanpaths
+from metamergen.fixations.records import Fixation, Scanpath
+from metamergen.study.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest
+from metamergen.study.plan import StudySettings, output_size, plan_study
+from metamergen.study.scenes import load_fixation_list_scene, load_scanpath_scenes
+from metamergen.commands.generate import main as generate_main
+from metamergen.study.run import run_study
 
 
 class CountingPipe:

@@ -10,28 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metamergen.data import read_info, read_scanpaths, resolve_image
-from metamergen.toyworld import (
-    FLOOR_COLOURS,
-    GROUND_COLOURS,
-    MARK_COLOURS,
-    OBJECT_COLOURS,
-    SHAPES,
-    SKY_COLOURS,
-    WALL_COLOURS,
-    ToyWorldConfig,
-    generate_scene,
-    main,
-    object_attributes,
-    object_colour_match,
-    random_scanpath,
-    read_objects,
-    scene_scanpaths,
-    scene_seeds,
-    viewer_scanpath,
-    write_split,
-    write_world,
-)
+from metamergen.fixations.io import read_info, read_scanpaths, resolve_image
+from metamergen.demo.toyworld import FLOOR_COLOURS, GROUND_COLOURS, MARK_COLOURS, OBJECT_COLOURS, SHAPES, SKY_COLOURS, WALL_COLOURS, ToyWorldConfig, generate_scene, object_attributes, object_colour_match, random_scanpath, read_objects, scene_scanpaths, scene_seeds, viewer_scanpath, write_split, write_world
+from metamergen.commands.toyworld import main
 
 
 def _dist(a, b) -> float:

@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from metamergen import MetamerGenPipeline
-from metamergen.encoders import dinov2_processor
-from metamergen.train_config import TrainConfig
-from metamergen.train_data import AdapterTrainingDataset, BadSampleError, TrainingItem, collate
+from metamergen.encoders.dinov2 import dinov2_processor
+from metamergen.training.config import TrainConfig
+from metamergen.training.data import AdapterTrainingDataset, BadSampleError, TrainingItem, collate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny_cpu.yaml"
@@ -99,7 +99,7 @@ def test_random_fixation_samples_follow_the_paper_recipe(tmp_path: Path):
 
 
 def test_scanpath_samples_use_the_viewers_first_fixations(tmp_path: Path):
-    from metamergen.fixations import Scanpath
+    from metamergen.fixations.records import Scanpath
 
     img = Image.new("RGB", (112, 112))
     sp = Scanpath.from_points([[3, 3], [20, 3], [100, 100]], width=112, height=112)
@@ -125,7 +125,7 @@ def test_bad_images_are_replaced_and_counted_or_fatal(tmp_path: Path):
 
 
 def test_single_process_run_exports_a_loadable_pipeline_and_reports_bad_data(tmp_path: Path):
-    from metamergen.trainer import train
+    from metamergen.training.trainer import train
 
     images = tmp_path / "img"
     write_images(images, 6)
@@ -155,7 +155,7 @@ def test_single_process_run_exports_a_loadable_pipeline_and_reports_bad_data(tmp
 
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_interrupted_and_resumed_run_ends_with_the_same_adapters(tmp_path: Path, accumulation: int):
-    from metamergen.trainer import train
+    from metamergen.training.trainer import train
 
     images = tmp_path / "img"
     # 3 batches of 2 per epoch: the stop at step 2 falls mid-epoch; with accumulation 2, accelerate
@@ -201,9 +201,9 @@ def test_multi_process_cpu_training_synchronises(tmp_path: Path):
 
 
 def test_scanpath_source_skips_nan_records_and_missing_images(tmp_path: Path):
-    from metamergen.data import DatasetInfo, write_scanpaths
-    from metamergen.fixations import Scanpath
-    from metamergen.trainer import train
+    from metamergen.fixations.io import DatasetInfo, write_scanpaths
+    from metamergen.fixations.records import Scanpath
+    from metamergen.training.trainer import train
 
     images = tmp_path / "img"
     paths = write_images(images, 4)
@@ -233,8 +233,9 @@ def test_training_lowers_the_loss_on_a_fixed_synthetic_set(tmp_path: Path):
     from diffusers.training_utils import compute_snr
 
     from metamergen.testing import tiny_pipeline
-    from metamergen.trainer import _loss, train
-    from metamergen.train_data import AdapterTrainingDataset, collate, list_images
+    from metamergen.training.loss import adapter_loss, encode_batch
+    from metamergen.training.trainer import train
+    from metamergen.training.data import AdapterTrainingDataset, collate, list_images
 
     images = tmp_path / "img"
     images.mkdir()
@@ -260,7 +261,8 @@ def test_training_lowers_the_loss_on_a_fixed_synthetic_set(tmp_path: Path):
         with torch.no_grad():
             for seed in range(4):
                 g = torch.Generator().manual_seed(seed)
-                losses.append(_loss(pipe, model, noise_scheduler, batch, text, cfg, g, torch.float32, compute_snr).item())
+                encoded = encode_batch(pipe, batch, generator=g, dtype=torch.float32)
+                losses.append(adapter_loss(model, noise_scheduler, encoded, text, cfg.optim, generator=g, compute_snr=compute_snr).item())
         return float(np.mean(losses))
 
     before = fixed_loss(tiny_pipeline(seed=cfg.run.seed))
@@ -273,7 +275,7 @@ def test_optional_lora_trains_and_is_merged_into_the_export(tmp_path: Path):
     from safetensors.torch import load_file
 
     from metamergen.testing import tiny_pipeline
-    from metamergen.trainer import train
+    from metamergen.training.trainer import train
 
     images = tmp_path / "img"
     write_images(images, 4)
@@ -298,7 +300,7 @@ def test_bf16_training_exports_the_original_fp32_frozen_weights(tmp_path: Path):
     from safetensors.torch import load_file
 
     from metamergen.testing import tiny_pipeline
-    from metamergen.trainer import train
+    from metamergen.training.trainer import train
 
     images = tmp_path / "img"
     write_images(images, 4)
@@ -320,13 +322,13 @@ def test_adapters_trained_on_a_text_conditioned_base_carry_their_scene(tmp_path:
     (one-step latent estimate) from their own tokens and from another scene's. Before training
     the tokens make no difference; after it, a scene's own tokens give the better estimate.
     (On a UNet that only ever saw a constant context this does not happen at all: see
-    metamergen.toymodel.)
+    metamergen.demo.toymodel.)
     """
-    from metamergen.demo import demo_model_info, load_demo_pipeline
-    from metamergen.diagnostics import conditioning_reconstruction
-    from metamergen.toymodel import DemoModelConfig, assemble_pipeline
-    from metamergen.toyworld import ToyWorldConfig, generate_scene, scene_seeds, write_split
-    from metamergen.trainer import train
+    from metamergen.demo.run import demo_model_info, load_demo_pipeline
+    from metamergen.evaluation.diagnostics import conditioning_reconstruction
+    from metamergen.demo.toymodel import DemoModelConfig, assemble_pipeline
+    from metamergen.demo.toyworld import ToyWorldConfig, generate_scene, scene_seeds, write_split
+    from metamergen.training.trainer import train
 
     info = demo_model_info()
     trained = load_demo_pipeline()

@@ -5,10 +5,10 @@
 
 Stages (all seeded; the seeds and step counts are written to ``build_info.json`` next to the model):
 
-1. **world**: toy train/test splits (:func:`metamergen.toyworld.write_world`);
-2. **vae**: a small VAE trained to reconstruct the train scenes (:func:`metamergen.toymodel.train_vae`);
+1. **world**: toy train/test splits (:func:`metamergen.demo.toyworld.write_world`);
+2. **vae**: a small VAE trained to reconstruct the train scenes (:func:`metamergen.demo.toymodel.train_vae`);
 3. **base**: a small UNet and its text encoder trained text-to-image on scene captions
-   (:func:`metamergen.toymodel.train_base_unet`), the toy counterpart of Stable Diffusion;
+   (:func:`metamergen.demo.toymodel.train_base_unet`), the toy counterpart of Stable Diffusion;
 4. **adapters**: the project's own trainer (``training/train.py``'s loop) on the frozen base with
    ``configs/demo_toyworld.yaml``: random fixations and blur levels, as the paper.
 
@@ -34,25 +34,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from metamergen.io_utils import atomic_write  # noqa: E402
-from metamergen.pipeline import MetamerGenPipeline  # noqa: E402
-from metamergen.toymodel import (  # noqa: E402
-    DemoModelConfig,
-    assemble_pipeline,
-    build_image_encoder,
-    build_text_encoder,
-    build_tokenizer,
-    build_unet,
-    build_vae,
-    encode_latents,
-    images_to_tensor,
-    scene_caption,
-    train_base_unet,
-    train_vae,
-)
-from metamergen.toyworld import ToyWorldConfig, read_objects, write_world  # noqa: E402
-from metamergen.train_config import TrainConfig  # noqa: E402
-from metamergen.trainer import train  # noqa: E402
+from metamergen.utils.io import atomic_write  # noqa: E402
+from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline  # noqa: E402
+from metamergen.demo.toymodel import DemoModelConfig, assemble_pipeline, build_image_encoder, build_text_encoder, build_tokenizer, build_unet, build_vae, encode_latents, images_to_tensor, scene_caption, train_base_unet, train_vae
+from metamergen.demo.toyworld import ToyWorldConfig, read_objects, write_world  # noqa: E402
+from metamergen.training.config import TrainConfig  # noqa: E402
+from metamergen.training.trainer import train  # noqa: E402
 
 DEFAULT_OUT = REPO / "metamergen" / "assets" / "demo_model"
 

@@ -1,0 +1,279 @@
+"""The trainable part of MetamerGen: two Perceiver resamplers and decoupled cross-attention K/V.
+
+Built from diffusers' own IP-Adapter machinery:
+
+* each stream's resampler is an :class:`~diffusers.models.embeddings.IPAdapterPlusImageProjection`
+  (IP-Adapter-Plus Perceiver) that compresses ``T`` DINOv2 tokens (1024) into ``num_tokens`` (32)
+  tokens of the UNet's cross-attention width (768 for SD1.5);
+* every UNet cross-attention layer gets diffusers' multi-IP-Adapter processor
+  (:class:`~diffusers.models.attention_processor.IPAdapterAttnProcessor2_0`, or its xformers twin)
+  with one K/V pair per stream, computing
+  ``Attn(Q, K_text, V_text) + scale_f * Attn(Q, K_f, V_f) + scale_p * Attn(Q, K_p, V_p)``.
+
+The K/V projections are owned by :class:`MetamerGenAdapters` and *shared* with the processors it
+installs, so the adapters are one saveable module while the UNet stays a stock UNet. The resamplers
+run outside the UNet, once per sample rather than once per denoising step: the UNet receives
+``encoder_hidden_states=(text_embeds, [foveal_tokens, peripheral_tokens])``.
+
+A stream whose scale is 0 is skipped by the processor (stream off); to drop a stream's *condition*
+(training dropout, the unconditional branch of guidance) feed the resampler zero tokens instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Literal
+
+import torch
+from diffusers import ModelMixin
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import (
+    AttnProcessor2_0,
+    IPAdapterAttnProcessor2_0,
+    IPAdapterXFormersAttnProcessor,
+    XFormersAttnProcessor,
+)
+from torch import nn
+
+from metamergen.adapters.resampler import build_resampler
+from metamergen.defaults import NUM_TOKENS
+
+AttentionBackend = Literal["sdpa", "xformers"]
+STREAMS = ("foveal", "peripheral")
+
+__all__ = ["STREAMS", "AttentionBackend", "MetamerGenAdapters", "cross_attention_layers"]
+
+#: Where the adapters are saved from and loaded by diffusers (``model_index.json`` records this
+#: module path): pinned to the public package, so a saved folder does not depend on file layout.
+SERIALIZED_MODULE = "metamergen.adapters"
+
+
+def cross_attention_layers(unet: nn.Module) -> list[tuple[str, int, int]]:
+    """The UNet's cross-attention layers in ``unet.attn_processors`` order (down, up, mid).
+
+    Returns
+    -------
+    list of (processor_name, hidden_size, cross_attention_dim)
+    """
+    layers = []
+    for name in unet.attn_processors:
+        if not name.endswith("attn2.processor"):
+            continue
+        attn = unet.get_submodule(name[: -len(".processor")])
+        layers.append((name, attn.to_k.out_features, attn.to_k.in_features))
+    if not layers:
+        raise ValueError("This UNet has no cross-attention layers (attn2); MetamerGen needs a text-conditioned UNet.")
+    return layers
+
+
+class MetamerGenAdapters(ModelMixin, ConfigMixin):
+    """Foveal and peripheral resamplers plus one K/V pair per stream in every cross-attention layer.
+
+    Parameters
+    ----------
+    layer_names
+        Processor names of the UNet's cross-attention layers, in ``unet.attn_processors`` order.
+    hidden_sizes
+        Each layer's attention width (output of its K/V projections).
+    cross_attention_dim
+        UNet cross-attention width: the resamplers' output width and the K/V input width (768 for SD1.5).
+    image_embed_dim
+        Width of the encoder's tokens (768 for DINOv2-Base).
+    num_tokens
+        Tokens per stream after resampling (32 in the paper).
+    resampler_hidden_dim, resampler_depth, resampler_heads, resampler_dim_head, resampler_ffn_ratio
+        Perceiver shape; not published by the paper, so IP-Adapter-Plus's SD1.5 values are the
+        defaults (768, 4, 12, 64, 4). diffusers' IP-Adapter weight converter requires depth 4,
+        dim_head 64 and ffn ratio 4 for the exported files to load.
+    """
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        layer_names: list[str],
+        hidden_sizes: list[int],
+        cross_attention_dim: int = 768,
+        image_embed_dim: int = 768,
+        num_tokens: int = NUM_TOKENS,
+        resampler_hidden_dim: int = 768,
+        resampler_depth: int = 4,
+        resampler_heads: int = 12,
+        resampler_dim_head: int = 64,
+        resampler_ffn_ratio: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if len(layer_names) != len(hidden_sizes):
+            raise ValueError(f"Got {len(layer_names)} layer names but {len(hidden_sizes)} hidden sizes.")
+
+        def projections() -> nn.ModuleList:
+            return nn.ModuleList(nn.Linear(cross_attention_dim, h, bias=False) for h in hidden_sizes)
+
+        shape = dict(
+            image_embed_dim=image_embed_dim,
+            cross_attention_dim=cross_attention_dim,
+            num_tokens=num_tokens,
+            hidden_dim=resampler_hidden_dim,
+            depth=resampler_depth,
+            heads=resampler_heads,
+            dim_head=resampler_dim_head,
+            ffn_ratio=resampler_ffn_ratio,
+        )
+        self.foveal_resampler = build_resampler(**shape)
+        self.peripheral_resampler = build_resampler(**shape)
+        self.to_k_foveal, self.to_v_foveal = projections(), projections()
+        self.to_k_peripheral, self.to_v_peripheral = projections(), projections()
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_unet(cls, unet: nn.Module, *, image_embed_dim: int = 768, **config) -> MetamerGenAdapters:
+        """New adapters shaped for ``unet``, each stream's K/V initialised from the text K/V (paper).
+
+        ``config`` takes the remaining constructor arguments (``num_tokens``, ``resampler_*``).
+        """
+        layers = cross_attention_layers(unet)
+        adapters = cls(
+            layer_names=[n for n, _, _ in layers],
+            hidden_sizes=[h for _, h, _ in layers],
+            cross_attention_dim=layers[0][2],
+            image_embed_dim=image_embed_dim,
+            **config,
+        )
+        with torch.no_grad():
+            for i, (name, _, _) in enumerate(layers):
+                attn = unet.get_submodule(name[: -len(".processor")])
+                for k, v in ((adapters.to_k_foveal, adapters.to_v_foveal), (adapters.to_k_peripheral, adapters.to_v_peripheral)):
+                    k[i].weight.copy_(attn.to_k.weight)
+                    v[i].weight.copy_(attn.to_v.weight)
+        adapters.to(unet.device)
+        if unet.dtype != adapters.dtype:  # only then: diffusers' to(dtype=...) always logs a warning
+            adapters.to(dtype=unet.dtype)
+        return adapters
+
+    # ------------------------------------------------------------------ forward pieces
+
+    def project(
+        self,
+        foveal_tokens: torch.Tensor,
+        peripheral_tokens: torch.Tensor,
+        *,
+        active: tuple[bool, bool] = (True, True),
+    ) -> list[torch.Tensor]:
+        """Resample both streams.
+
+        Parameters
+        ----------
+        foveal_tokens, peripheral_tokens
+            ``(B, T, image_embed_dim)`` encoder tokens (foveal: masked, zeros outside the fovea).
+        active
+            Which streams to resample. An inactive stream (scale 0: the attention processor skips
+            it) gets zeros of the output shape instead of a resampler pass.
+
+        Returns
+        -------
+        list of two torch.Tensor
+            ``[foveal, peripheral]``, each ``(B, num_tokens, cross_attention_dim)``: the second
+            element of the UNet's ``encoder_hidden_states`` tuple.
+        """
+        out = []
+        for tokens, resampler, on in zip(
+            (foveal_tokens, peripheral_tokens), (self.foveal_resampler, self.peripheral_resampler), active
+        ):
+            if on:
+                out.append(resampler(tokens))
+            else:
+                shape = (tokens.shape[0], self.config.num_tokens, self.config.cross_attention_dim)
+                out.append(torch.zeros(shape, device=tokens.device, dtype=tokens.dtype))
+        return out
+
+    # ------------------------------------------------------------------ UNet wiring
+
+    def install(
+        self,
+        unet: nn.Module,
+        *,
+        foveal_scale: float = 1.0,
+        peripheral_scale: float = 1.0,
+        attention: AttentionBackend = "sdpa",
+    ) -> None:
+        """Put the decoupled cross-attention processors into ``unet``, sharing this module's K/V.
+
+        Self-attention layers get the plain processor of the same backend. Call again after
+        anything that replaces the UNet's processors (the pipeline does so for xformers).
+        """
+        names = [n for n, _, _ in cross_attention_layers(unet)]
+        if names != list(self.config.layer_names):
+            raise ValueError(
+                "These adapters were built for a different UNet: its cross-attention layers differ "
+                f"({len(self.config.layer_names)} expected, {len(names)} found). Build adapters with "
+                "MetamerGenAdapters.from_unet(unet) or load the ones trained for this UNet."
+            )
+        if attention == "xformers":
+            ip_cls, plain_cls = IPAdapterXFormersAttnProcessor, XFormersAttnProcessor
+        elif attention == "sdpa":
+            ip_cls, plain_cls = IPAdapterAttnProcessor2_0, AttnProcessor2_0
+        else:
+            raise ValueError(f"Unknown attention backend {attention!r}; choose 'sdpa' or 'xformers'.")
+        index = {n: i for i, n in enumerate(names)}
+        processors = {}
+        for name in unet.attn_processors:
+            if name not in index:
+                processors[name] = plain_cls()
+                continue
+            i = index[name]
+            proc = ip_cls(
+                hidden_size=self.config.hidden_sizes[i],
+                cross_attention_dim=self.config.cross_attention_dim,
+                num_tokens=[self.config.num_tokens] * 2,
+                scale=[float(foveal_scale), float(peripheral_scale)],
+            )
+            proc.to_k_ip = nn.ModuleList([self.to_k_foveal[i], self.to_k_peripheral[i]])
+            proc.to_v_ip = nn.ModuleList([self.to_v_foveal[i], self.to_v_peripheral[i]])
+            processors[name] = proc
+        unet.set_attn_processor(processors)
+
+    def uninstall(self, unet: nn.Module) -> None:
+        """Give ``unet`` plain processors again (e.g. before saving it without orphan adapter weights)."""
+        xformers = any(isinstance(p, IPAdapterXFormersAttnProcessor) for p in unet.attn_processors.values())
+        unet.set_attn_processor(XFormersAttnProcessor() if xformers else AttnProcessor2_0())
+
+    def is_installed(self, unet: nn.Module) -> bool:
+        """True when every cross-attention layer of ``unet`` uses this module's K/V (not copies)."""
+        procs = unet.attn_processors
+        for i, name in enumerate(self.config.layer_names):
+            p = procs.get(name)
+            if (
+                not hasattr(p, "to_k_ip")
+                or len(p.to_k_ip) != 2
+                or p.to_k_ip[0] is not self.to_k_foveal[i]
+                or p.to_k_ip[1] is not self.to_k_peripheral[i]
+                or p.to_v_ip[0] is not self.to_v_foveal[i]
+                or p.to_v_ip[1] is not self.to_v_peripheral[i]
+            ):
+                return False
+        return True
+
+    def set_scale(self, unet: nn.Module, foveal: float, peripheral: float) -> None:
+        """Set the per-stream scales (λ_f, λ_p) in every installed processor; 0 turns a stream off."""
+        procs = unet.attn_processors
+        for name in self.config.layer_names:
+            procs[name].scale = [float(foveal), float(peripheral)]
+
+    @contextmanager
+    def scaled(self, unet: nn.Module, foveal: float, peripheral: float) -> Iterator[None]:
+        """Set the stream scales for the duration of a ``with`` block, then restore the previous
+        ones (so a render inside training does not change the scales training runs with)."""
+        procs = unet.attn_processors
+        before = [list(procs[n].scale) for n in self.config.layer_names]
+        self.set_scale(unet, foveal, peripheral)
+        try:
+            yield
+        finally:
+            for name, scale in zip(self.config.layer_names, before):
+                procs[name].scale = scale
+
+
+# saved folders record the public package, not this file (diffusers reads the class's module)
+MetamerGenAdapters.__module__ = SERIALIZED_MODULE

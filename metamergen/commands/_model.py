@@ -1,0 +1,52 @@
+"""The model-choice flags every rendering command shares, and loading the model they name."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from metamergen import defaults
+
+__all__ = ["add_model_arguments", "check_model_choice", "load_pipeline_from_args"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model / --adapters (+ --base-model, --image-encoder) / --tiny``, ``--revision``, ``--device``, ``--dtype``."""
+    model = parser.add_argument_group("model (one of)")
+    model.add_argument("--model", help="folder or hub id of a saved MetamerGenPipeline")
+    model.add_argument("--adapters", help="trained adapters (folder or repo id), assembled with --base-model and --image-encoder")
+    model.add_argument("--tiny", action="store_true", help="tiny random offline model (tests the machinery; images are noise)")
+    parser.add_argument("--base-model", default=defaults.BASE_MODEL, help=f"Stable Diffusion id or folder (default {defaults.BASE_MODEL})")
+    parser.add_argument("--image-encoder", default=defaults.IMAGE_ENCODER, help=f"DINOv2 id or folder (default {defaults.IMAGE_ENCODER})")
+    parser.add_argument("--revision", default=None, help="hub revision of --model (recorded; default: the commit of a hub-cache snapshot folder, else unknown)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+
+
+def check_model_choice(args: argparse.Namespace) -> None:
+    """Exit with a one-line message unless exactly one of ``--model``, ``--adapters``, ``--tiny`` is given."""
+    n = sum(bool(getattr(args, k, None)) for k in ("tiny", "model", "adapters"))
+    if n > 1:
+        raise SystemExit("error: give only one of --model, --adapters, --tiny.")
+    if n == 0:
+        raise SystemExit(
+            "error: say which model to use: --model <saved pipeline folder>, --adapters <trained adapters> "
+            "(with --base-model/--image-encoder), or --tiny for the offline random test model."
+        )
+    if getattr(args, "revision", None) and not args.model:
+        raise SystemExit("error: --revision applies to --model only.")
+
+
+def load_pipeline_from_args(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """Load the model :func:`add_model_arguments` describes: ``(pipe, description, revision)``."""
+    from metamergen.loading import TINY_WARNING, load_model
+
+    check_model_choice(args)
+    if args.tiny:
+        print(TINY_WARNING, file=sys.stderr)
+    loaded = load_model(
+        model=args.model, adapters=args.adapters, tiny=args.tiny, base_model=args.base_model,
+        image_encoder=args.image_encoder, revision=args.revision, device=args.device, dtype=args.dtype,
+    )
+    return loaded.pipe, loaded.description, loaded.revision

@@ -1,0 +1,105 @@
+"""``metamergen score``: manifest -> similarity table (DreamSim, CLIP, weight-free levels)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from metamergen.evaluation.registry import DEFAULT_METRICS, METRIC_INFO
+
+__all__ = ["add_parser", "main", "run"]
+
+
+def _add_score_arguments(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--manifest", required=True, help="manifest.jsonl written by `metamergen generate`")
+    s.add_argument("--out", default=None, help="score table (default: scores.csv next to the manifest)")
+    s.add_argument("--format", choices=["csv", "parquet"], default=None, help="default: from --out's suffix, else csv")
+    s.add_argument(
+        "--metrics", default=None,
+        help=f"comma-separated, from {','.join(METRIC_INFO)} (default: {','.join(DEFAULT_METRICS)}, plus dino with a pipeline)",
+    )
+    s.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP hub id or local folder (default ViT-L/14)")
+    s.add_argument("--dreamsim-cache", default=None, help="folder of DreamSim's weights (default $METAMERGEN_DREAMSIM_CACHE or ~/.cache/metamergen/dreamsim)")
+    s.add_argument("--dreamsim-type", default="ensemble", help="DreamSim variant (default ensemble)")
+    s.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default 16)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--model", help="saved MetamerGenPipeline whose DINOv2 the dino metric uses")
+    s.add_argument("--tiny", action="store_true", help="the tiny random offline pipeline's DINOv2 for dino (tests only)")
+    s.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
+    s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of --model")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Handler of ``metamergen score``."""
+    from metamergen.evaluation.metrics import METRICS
+    from metamergen.evaluation.scoring import build_score_metrics, load_manifest_rows, score_manifest, write_score_table
+
+    if args.batch_size < 1:
+        raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}.")
+    if args.model and args.tiny:
+        raise SystemExit("error: give --model or --tiny, not both.")
+    names = None
+    if args.metrics is not None:
+        names = [n.strip() for n in args.metrics.split(",") if n.strip()]
+        unknown = [n for n in names if n not in METRICS]
+        if unknown or not names:
+            raise SystemExit(f"error: unknown metric(s) {unknown or args.metrics!r}; valid names: {', '.join(METRICS)}.")
+    with_pipe = bool(args.model or args.tiny)
+    if names is None:
+        names = list(DEFAULT_METRICS) + (["dino"] if with_pipe else [])
+    if "dino" in names and not with_pipe:
+        raise SystemExit("error: dino uses the pipeline's DINOv2: pass --model <saved pipeline> (or --tiny).")
+    out = Path(args.out) if args.out else Path(args.manifest).parent / ("scores.parquet" if args.format == "parquet" else "scores.csv")
+    try:
+        load_manifest_rows(args.manifest)  # fail on missing files before any model loads
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    pipe = None
+    if "dino" in names:
+        from metamergen.loading import TINY_WARNING, load_model
+
+        if args.tiny:
+            print(TINY_WARNING, file=sys.stderr)
+        pipe = load_model(model=args.model, tiny=args.tiny, dtype=args.dtype, device=args.device or "cpu").pipe
+    try:
+        metrics = build_score_metrics(
+            names, device=args.device, batch_size=args.batch_size, clip_model=args.clip_model,
+            dreamsim_cache=args.dreamsim_cache, dreamsim_type=args.dreamsim_type, pipe=pipe,
+        )
+        rows = score_manifest(args.manifest, metrics, batch_size=args.batch_size, progress=not args.no_progress)
+        # image paths in the table are relative to the table's own folder, wherever it is written
+        base = Path(args.manifest).resolve().parent
+        for r in rows:
+            r["path"] = os.path.relpath(base / r["path"], out.resolve().parent)
+        write_score_table(rows, out, args.format)
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(f"Scored {len(rows)} image(s) with {', '.join(m.name for m in metrics)}; wrote {out}")
+    return 0
+
+
+_SCORE_HELP = "score a study's generations against their scenes (DreamSim, CLIP, weight-free levels)"
+
+
+_SCORE_DESCRIPTION = (
+    "Compare each generation in a manifest with its original scene and write a table joined with the "
+    "manifest: one row per image, one column per metric."
+)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``score`` to the command line's subparsers."""
+    s = subparsers.add_parser("score", help=_SCORE_HELP, description=_SCORE_DESCRIPTION)
+    _add_score_arguments(s)
+    s.set_defaults(func=run)
+    return s
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``metamergen score`` as a standalone command (``inference/score.py``)."""
+    parser = argparse.ArgumentParser(prog="score", description=_SCORE_DESCRIPTION)
+    _add_score_arguments(parser)
+    return run(parser.parse_args(argv))

@@ -1,0 +1,39 @@
+"""The toy world and the bundled demo model: MetamerGen end to end, offline, on a CPU.
+
+- :mod:`~metamergen.demo.toyworld`: seeded toy scenes (layouts a periphery can convey, small
+  objects that need the fovea), toy-viewer scanpaths, object attributes;
+- :mod:`~metamergen.demo.toymodel`: the demo model's components and its base-stage trainers;
+- :mod:`~metamergen.demo.measures`: object-level measures (registered with the metric registry);
+- :mod:`~metamergen.demo.run`: ``metamergen demo``.
+
+Nothing in the model, the trainer or the core evaluation imports this package.
+"""
+
+from metamergen.utils.lazy import lazy_exports
+
+_EXPORTS = {
+    "DEMO_METRICS": ".run",
+    "DEMO_MODEL": ".run",
+    "DemoResult": ".run",
+    "demo_model_info": ".run",
+    "load_demo_pipeline": ".run",
+    "run_demo": ".run",
+    "write_demo_scenes": ".run",
+    "TOY_METRICS": ".measures",
+    "object_scores": ".measures",
+    "own_vs_other": ".measures",
+    "ToyObject": ".toyworld",
+    "ToyScene": ".toyworld",
+    "ToyWorldConfig": ".toyworld",
+    "generate_scene": ".toyworld",
+    "object_colour_match": ".toyworld",
+    "read_objects": ".toyworld",
+    "scene_seeds": ".toyworld",
+    "write_split": ".toyworld",
+    "write_world": ".toyworld",
+    "DemoModelConfig": ".toymodel",
+    "assemble_pipeline": ".toymodel",
+}
+
+__all__ = sorted(name for name, module in _EXPORTS.items() if module.startswith("."))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,210 @@
+"""``metamergen demo``: the bundled toy-world model renders, scores and reports, offline, on a CPU.
+
+The demo model (``metamergen/assets/demo_model``, built by ``training/build_demo_model.py``) was
+trained on :mod:`metamergen.demo.toyworld` scenes. The demo
+
+1. writes held-out scenes: the first ``n_scenes`` of the world's *test* split (split seed
+   ``2 * seed + 1`` of the build seed, never seen in training), with toy-viewer scanpaths;
+2. renders, with :mod:`metamergen.study`, every scene for fixation prefixes 1, 2, 3, 5, 10, for
+   both streams / peripheral only / foveal only, from the viewer's fixations and from the matched
+   random control;
+3. scores every generation against its scene (weight-free metrics: no CLIP or DreamSim weights
+   are needed) and adds two object-level measures (:func:`object_scores`) and the
+   own-versus-other-scene comparison (:func:`own_vs_other`);
+4. writes the usual report (figures with scene-level bootstrap intervals, contact sheets, HTML).
+
+The same functions serve the ablation (``inference/ablation.py``), with more scenes and samples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from PIL import Image
+
+from metamergen.demo.measures import object_scores, own_vs_other
+from metamergen.utils.io import atomic_write
+
+if TYPE_CHECKING:
+    from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
+
+__all__ = [
+    "DEMO_MODEL",
+    "DEMO_METRICS",
+    "DemoResult",
+    "demo_model_info",
+    "load_demo_pipeline",
+    "write_demo_scenes",
+    "run_demo",
+]
+
+#: The bundled demo model folder.
+DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
+
+#: Scores of the demo: weight-free image metrics plus the object-level measures.
+DEMO_METRICS: tuple[str, ...] = ("ssim", "mse", "color_hist", "objects_recovered", "fixated_objects_recovered")
+
+
+def _missing_model(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"No demo model at {path}. The repository ships one in metamergen/assets/demo_model; "
+        "rebuild it with `python training/build_demo_model.py` (about 45 minutes on 2 CPU cores)."
+    )
+
+
+def demo_model_info(model: str | Path = DEMO_MODEL) -> dict[str, Any]:
+    """The ``build_info.json`` of a demo model (seeds, step counts, toy-world config, timings)."""
+    path = Path(model) / "build_info.json"
+    if not path.is_file():
+        raise _missing_model(Path(model))
+    return json.loads(path.read_text())
+
+
+def load_demo_pipeline(model: str | Path = DEMO_MODEL) -> MetamerGenPipeline:
+    """Load the demo model as a :class:`~metamergen.pipeline.MetamerGenPipeline` (fp32, CPU).
+
+    The tokenizer and the DINOv2 processor hold no trained state; they are rebuilt from the
+    model's config instead of read from disk, so that the folder (written with transformers 5)
+    also loads where transformers saves or names them differently.
+    """
+    from metamergen.encoders.dinov2 import dinov2_processor
+    from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
+    from metamergen.demo.toymodel import DemoModelConfig, build_tokenizer
+
+    if not (Path(model) / "model_index.json").is_file():
+        raise _missing_model(Path(model))
+    cfg = DemoModelConfig.from_dict(demo_model_info(model)["model"])
+    pipe = MetamerGenPipeline.from_pretrained(
+        model,
+        tokenizer=build_tokenizer(cfg.text_max_length),
+        feature_extractor=dinov2_processor(cfg.encoder_resolution),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def write_demo_scenes(out: str | Path, n_scenes: int, info: Mapping[str, Any]) -> Path:
+    """Write held-out toy scenes for the demo; returns the viewer-only scanpath file.
+
+    The scenes are the first ``n_scenes`` scenes of the model's *test* split (split seed
+    ``2 * seed + 1`` of the build seed, the rule of :func:`metamergen.toyworld.write_world`; the
+    adapters never saw them). Only the viewer scanpaths are kept (``viewer_scanpaths.jsonl``): the
+    study adds its own matched random control, so both sources go through one code path.
+    """
+    from metamergen.fixations.io import read_info, read_scanpaths, write_scanpaths
+    from metamergen.demo.toyworld import ToyWorldConfig, write_split
+
+    if n_scenes < 2:
+        raise ValueError(f"The demo needs at least 2 scenes (own vs other scene), got {n_scenes}.")
+    cfg = ToyWorldConfig.from_dict(info["world"])
+    out = Path(out)
+    summary = write_split(out, n_scenes, seed=2 * int(info["seed"]) + 1, config=cfg, name="demo-heldout")
+    viewer = [s for s in read_scanpaths(summary["scanpaths"]) if s.condition == "viewer"]
+    return write_scanpaths(out / "viewer_scanpaths.jsonl", viewer, read_info(summary["scanpaths"]))
+
+
+
+
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` wrote and measured."""
+
+    out: Path
+    report_index: Path
+    scores: Path
+    summary: dict[str, Any]
+
+
+def run_demo(
+    out: str | Path = "outputs/demo",
+    *,
+    model: str | Path = DEMO_MODEL,
+    n_scenes: int = 4,
+    prefixes: Sequence[int] = (1, 2, 3, 5, 10),
+    conditions: Sequence[str] = ("both", "peripheral", "foveal"),
+    hypotheses: int = 1,
+    steps: int = 20,
+    n_boot: int = 2000,
+    sheets: bool = True,
+    progress: bool = True,
+    pipe: Any = None,
+) -> DemoResult:
+    """Render, score and report the demo (module docstring); everything lands in ``out``.
+
+    Parameters
+    ----------
+    out
+        Output folder.
+    model
+        A demo model folder (``build_info.json`` + pipeline); default the bundled one.
+    n_scenes
+        Held-out scenes (>= 2), the first of the model's test split.
+    prefixes, conditions, hypotheses, steps
+        What to render (:class:`metamergen.study.StudySettings`); the random control is always on.
+    n_boot, sheets
+        Bootstrap resamples of the report's intervals; whether to draw contact sheets.
+    progress
+        Progress bar while rendering.
+    pipe
+        An already loaded demo pipeline (else loaded from ``model``).
+
+    ``out/scenes`` holds the held-out scenes and scanpaths, ``out/study`` the generations and
+    manifest, ``out/scores.csv`` the scores, ``out/report/index.html`` the report and
+    ``out/demo_summary.json`` the settings, timings and :func:`own_vs_other`. Re-running skips
+    finished generations (the study is resumable).
+    """
+    from metamergen.viz.report import write_report
+    from metamergen.evaluation.scoring import score_manifest, write_score_table
+    from metamergen.study.plan import StudySettings, plan_study
+    from metamergen.study.scenes import load_scanpath_scenes
+    from metamergen.study.run import run_study
+    from metamergen.demo.toyworld import read_objects
+
+    t0 = time.time()
+    out = Path(out)
+    info = demo_model_info(model)
+    pipe = pipe if pipe is not None else load_demo_pipeline(model)
+    scan_file = write_demo_scenes(out / "scenes", n_scenes, info)
+    scenes = load_scanpath_scenes(scan_file, image_root=out / "scenes" / "images")
+    settings = StudySettings(
+        prefixes=tuple(prefixes), hypotheses=hypotheses, conditions=tuple(conditions), random_control=True,
+        seed=int(info["seed"]), steps=steps,
+    )
+    jobs = plan_study(scenes, settings, model=str(model), pipe=pipe)
+    t_render = time.time()
+    run_study(pipe, jobs, out / "study", batch_size=16, progress=progress)
+    t_render = time.time() - t_render
+
+    ids = {job.image_id for job in jobs}  # the folder may hold other runs' images: score this run's only
+    rows = [r for r in score_manifest(out / "study" / "manifest.jsonl", ["ssim", "mse", "color_hist"])
+            if r["image_id"] in ids]
+    records = read_objects(out / "scenes" / "objects.jsonl")
+    for r in rows:
+        rec = records[Path(r["scene"]).name]
+        with Image.open(out / "study" / r["path"]) as im:
+            gen = im.convert("RGB")
+        r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=(rec["width"], rec["height"])))
+    scores = write_score_table(rows, out / "scores.csv")
+    report = write_report(scores, out / "report", root=out / "study", metrics=list(DEMO_METRICS),
+                          n_boot=n_boot, sheets=sheets, max_sheets=2 * n_scenes)
+    summary = {
+        "model": str(model),
+        "n_scenes": n_scenes,
+        "n_generations": len(rows),
+        "settings": {"prefixes": list(prefixes), "conditions": list(conditions), "hypotheses": hypotheses,
+                     "steps": steps},
+        "own_vs_other": own_vs_other(rows, out / "study"),
+        "timings_s": {"render": round(t_render, 1), "total": round(time.time() - t0, 1)},
+    }
+    atomic_write(out / "demo_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
+    return DemoResult(out=out, report_index=report.index, scores=scores, summary=summary)
+
+
+
+

@@ -1,0 +1,314 @@
+"""Score a study: compare every generation with its original scene (``metamergen score``).
+
+Reads the ``manifest.jsonl`` that :func:`metamergen.study.run_study` writes, scores each
+generation against its scene with the metrics of :mod:`metamergen.metrics`, and returns one row per
+image: the manifest's columns followed by one column per metric, named by the metric's ``name``::
+
+    rows = score_manifest("outputs/study/manifest.jsonl", ["psnr", "ssim", "clip", "dreamsim"])
+    write_score_table(rows, "outputs/study/scores.csv")        # or .parquet
+
+Each model is loaded once (when the metrics are built); each scene is read once and kept only while
+its generations are scored (rows are processed scene by scene, in batches of ``batch_size`` pairs);
+within a batch an original is embedded once. If a manifest lists an image_id twice, its last row
+counts.
+
+Columns: ``psnr`` (dB; ``inf`` for identical images), ``mse``, ``ssim``, ``color_hist``, ``gabor``,
+``sobel``, ``clip`` (cosine), ``dreamsim`` (distance), ``dino`` (cosine); see each metric's class
+for its range and direction (``Metric.higher_is_similar``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from metamergen.utils.io import atomic_write
+from metamergen.evaluation.metrics import METRICS, Metric, build_metrics
+from metamergen.evaluation.registry import DEFAULT_METRICS
+from metamergen.study.manifest import MANIFEST_COLUMNS, read_manifest
+
+__all__ = [
+    "build_score_metrics",
+    "load_manifest_rows",
+    "score_manifest",
+    "write_score_table",
+]
+
+#: Metrics scored when none are named: the weight-free ones, CLIP and DreamSim (plus ``dino``
+#: on the command line when a pipeline is given).
+
+_MAX_LISTED = 5
+
+
+def load_manifest_rows(manifest_path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The manifest's rows, one per image_id (the last row wins), checked for scoring.
+
+    Raises
+    ------
+    FileNotFoundError
+        No manifest, or generations/scenes it names are missing (the first few are listed).
+    ValueError
+        A malformed line (with its line number) or a row without ``scene``.
+    """
+    manifest = Path(manifest_path)
+    if not manifest.is_file():
+        raise FileNotFoundError(f"no manifest at {manifest}; run `metamergen generate` first.")
+    rows: dict[str, dict[str, Any]] = {}
+    for row in read_manifest(manifest):
+        if not row.get("scene"):
+            raise ValueError(f"{manifest}: row {row.get('image_id')!r} has no 'scene' (the original to compare with).")
+        rows.pop(row["image_id"], None)
+        rows[row["image_id"]] = row
+    out = list(rows.values())
+    base = manifest.parent
+    missing = [str(base / r["path"]) for r in out if not (base / r["path"]).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} generation(s) listed in {manifest} are missing, e.g. {missing[:_MAX_LISTED]}; re-run the "
+            "same `metamergen generate` command to regenerate them."
+        )
+    scenes = sorted({r["scene"] for r in out if not Path(r["scene"]).is_file()})
+    if scenes:
+        raise FileNotFoundError(
+            f"{len(scenes)} scene image(s) named in {manifest} are missing, e.g. {scenes[:_MAX_LISTED]}; the manifest "
+            "records each scene's path as it was resolved when generating."
+        )
+    return out
+
+
+def build_score_metrics(
+    names: Sequence[str] | None = None,
+    *,
+    device: str | None = None,
+    batch_size: int = 16,
+    clip_model: Any = "openai/clip-vit-large-patch14",
+    dreamsim_cache: str | os.PathLike | None = None,
+    dreamsim_type: str = "ensemble",
+    pipe: Any = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Metric]:
+    """Build the metrics for :func:`score_manifest`, each model loaded once.
+
+    Parameters
+    ----------
+    names
+        Keys of :data:`metamergen.metrics.METRICS`; default :data:`DEFAULT_METRICS`.
+    device
+        Where model metrics run (default: CUDA if available, else CPU).
+    batch_size
+        Images per forward pass of the model metrics.
+    clip_model
+        Hub id, local folder or ``CLIPModel`` for ``clip``.
+    dreamsim_cache, dreamsim_type
+        DreamSim's weight folder and variant.
+    pipe
+        A MetamerGen pipeline whose DINOv2 ``dino`` uses.
+    options
+        Extra constructor arguments per metric name (override the above), e.g.
+        ``{"dreamsim": {"model": stand_in, "preprocess": fn}}``.
+
+    Raises
+    ------
+    ValueError
+        An unknown or repeated name (valid names listed), checked before any model loads.
+    RuntimeError, ImportError
+        A metric that cannot load: ``"Could not load metric '<name>': "`` followed by the metric
+        module's message (what to install, where to put weights).
+    """
+    import torch
+
+    names = list(DEFAULT_METRICS if names is None else names)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"Unknown metric name(s) {unknown}; valid names: {', '.join(METRICS)}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"A metric is named twice: {names}.")
+    if not names:
+        raise ValueError("No metrics to score.")
+    device_given = device is not None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    defaults: dict[str, dict[str, Any]] = {
+        "clip": {"model": clip_model, "device": device, "batch_size": batch_size},
+        "dreamsim": {"device": device, "cache_dir": dreamsim_cache, "dreamsim_type": dreamsim_type, "batch_size": batch_size},
+        "dino": {"pipe": pipe, "batch_size": batch_size},
+    }
+    options = dict(options or {})
+    extra = sorted(set(options) - set(names))
+    if extra:
+        raise ValueError(f"Options given for metric(s) {extra}, which are not among {names}.")
+    built = []
+    for name in names:
+        kwargs = dict(defaults.get(name, {}), **options.get(name, {}))
+        if name == "dino" and kwargs.get("pipe") is None and "image_encoder" not in kwargs:
+            raise ValueError(
+                "dino compares DINOv2 embeddings with the pipeline's own encoder: pass the pipeline "
+                "(--model <saved pipeline> or --tiny on the command line, pipe=... in Python)."
+            )
+        if name == "dino" and kwargs.get("pipe") is None:
+            kwargs.pop("pipe", None)
+        if name == "clip" and isinstance(kwargs.get("model"), torch.nn.Module) and not device_given and "device" not in options.get(name, {}):
+            kwargs["device"] = None  # keep an instance where it is
+        try:
+            built.extend(build_metrics([name], **{name: kwargs} if kwargs else {}))
+        except (ImportError, RuntimeError, OSError) as err:
+            raise type(err)(f"Could not load metric {name!r}: {err}") from err
+    return built
+
+
+def score_manifest(
+    manifest_path: str | os.PathLike,
+    metrics: Sequence[str | Metric] | None = None,
+    *,
+    batch_size: int = 16,
+    progress: bool = False,
+    **metric_options: Any,
+) -> list[dict[str, Any]]:
+    """Score every generation in a manifest against its original scene.
+
+    Parameters
+    ----------
+    manifest_path
+        ``manifest.jsonl`` of a study; generation paths are relative to its folder.
+    metrics
+        Metric names and/or built :class:`~metamergen.metrics.Metric` objects, in column order;
+        names are built with :func:`build_score_metrics` (``**metric_options`` go there). Default
+        :data:`DEFAULT_METRICS`.
+    batch_size
+        Pairs per metric call (and per model forward pass for names built here).
+    progress
+        Show a tqdm bar over images.
+
+    Returns
+    -------
+    list of dict
+        One row per image_id, in manifest order: the manifest row, then ``{metric.name: float}``.
+    """
+    from tqdm.auto import tqdm
+
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    rows = load_manifest_rows(manifest_path)
+    metrics = list(DEFAULT_METRICS if metrics is None else metrics)
+    names = [m for m in metrics if isinstance(m, str)]
+    built = iter(build_score_metrics(names, batch_size=batch_size, **metric_options) if names else [])
+    objects = [next(built) if isinstance(m, str) else m for m in metrics]
+    columns = [m.name for m in objects]
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"Two metrics share a column name: {columns}.")
+    clash = sorted(set(columns) & set(rows[0] if rows else {}))
+    if clash:
+        raise ValueError(f"Metric column(s) {clash} clash with manifest columns.")
+
+    base = Path(manifest_path).parent
+    order = sorted(range(len(rows)), key=lambda i: rows[i]["scene"])  # stable: manifest order within a scene
+    last_use = {rows[i]["scene"]: pos for pos, i in enumerate(order)}
+    originals: dict[str, Image.Image] = {}
+    scores = {c: np.full(len(rows), np.nan) for c in columns}
+    with tqdm(total=len(rows), unit="image", disable=not progress, desc="score") as bar:
+        for start in range(0, len(order), int(batch_size)):
+            chunk = order[start : start + int(batch_size)]
+            pairs_o, pairs_g = [], []
+            for i in chunk:
+                scene = rows[i]["scene"]
+                if scene not in originals:
+                    originals[scene] = _load_rgb(Path(scene))
+                pairs_o.append(originals[scene])
+                pairs_g.append(_load_rgb(base / rows[i]["path"]))
+            for metric in objects:
+                scores[metric.name][chunk] = metric(pairs_o, pairs_g)
+            end = start + len(chunk)
+            for scene in [s for s in originals if last_use[s] < end]:
+                del originals[scene]  # every generation of this scene is scored
+            bar.update(len(chunk))
+    return [dict(row, **{c: float(scores[c][i]) for c in columns}) for i, row in enumerate(rows)]
+
+
+def _load_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"{path} is not an image file Pillow can read ({err}).") from None
+
+
+def _table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    columns = [c for c in MANIFEST_COLUMNS if any(c in r for r in rows)] if rows else list(MANIFEST_COLUMNS)
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    return columns
+
+
+def _flat(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
+def write_score_table(
+    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, format: str | None = None
+) -> Path:
+    """Write score rows as CSV or Parquet, atomically.
+
+    Columns: the manifest's (:data:`~metamergen.study.MANIFEST_COLUMNS` order), any other keys,
+    then the metrics, in row order. ``fixations`` (and any other list) becomes a JSON string.
+    In CSV, ``None`` is an empty field and infinite PSNR is ``inf``.
+
+    Parameters
+    ----------
+    format
+        ``"csv"`` or ``"parquet"``; default from the suffix (``.parquet`` -> Parquet, else CSV).
+        Parquet needs ``pyarrow`` (installed with ``datasets``).
+    """
+    path = Path(path)
+    fmt = format or ("parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv")
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"format must be 'csv' or 'parquet', got {format!r}.")
+    columns = _table_columns(rows)
+    flat = [{c: _flat(r.get(c)) for c in columns} for r in rows]
+    if fmt == "parquet":
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError as err:
+            raise ImportError("Parquet output needs pyarrow: pip install pyarrow (or write CSV).") from err
+        table = pa.Table.from_pylist(flat) if flat else pa.table({c: [] for c in columns})
+        return atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    import csv
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            for row in flat:
+                writer.writerow({k: _csv_value(v) for k, v in row.items()})
+
+    return atomic_write(path, write)
+
+
+def _csv_value(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return value
+
+
+# --------------------------------------------------------------------------- command line
+
+
+
+
+
+
+
+
+
+

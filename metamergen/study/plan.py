@@ -1,0 +1,371 @@
+"""Planning a study: every image to render, each with an id and a seed derived from its inputs.
+
+A study crosses, for every scene, every fixation list recorded on it with
+
+- **prefixes** N: the viewer's first N fixations (the paper's schedule is 1, 2, 3, 5, 10; ``None``
+  means the whole list). A prefix longer than a list is skipped and counted, never padded;
+- **conditions**: ``"both"`` streams (the scales as given), ``"foveal"`` only (peripheral scale
+  set to 0) or ``"peripheral"`` only (foveal scale set to 0);
+- **hypotheses** 0..k-1: independent samples (different initial noise);
+- optionally the **random-fixation control**: for each list, :func:`~metamergen.fixations.matched_random`
+  draws as many uniformly placed fixations (seeded from the base seed, the scene and the list), and
+  the control's prefixes are prefixes of that random list, exactly like the viewer's.
+
+Three steps, each a function::
+
+    scenes = load_scanpath_scenes("study/scanpaths.jsonl")          # or load_fixation_list_scene(...)
+    jobs = plan_study(scenes, StudySettings(prefixes=(1, 2, 3, 5, 10), hypotheses=4), model="...", pipe=pipe)
+    run_study(pipe, jobs, "outputs/study")                           # PNGs + manifest.jsonl
+
+Loading checks everything before anything is written: every image exists and is readable, every
+scanpath's width/height equals its image's size (fixations are never rescaled), malformed JSON
+lines are reported with their line number. **Off-image fixations** follow the policy of
+:data:`~metamergen.fixations.OffImagePolicy`: ``"drop"`` (default; one warning with the count),
+``"clip"`` (moved to the border, warned) or ``"error"``. An empty fixation list is valid: it gives
+peripheral information only.
+
+Identity and reproducibility
+----------------------------
+Each image's ``image_id`` is derived from everything that determines its pixels (scene id, list id,
+fixation source, prefix, the fixations used, condition, hypothesis, base seed, scales, blur,
+guidance, steps, output size, model and revision), as a readable part plus a 10-hex-digit hash. The
+package version is recorded but not hashed. The image's own ``seed`` is a deterministic function of
+the base seed and its ``image_id``, and each image gets its own generator, so an image does not
+depend on which other images are in the study or in its batch: re-runs, subsets and extensions
+(more prefixes, more hypotheses) reproduce the same images. Because the seed follows the image_id,
+different conditions or sources of the same list and hypothesis use different noise (the design is
+unpaired).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from metamergen.fixations.records import Scanpath, matched_random
+from metamergen import defaults
+from metamergen.encoders.dinov2 import canvas_size
+from metamergen.pipeline.pipeline_metamergen import output_size
+from metamergen.study.manifest import IMAGES_DIR, MANIFEST_COLUMNS
+from metamergen.study.scenes import StudyScene
+from metamergen.utils.seeds import derive_seed, digest
+
+__all__ = ["CONDITIONS", "SKIPPED_PREFIX", "StudyJob", "StudySettings", "plan_study"]
+
+#: Conditions: which adapter streams a generation uses.
+CONDITIONS: tuple[str, ...] = ("both", "foveal", "peripheral")
+
+#: Key of the plan report counting (list, source, prefix) combinations skipped as too long.
+SKIPPED_PREFIX = "prefix longer than the fixation list"
+
+
+# --------------------------------------------------------------------------- scenes
+
+
+
+
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """What to render for every fixation list.
+
+    Parameters
+    ----------
+    prefixes
+        Numbers of leading fixations (``None``: the whole list; ``0``: none, peripheral only).
+    hypotheses
+        Images per (list, prefix, condition), ``>= 1``.
+    conditions
+        Subset of :data:`CONDITIONS`.
+    random_control
+        Add the matched random-fixation control (same counts).
+    seed
+        Base seed of the study.
+    foveal_scale, peripheral_scale
+        λ_f and λ_p for ``"both"`` (paper 1.2, 0.7); ``"foveal"`` zeroes λ_p, ``"peripheral"`` λ_f.
+    peripheral_blur
+        Down/up scale s of the peripheral stream (0, 1].
+    guidance, guidance_scale
+        ``"cfg++"`` or ``"cfg"``; ``None`` takes the sampler's default (recorded resolved).
+    steps
+        DDIM steps.
+    height, width
+        Output size in pixels (both or neither); default: the scene's aspect ratio at the UNet's
+        native area, as the pipeline does.
+    """
+
+    prefixes: tuple[int | None, ...] = (None,)
+    hypotheses: int = 1
+    conditions: tuple[str, ...] = ("both",)
+    random_control: bool = False
+    seed: int = 0
+    foveal_scale: float = defaults.FOVEAL_SCALE
+    peripheral_scale: float = defaults.PERIPHERAL_SCALE
+    peripheral_blur: float = defaults.PERIPHERAL_BLUR
+    guidance: str = defaults.GUIDANCE
+    guidance_scale: float | None = None
+    steps: int = defaults.NUM_INFERENCE_STEPS
+    height: int | None = None
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        prefixes = tuple(self.prefixes)
+        if not prefixes:
+            raise ValueError("prefixes must name at least one prefix length (or None for the whole list).")
+        for p in prefixes:
+            if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 0):
+                raise ValueError(f"prefixes must be non-negative ints or None (whole list), got {p!r}.")
+        if len(set(prefixes)) != len(prefixes):
+            raise ValueError(f"prefixes lists a value twice: {list(prefixes)}.")
+        object.__setattr__(self, "prefixes", prefixes)
+        conditions = tuple(self.conditions)
+        unknown = [c for c in conditions if c not in CONDITIONS]
+        if unknown or not conditions:
+            raise ValueError(f"conditions must be a non-empty subset of {list(CONDITIONS)}, got {list(conditions)}.")
+        if len(set(conditions)) != len(conditions):
+            raise ValueError(f"conditions lists a value twice: {list(conditions)}.")
+        object.__setattr__(self, "conditions", conditions)
+        if isinstance(self.hypotheses, bool) or not isinstance(self.hypotheses, int) or self.hypotheses < 1:
+            raise ValueError(f"hypotheses must be an int >= 1, got {self.hypotheses!r}.")
+        if self.guidance not in defaults.GUIDANCE_SCALES:
+            raise ValueError(f"guidance must be one of {sorted(defaults.GUIDANCE_SCALES)}, got {self.guidance!r}.")
+        if self.guidance == "cfg++" and self.guidance_scale is not None and not 0 <= self.guidance_scale <= 1:
+            raise ValueError(f"CFG++ takes a guidance scale in [0, 1] (default 0.6), got {self.guidance_scale}.")
+        if float(self.foveal_scale) < 0 or float(self.peripheral_scale) < 0:
+            raise ValueError("foveal_scale and peripheral_scale must be >= 0.")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}.")
+        if not 0 < float(self.peripheral_blur) <= 1:
+            raise ValueError(f"peripheral_blur must be in (0, 1], got {self.peripheral_blur!r}.")
+        if (self.height is None) != (self.width is None):
+            raise ValueError("Give both height and width (output pixels), or neither.")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an int, got {self.seed!r}.")
+
+    def scales(self, condition: str) -> tuple[float, float]:
+        """``(foveal_scale, peripheral_scale)`` after ``condition`` is applied."""
+        fov, per = float(self.foveal_scale), float(self.peripheral_scale)
+        if condition == "foveal":
+            per = 0.0
+        elif condition == "peripheral":
+            fov = 0.0
+        return fov, per
+
+
+@dataclass(frozen=True)
+class StudyJob:
+    """One image to render: a manifest row plus the scene size needed to render it."""
+
+    image_id: str
+    scene: str
+    scene_id: str
+    scanpath_id: str
+    subject: str | None
+    prefix: int | None
+    fixations: tuple[tuple[float, float], ...]
+    fixation_source: str
+    condition: str
+    hypothesis: int
+    seed: int
+    foveal_scale: float
+    peripheral_scale: float
+    peripheral_blur: float
+    guidance: str
+    guidance_scale: float
+    steps: int
+    height: int
+    width: int
+    model: str
+    model_revision: str | None
+    dtype: str
+    metamergen_version: str
+    encoder_canvas: int | None = None
+    encoder_patch: int | None = None
+    scene_width: int = field(default=0, compare=False)
+    scene_height: int = field(default=0, compare=False)
+
+    @property
+    def path(self) -> str:
+        """The PNG, relative to the output folder."""
+        return f"{IMAGES_DIR}/{self.image_id}.png"
+
+    @property
+    def n_fixations(self) -> int:
+        return len(self.fixations)
+
+    def record(self) -> dict[str, Any]:
+        """The manifest row (keys in :data:`MANIFEST_COLUMNS` order)."""
+        row = {name: getattr(self, name) for name in MANIFEST_COLUMNS}
+        row["fixations"] = [list(p) for p in self.fixations]
+        return row
+
+
+_SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def _slug(text: str, limit: int = 40) -> str:
+    return _SLUG.sub("-", text).strip("-")[:limit] or "x"
+
+
+def plan_study(
+    scenes: Sequence[StudyScene],
+    settings: StudySettings,
+    *,
+    model: str,
+    model_revision: str | None = None,
+    dtype: str = "float32",
+    pipe: Any = None,
+    native_size: int | None = None,
+    size_multiple: int | None = None,
+    encoder_canvas: int | None = None,
+    encoder_patch: int | None = None,
+    report: Counter | None = None,
+) -> list[StudyJob]:
+    """List every image of a study.
+
+    Parameters
+    ----------
+    scenes
+        From :func:`load_scanpath_scenes` or :func:`load_fixation_list_scene`.
+    settings
+        What to render per list.
+    model, model_revision, dtype
+        Recorded in the manifest and part of each image_id (a different model or precision gives
+        different ids, so a rerun at another precision renders anew instead of mixing).
+    pipe
+        The pipeline, used for its default output size (UNet sample size x VAE factor) and its
+        encoder canvas and patch size (recorded, so that figures show what this model saw).
+        Alternatively give ``native_size`` and ``size_multiple``, or ``settings.height/width``.
+    encoder_canvas, encoder_patch
+        The encoder's canvas and patch side in canvas pixels, when no ``pipe`` is given (recorded
+        only; not part of the image_id).
+    report
+        Receives ``"prefix longer than the fixation list"``: (list, source, prefix) combinations
+        skipped. Without it, a warning says how many.
+
+    Returns
+    -------
+    list of StudyJob
+        Ordered scene, fixation source (viewer, then random), list, prefix, condition, hypothesis.
+    """
+    from metamergen import __version__
+
+    if pipe is not None:
+        native_size = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+        size_multiple = int(pipe.vae_scale_factor)
+        encoder_canvas = canvas_size(pipe.feature_extractor)
+        encoder_patch = int(pipe.image_encoder.config.patch_size)
+    guidance_scale = float(
+        defaults.GUIDANCE_SCALES[settings.guidance] if settings.guidance_scale is None else settings.guidance_scale
+    )
+    jobs: list[StudyJob] = []
+    skipped = 0
+    for scene in scenes:
+        if settings.height is not None:
+            height, width = int(settings.height), int(settings.width)
+        elif native_size is None or size_multiple is None:
+            raise ValueError("plan_study needs the output size: pass pipe=..., or native_size and size_multiple, or settings.height/width.")
+        else:
+            height, width = output_size(scene.width, scene.height, native_size, size_multiple)
+        sources: list[tuple[str, str, Scanpath]] = [("viewer", sid, sp) for sid, sp in scene.lists]
+        if settings.random_control:
+            for sid, sp in scene.lists:
+                rng = np.random.default_rng(derive_seed("random-control", settings.seed, scene.scene_id, sid))
+                sources.append(("random", sid, matched_random(sp, generator=rng)))
+        for source, sid, scanpath in sources:
+            for prefix in settings.prefixes:
+                if prefix is not None and prefix > len(scanpath):
+                    skipped += 1
+                    continue
+                used = scanpath if prefix is None else scanpath.prefix(prefix)
+                fixations = tuple((float(x), float(y)) for x, y in used.xy)
+                for condition in settings.conditions:
+                    fov, per = settings.scales(condition)
+                    for hypothesis in range(settings.hypotheses):
+                        key = {
+                            "scene_id": scene.scene_id, "scanpath_id": sid, "fixation_source": source,
+                            "prefix": prefix, "fixations": fixations, "condition": condition,
+                            "hypothesis": hypothesis, "base_seed": settings.seed, "foveal_scale": fov,
+                            "peripheral_scale": per, "peripheral_blur": float(settings.peripheral_blur),
+                            "guidance": settings.guidance, "guidance_scale": guidance_scale,
+                            "steps": settings.steps, "height": height, "width": width,
+                            "model": model, "model_revision": model_revision, "dtype": dtype,
+                        }
+                        image_id = "__".join((
+                            _slug(Path(scene.scene_id).with_suffix("").as_posix()),
+                            _slug(sid),
+                            f"{source}-{condition}-n{'all' if prefix is None else prefix}-h{hypothesis}-{digest(key)[:10]}",
+                        ))
+                        jobs.append(StudyJob(
+                            image_id=image_id, scene=str(scene.path), scene_id=scene.scene_id, scanpath_id=sid,
+                            subject=scanpath.subject, prefix=prefix, fixations=fixations, fixation_source=source,
+                            condition=condition, hypothesis=hypothesis,
+                            seed=derive_seed(settings.seed, image_id), foveal_scale=fov, peripheral_scale=per,
+                            peripheral_blur=float(settings.peripheral_blur), guidance=settings.guidance,
+                            guidance_scale=guidance_scale, steps=settings.steps, height=height, width=width,
+                            model=model, model_revision=model_revision, dtype=dtype, metamergen_version=__version__,
+                            encoder_canvas=encoder_canvas, encoder_patch=encoder_patch,
+                            scene_width=scene.width, scene_height=scene.height,
+                        ))
+    if skipped:
+        if report is not None:
+            report[SKIPPED_PREFIX] += skipped
+        else:
+            warnings.warn(
+                f"Skipped {skipped} (fixation list, prefix) combinations whose prefix is longer than the list.",
+                UserWarning,
+                stacklevel=2,
+            )
+    ids = Counter(j.image_id for j in jobs)
+    dupes = [i for i, n in ids.items() if n > 1]
+    if dupes:  # pragma: no cover - only identical inputs listed twice
+        raise ValueError(f"The study lists the same image twice (e.g. {dupes[0]}); remove duplicate inputs.")
+    return jobs
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------- run
+
+
+
+
+
+
+
+
+# --------------------------------------------------------------------------- command line
+
+
+
+
+
+
+
+
+
+
+

@@ -1,0 +1,211 @@
+"""Training configuration: YAML files in ``configs/`` plus ``key=value`` overrides.
+
+Every field has the paper's value where the paper gives one (from :mod:`metamergen.defaults`; see
+``docs/design.md``); the rest are marked "not published" with the choice made. A config is plain data: ``TrainConfig.from_yaml`` reads
+it, ``apply_overrides`` changes dotted keys (``train.learning_rate=1e-5``), ``to_dict`` writes it
+back next to the run so the run can be reproduced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from metamergen import defaults
+
+__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "apply_overrides"]
+
+
+@dataclass
+class ModelConfig:
+    """Which frozen models to start from and the shape of the new adapters."""
+
+    #: A saved MetamerGenPipeline folder to continue from (fine-tuning); overrides the two ids below.
+    pipeline: str | None = None
+    #: Stable Diffusion id or folder (paper: SD1.5).
+    base_model: str = defaults.BASE_MODEL
+    #: DINOv2 id or folder (paper: DINOv2-Base with registers).
+    image_encoder: str = defaults.IMAGE_ENCODER
+    #: Existing adapters to start from (folder or repo id); None = fresh, K/V copied from text K/V.
+    adapters: str | None = None
+    #: Build the tiny random pipeline of metamergen.testing instead (tests, CPU smoke runs).
+    tiny: bool = False
+    #: Encoder canvas side, pixels (paper: 448 -> 32 x 32 tokens).
+    encoder_resolution: int = defaults.ENCODER_RESOLUTION
+    #: Adapter shape for fresh adapters (paper: 32 tokens; resampler not published -> IP-Adapter-Plus).
+    num_tokens: int = defaults.NUM_TOKENS
+    resampler_hidden_dim: int = 768
+    resampler_depth: int = 4
+    resampler_heads: int = 12
+    #: LoRA rank on the UNet's attention projections (peft); 0 = off, as the paper (adapters only).
+    #: The LoRA is merged into the exported UNet and also saved alone (diffusers' LoRA format).
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    lora_targets: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+@dataclass
+class DataConfig:
+    """What the model sees. Paper: COCO train2017 images with random fixations."""
+
+    #: Folder of images (searched recursively): source (a), random fixations.
+    images: str | None = None
+    #: A Hugging Face dataset id or folder with an image column: also source (a).
+    hf_dataset: str | None = None
+    hf_split: str = "train"
+    image_column: str = "image"
+    #: Canonical scanpath JSONL (+ dataset.json sidecar with image_root): source (b), real fixations.
+    scanpaths: str | None = None
+    #: Image root for scanpaths when the sidecar has none.
+    image_root: str | None = None
+    #: Random fixation counts K (paper: {1, 2, 3, 5, 10}); for scanpaths, the prefix lengths N.
+    fixation_counts: list[int] = field(default_factory=lambda: list(defaults.FIXATION_COUNTS))
+    #: Peripheral down/up scales s (paper: {1/16, 1/8, 1/4, 1/2, 1}).
+    blur_levels: list[float] = field(default_factory=lambda: list(defaults.BLUR_LEVELS))
+    #: VAE/UNet training resolution, pixels (not published; 512 is SD1.5's).
+    resolution: int = 512
+    #: Skip unreadable images and bad records (counted, reported at the end); False = stop at the first.
+    skip_bad_samples: bool = True
+    num_workers: int = 4
+    #: Feature cache folder: VAE latents and DINOv2 tokens computed once per image (a pre-pass at
+    #: the start of training, distributed over the processes, resumable), then training runs
+    #: only the UNet. None = encode online every step.
+    feature_cache: str | None = None
+    #: Use only the first N samples (debugging, tests).
+    max_samples: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation. None of these are published by the paper; IP-Adapter's values are used."""
+
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-2
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 500
+    #: Per-device batch size.
+    batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100_000
+    #: Paper: foveal condition dropped with p = 0.05, peripheral with p = 0.10, independently.
+    foveal_dropout: float = defaults.FOVEAL_DROPOUT
+    peripheral_dropout: float = defaults.PERIPHERAL_DROPOUT
+    #: Min-SNR loss weighting gamma (None = plain MSE, the paper's implied loss).
+    snr_gamma: float | None = None
+    noise_offset: float = 0.0
+    #: Train on timesteps in [min_timestep, max_timestep) only (diffusers' examples call this
+    #: timestep_bias_strategy="range"). Default: the full range, as the paper.
+    min_timestep: int = 0
+    max_timestep: int | None = None
+    #: EMA of the adapter weights (None = off); the exported weights are the EMA ones when on.
+    ema_decay: float | None = None
+
+
+@dataclass
+class RunConfig:
+    """Where and how the run executes."""
+
+    output_dir: str = "outputs/train"
+    seed: int = 0
+    #: "no", "fp16" or "bf16" (frozen models in that dtype; adapters stay fp32).
+    mixed_precision: str = "bf16"
+    #: Train on the CPU even if GPUs are present (also what makes multi-process CPU runs synchronise).
+    cpu: bool = False
+    gradient_checkpointing: bool = False
+    #: "sdpa", "xformers", or "auto" (xformers when installed and on CUDA).
+    attention: str = "auto"
+    checkpointing_steps: int = 5000
+    checkpoints_total_limit: int | None = 3
+    #: Tracker: "tensorboard", "wandb", ... or None.
+    report_to: str | None = "tensorboard"
+    log_every: int = 10
+    #: Render validation images every N steps (0 = never) from these images and fixations.
+    validation_steps: int = 0
+    validation_images: list[str] = field(default_factory=list)
+    validation_fixations: list[list[list[float]]] = field(default_factory=list)
+    validation_num_inference_steps: int = defaults.NUM_INFERENCE_STEPS
+    #: Write each process's sample indices and adapter checksum to ranks/ (multi-process checks).
+    record_sample_ids: bool = False
+    #: Stop after the feature-cache pre-pass (build the cache with all GPUs, train later).
+    cache_only: bool = False
+    #: Stop (as if killed) right after this step's checkpoint: for resume tests. None = off.
+    stop_after_step: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The whole training configuration."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from nested dicts; unknown keys are errors (a typo must not be ignored)."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown config section(s) {sorted(unknown)}; expected model, data, optim, run.")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            section_cls = type(getattr(cls(), f.name))
+            section = data.get(f.name) or {}
+            bad = set(section) - {g.name for g in dataclasses.fields(section_cls)}
+            if bad:
+                valid = ", ".join(g.name for g in dataclasses.fields(section_cls))
+                raise ValueError(f"Unknown key(s) {sorted(bad)} in section '{f.name}'. Valid keys: {valid}.")
+            hints = typing.get_type_hints(section_cls)
+            kwargs[f.name] = section_cls(**{k: _coerce(k, v, hints[k]) for k, v in section.items()})
+        return cls(**kwargs)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
+        """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML)."""
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return cls.from_dict(apply_overrides(data, overrides))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Numbers YAML reads as strings (``5e-5`` is a string in YAML 1.1) become the field's type."""
+    if isinstance(value, str) and not isinstance(value, bool):
+        args = typing.get_args(hint) or (hint,)
+        for t in (int, float):
+            if t in args:
+                try:
+                    return t(value)
+                except ValueError:
+                    if str not in args:
+                        raise ValueError(f"Config key {key!r} needs a number, got {value!r}.") from None
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b=value`` applied (value parsed as YAML)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"Override {item!r} is not of the form section.key=value.")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ValueError(f"Override key {key!r} must be section.key, e.g. optim.learning_rate.")
+        out.setdefault(parts[0], {})
+        if out[parts[0]] is None:
+            out[parts[0]] = {}
+        out[parts[0]][parts[1]] = yaml.safe_load(value)
+    return out

@@ -1,0 +1,668 @@
+"""``metamergen report``: figures, contact sheets and an HTML index from a score table.
+
+Input is the table ``metamergen score`` writes (CSV or Parquet): one row per generated image, the
+manifest columns (``image_id``, ``path``, ``scene``, ``scene_id``, ``scanpath_id``, ``prefix``,
+``fixations``, ``fixation_source``, ``condition``, ``peripheral_blur``, ...) plus any subset of the
+metric columns ``psnr``, ``mse``, ``ssim``, ``color_hist``, ``gabor``, ``sobel``, ``clip``,
+``dreamsim``, ``dino``. Output, all written atomically::
+
+    report/
+      index.html                 links everything (relative links) + a table of mean scores
+      summary.csv                mean, CI, counts per metric x condition x source x prefix
+      figures/<metric>.png       score vs number of fixations, one line per condition x source
+      sheets/<scene>_<scanpath>_<condition>_<source>.png
+                                 per prefix N: scene + first N fixations, the model-free foveated
+                                 input, the hypotheses captioned with their scores
+
+Statistics (stated in the figures and the index page): a cell's estimate is the **mean of unit
+means**: scores are first averaged within each resampling unit (by default the scene, so every
+scene weighs the same however many scanpaths and seeds it has), then across units. The 95 %
+interval is a percentile bootstrap over those units (``n_boot`` resamples with replacement, seeded
+per cell so a cell's interval does not depend on which other cells or metrics are present). With
+fewer than two units a cell has no interval.
+
+The foveated panel is computed without any model (:func:`metamergen.figures.foveated_input`), following the encoder:
+squash fit to the 448-px canvas, the paper's down/up periphery at the row's ``peripheral_blur``,
+sharp 14-px patches where :func:`~metamergen.foveation.token_mask` is set, resized back to the
+scene's size. It shows the input of the row's ``condition``: ``peripheral`` rows have no sharp
+patches, ``foveal`` rows show the sharp patches over uniform grey (the peripheral stream was off).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+from urllib.parse import quote
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from metamergen.evaluation.registry import METRIC_INFO, MetricInfo, metric_direction, metric_info
+from metamergen.evaluation.tables import TableError, pandas, read_table
+from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed, unit_means
+from metamergen.utils.io import atomic_write
+from metamergen.utils.plotting import figure_classes
+
+__all__ = [
+    "CONDITIONS",
+    "ReportError",
+    "ReportResult",
+    "SOURCES",
+    "metric_columns",
+    "read_table",
+    "summarize_scores",
+    "write_report",
+]
+
+
+CONDITIONS: tuple[str, ...] = ("both", "peripheral", "foveal")
+SOURCES: tuple[str, ...] = ("viewer", "random")
+_CONDITION_COLORS = {"both": "#1b6ca8", "peripheral": "#d1495b", "foveal": "#2e933c"}
+_SOURCE_STYLES = {"viewer": ("-", "o"), "random": ("--", "s")}
+_EXTRA_COLORS = ("#7b4fa0", "#e08e0b", "#555555", "#0f9d9a")
+_EXTRA_STYLES = ((":", "^"), ("-.", "D"), ((0, (1, 3)), "v"))
+
+#: Columns needed for the figures and summary table.
+FIGURE_COLUMNS: tuple[str, ...] = ("image_id", "scene_id", "scanpath_id", "prefix", "condition", "fixation_source")
+#: Extra columns needed for the contact sheets.
+SHEET_COLUMNS: tuple[str, ...] = ("path", "scene", "fixations", "peripheral_blur")
+UNITS: dict[str, tuple[str, ...]] = {
+    "scene": ("scene_id",),
+    "scanpath": ("scene_id", "scanpath_id"),
+    "image": ("image_id",),
+}
+_ALL = "all"
+
+
+class ReportError(TableError):
+    """A score table the report cannot use (missing columns, files, bad values)."""
+
+
+# ------------------------------------------------------------------------------------ table
+
+
+def metric_columns(table, requested: Sequence[str] | None = None) -> list[str]:
+    """The metric columns to use, in :data:`METRIC_INFO` order (requested ones in the given order).
+
+    Without ``requested``: every known metric column that is present and has at least one number.
+    With ``requested``: each must be a column; names outside :data:`METRIC_INFO` are allowed if
+    numeric (labelled without a direction).
+    """
+    pd = pandas()
+    if requested:
+        missing = [m for m in requested if m not in table.columns]
+        if missing:
+            present = [m for m in METRIC_INFO if m in table.columns]
+            raise ReportError(
+                f"Metric column(s) {missing} are not in the score table; metric columns present: {present or 'none'}."
+            )
+        out = []
+        for m in requested:
+            if not pd.api.types.is_numeric_dtype(table[m]):
+                raise ReportError(f"Metric column {m!r} is not numeric (dtype {table[m].dtype}).")
+            out.append(m)
+        return out
+    return [m for m in METRIC_INFO if m in table.columns and pd.to_numeric(table[m], errors="coerce").notna().any()]
+
+
+def _info(metric: str) -> MetricInfo:
+    return metric_info(metric)
+
+
+def _direction(metric: str) -> str:
+    return metric_direction(metric)
+
+
+def _check_columns(table, columns: Iterable[str], source: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ReportError(
+            f"The score table {source} lacks the required column(s) {missing}. It should be the table "
+            f"`metamergen score` writes (manifest columns plus metric columns); columns found: {list(table.columns)}."
+        )
+
+
+def _prefix_labels(table) -> list[str]:
+    """``prefix`` as labels: the integer N, or ``"all"`` where empty (whole scanpath)."""
+    pd = pandas()
+    raw = table["prefix"]
+    num = pd.to_numeric(raw, errors="coerce")
+    blank = raw.isna() | raw.astype(str).str.strip().isin(["", "nan", "None", "<NA>"])
+    bad = (~blank) & (num.isna() | (num != num.round()))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ReportError(f"Column 'prefix' must hold an integer N or be empty; row {i} has {raw.iloc[i]!r}.")
+    return [_ALL if b else str(int(v)) for b, v in zip(blank, num)]
+
+
+def _prefix_order(label: str) -> float:
+    return math.inf if label == _ALL else float(label)
+
+
+def _clean(table):
+    """Copy of the table with string keys and a ``_prefix`` label column."""
+    t = table.copy()
+    for col in ("scene_id", "scanpath_id", "image_id", "condition", "fixation_source"):
+        t[col] = t[col].astype(str)
+    t["_prefix"] = _prefix_labels(t)
+    return t
+
+
+# --------------------------------------------------------------------------------- statistics
+
+
+
+
+
+
+
+
+def summarize_scores(
+    table,
+    metrics: Sequence[str],
+    *,
+    unit: str = "scene",
+    n_boot: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+):
+    """Mean score and bootstrap CI per metric x condition x fixation source x prefix.
+
+    Parameters
+    ----------
+    table
+        The score table (pandas DataFrame) with at least :data:`FIGURE_COLUMNS` and ``metrics``.
+    metrics
+        Metric columns to summarise.
+    unit
+        Resampling unit: ``"scene"`` (default), ``"scanpath"`` (scene id + scanpath id) or
+        ``"image"`` (every row independent, which ignores that hypotheses of one scanpath and
+        scanpaths of one scene are correlated).
+    n_boot, confidence, seed
+        Bootstrap resamples, interval level, base seed.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric, condition, fixation_source, prefix`` (label: N or ``"all"``), ``mean,
+        ci_low, ci_high, n_units, n_images, unit``; sorted by metric, condition, source, prefix.
+    """
+    pd = pandas()
+    if unit not in UNITS:
+        raise ValueError(f"Unknown resampling unit {unit!r}; choose one of {list(UNITS)}.")
+    _check_columns(table, FIGURE_COLUMNS, "given")
+    t = table if "_prefix" in table.columns else _clean(table)
+    unit_key = t[list(UNITS[unit])].astype(str).agg("\x1f".join, axis=1)
+    rows = []
+    for metric in metrics:
+        values = pd.to_numeric(t[metric], errors="coerce")
+        for (cond, src, pre), idx in t.groupby(["condition", "fixation_source", "_prefix"], sort=False).groups.items():
+            v = values.loc[idx].to_numpy(dtype=np.float64)
+            finite = np.isfinite(v)
+            if not finite.any():
+                continue
+            means = unit_means(v, unit_key.loc[idx].to_numpy())
+            mean, low, high = bootstrap_ci(
+                means, n_boot=n_boot, confidence=confidence, seed=derive_cell_seed(seed, (metric, cond, src, pre))
+            )
+            rows.append(
+                dict(metric=metric, condition=cond, fixation_source=src, prefix=pre, mean=mean, ci_low=low,
+                     ci_high=high, n_units=len(means), n_images=int(finite.sum()), unit=unit)
+            )
+    out = pd.DataFrame(rows, columns=["metric", "condition", "fixation_source", "prefix", "mean", "ci_low",
+                                      "ci_high", "n_units", "n_images", "unit"])
+    if len(out):
+        order = {m: i for i, m in enumerate(metrics)}
+        out = _sorted_cells(out.assign(_m=out["metric"].map(order)), ["_m"]).drop(columns="_m")
+    return out
+
+
+def _sorted_cells(df, first: Sequence[str] = ()):
+    """Sort by condition (both, peripheral, foveal, others), source (viewer, random, others), prefix."""
+    ranks = df.assign(
+        _c=[_condition_rank(c) for c in df["condition"]],
+        _s=[_source_rank(s) for s in df["fixation_source"]],
+        _p=[_prefix_order(p) for p in df["prefix"]],
+    )
+    ranks["_c0"], ranks["_c1"] = [r[0] for r in ranks["_c"]], [r[1] for r in ranks["_c"]]
+    ranks["_s0"], ranks["_s1"] = [r[0] for r in ranks["_s"]], [r[1] for r in ranks["_s"]]
+    cols = [*first, "_c0", "_c1", "_s0", "_s1", "_p"]
+    return ranks.sort_values(cols, kind="stable").drop(columns=["_c", "_s", "_p", "_c0", "_c1", "_s0", "_s1"]).reset_index(drop=True)
+
+
+def _condition_rank(c: str) -> tuple[int, str]:
+    return (CONDITIONS.index(c), "") if c in CONDITIONS else (len(CONDITIONS), c)
+
+
+def _source_rank(s: str) -> tuple[int, str]:
+    return (SOURCES.index(s), "") if s in SOURCES else (len(SOURCES), s)
+
+
+# ------------------------------------------------------------------------------------ figures
+
+
+def _matplotlib():
+    try:
+        return figure_classes()
+    except ImportError as err:
+        raise ReportError(str(err)) from err
+
+
+def _styles(values: Sequence[str], known: dict, extra: Sequence) -> dict:
+    out, k = {}, 0
+    for v in values:
+        if v in known:
+            out[v] = known[v]
+        else:
+            out[v] = extra[k % len(extra)]
+            k += 1
+    return out
+
+
+UNIT_WORDS = {"scene": "scenes", "scanpath": "scanpaths", "image": "images"}
+
+
+def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0.95) -> Path:
+    """Draw one metric's score vs number of fixations (from :func:`summarize_scores`) to a PNG."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    s = summary[summary["metric"] == metric]
+    if not len(s):
+        raise ReportError(f"No summary rows for metric {metric!r}.")
+    prefixes = sorted(s["prefix"].unique(), key=_prefix_order)
+    xpos = {p: i for i, p in enumerate(prefixes)}
+    conditions = sorted(s["condition"].unique(), key=_condition_rank)
+    sources = sorted(s["fixation_source"].unique(), key=_source_rank)
+    colors = _styles(conditions, _CONDITION_COLORS, _EXTRA_COLORS)
+    styles = _styles(sources, _SOURCE_STYLES, _EXTRA_STYLES)
+    lines = [(c, src) for c in conditions for src in sources]
+    width = 0.25 if len(prefixes) > 1 else 0.15
+    fig = Figure(figsize=(6.4, 4.4), dpi=150)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for k, (cond, src) in enumerate(lines):
+        d = s[(s["condition"] == cond) & (s["fixation_source"] == src)]
+        if not len(d):
+            continue
+        d = d.sort_values("prefix", key=lambda x: x.map(_prefix_order))
+        dodge = (k - (len(lines) - 1) / 2) * width / max(1, len(lines) - 1) if len(lines) > 1 else 0.0
+        x = np.array([xpos[p] for p in d["prefix"]], dtype=float) + dodge
+        m = d["mean"].to_numpy(float)
+        lo = np.nan_to_num(m - d["ci_low"].to_numpy(float), nan=0.0)
+        hi = np.nan_to_num(d["ci_high"].to_numpy(float) - m, nan=0.0)
+        ls, marker = styles[src]
+        ax.errorbar(x, m, yerr=[lo, hi], color=colors[cond], linestyle=ls, marker=marker, markersize=4.5,
+                    capsize=3, linewidth=1.5, label=f"{cond} · {src} fixations")
+    info = _info(metric)
+    unit = s["unit"].iloc[0]
+    n_units = int(s["n_units"].max())
+    ax.set_xticks(range(len(prefixes)), [("all" if p == _ALL else p) for p in prefixes])
+    ax.set_xlabel("number of fixations N (first N of the scanpath)")
+    ax.set_ylabel(f"{info.label}\n({_direction(metric)})")
+    ax.set_title(
+        f"{info.label} vs fixations: mean ± {confidence:.0%} CI\n"
+        f"(bootstrap over {UNIT_WORDS.get(unit, unit)}, up to n = {n_units} per point)",
+        fontsize=9,
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, frameon=False, ncol=2 if len(lines) > 3 else 1)
+    fig.tight_layout()
+    return atomic_write(path, lambda p: fig.savefig(p, format="png"))
+
+
+# -------------------------------------------------------------------------------- foveated view
+
+
+# ------------------------------------------------------------------------------------- sheets
+
+
+def _fmt(v: float) -> str:
+    if not math.isfinite(v):
+        return "–"
+    if v == 0 or 0.01 <= abs(v) < 100:
+        return f"{v:.2f}"
+    return f"{v:.3g}"
+
+
+def _caption(row, metrics: Sequence[str], max_metrics: int = 4) -> str:
+    parts = []
+    for m in metrics[:max_metrics]:
+        try:
+            v = float(row[m])
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(v):
+            parts.append(f"{_info(m).short} {_fmt(v)}")
+    return " · ".join(parts) or "no scores"
+
+
+def _parse_fixations(text: Any, where: str) -> np.ndarray:
+    if text is None or (isinstance(text, float) and math.isnan(text)) or str(text).strip() == "":
+        return np.zeros((0, 2))
+    try:
+        arr = np.asarray(json.loads(str(text)) if not isinstance(text, (list, np.ndarray)) else text, dtype=float)
+    except (ValueError, TypeError) as err:
+        raise ReportError(f"Column 'fixations' of {where} is not a JSON list of [x, y]: {str(text)[:80]!r} ({err}).") from err
+    if arr.size == 0:
+        return np.zeros((0, 2))
+    if arr.ndim != 2 or arr.shape[1] < 2:
+        raise ReportError(f"Column 'fixations' of {where} must be [[x, y], ...], got shape {arr.shape}.")
+    return arr[:, :2]
+
+
+def _resolve(root: Path, p: Any) -> Path:
+    path = Path(str(p))
+    return path if path.is_absolute() else root / path
+
+
+def _check_files(t, root: Path) -> None:
+    missing = []
+    for i, (img, path, scene) in enumerate(zip(t["image_id"], t["path"], t["scene"])):
+        for col, p in (("path", path), ("scene", scene)):
+            if p is None or (isinstance(p, float) and math.isnan(p)) or str(p).strip() == "":
+                missing.append(f"row {i} (image_id {img}): column {col!r} is empty")
+            elif not _resolve(root, p).is_file():
+                missing.append(f"row {i} (image_id {img}): {col} {p!r} -> {_resolve(root, p)}")
+    if missing:
+        unique = list(dict.fromkeys(missing))
+        shown = "\n  ".join(unique[:10])
+        more = f"\n  ... and {len(unique) - 10} more" if len(unique) > 10 else ""
+        raise ReportError(
+            f"{len(unique)} image file(s) named in the score table are missing (relative paths resolved against "
+            f"--root {root}):\n  {shown}{more}\nPass --root <folder of the manifest> if the table was moved, "
+            "or --no-sheets to build only the figures."
+        )
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ReportError(f"Could not read the image {path}: {err}") from err
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _safe(text: str) -> str:
+    return _SAFE.sub("-", text).strip("-.") or "x"
+
+
+def _stack(rows: Sequence[Image.Image], header: str) -> Image.Image:
+    from PIL import ImageDraw
+
+    head = 20
+    width = max(r.width for r in rows)
+    out = Image.new("RGB", (width, head + sum(r.height for r in rows)), (255, 255, 255))
+    ImageDraw.Draw(out).text((6, 4), header, fill=(0, 0, 0))
+    y = head
+    for r in rows:
+        out.paste(r, (0, y))
+        y += r.height
+    return out
+
+
+def build_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256, scene_cache: dict | None = None) -> Image.Image:
+    """One contact sheet for the rows of one (scene, scanpath, condition, source) group.
+
+    One row per prefix (and per distinct fixation list / blur within it): the scene with the
+    fixations drawn, the model-free foveated input, then the hypotheses captioned with scores.
+    """
+    from metamergen.viz.figures import contact_sheet, draw_scanpath, foveated_input
+
+    cache = scene_cache if scene_cache is not None else {}
+    first = group.iloc[0]
+    cond = str(first["condition"])
+    rows = []
+    g = group.assign(_order=group["_prefix"].map(_prefix_order), _fx=group["fixations"].astype(str),
+                     _blur=group["peripheral_blur"].astype(str))
+    sort_cols = ["_order", "_fx", "_blur"] + (["seed"] if "seed" in g.columns else []) + ["image_id"]
+    g = g.sort_values(sort_cols, kind="stable")
+    for (_, _, _, scene_path), sub in g.groupby(["_order", "_fx", "_blur", "scene"], sort=False, dropna=False):
+        r0 = sub.iloc[0]
+        where = f"image_id {r0['image_id']}"
+        xy = _parse_fixations(r0["fixations"], where)
+        scene_file = _resolve(root, scene_path)
+        if scene_file not in cache:
+            cache.clear()  # groups arrive scene by scene: keep one scene in memory
+            cache[scene_file] = _open(scene_file)
+        scene = cache[scene_file]
+        blur = pd_float(r0["peripheral_blur"])
+        if not math.isfinite(blur) and cond != "foveal":
+            warnings.warn(f"{where}: no peripheral_blur recorded; showing the periphery at s = 0.25.", stacklevel=2)
+            blur = 0.25
+        prefix = r0["_prefix"]
+        n_label = f"N={prefix}" if prefix != _ALL else "all"
+        panels = [draw_scanpath(scene, xy), foveated_input(scene, xy, blur if math.isfinite(blur) else 0.25, cond)]
+        input_caption = {
+            "both": f"input: fovea + periphery s={blur:g}",
+            "peripheral": f"input: periphery only s={blur:g}",
+            "foveal": "input: fovea only",
+        }.get(cond, f"input s={blur:g}")
+        captions = [f"{n_label}: scene + {len(xy)} fixation{'s' if len(xy) != 1 else ''}", input_caption]
+        for _, r in sub.iterrows():
+            panels.append(_open(_resolve(root, r["path"])))
+            captions.append(_caption(r, metrics))
+        rows.append(contact_sheet(panels, captions, height=height))
+    header = (f"scene {first['scene_id']} · scanpath {first['scanpath_id']} · condition {cond} · "
+              f"{first['fixation_source']} fixations")
+    return _stack(rows, header)
+
+
+def pd_float(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+# -------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body { font-family: system-ui, -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margin: 2em auto;
+       max-width: 1200px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+.figs { display: flex; flex-wrap: wrap; gap: 1em; }
+.figs figure { margin: 0; } .figs img { width: 480px; border: 1px solid #eee; }
+table { border-collapse: collapse; font-size: 0.85em; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
+th { background: #f4f4f4; } td.k { text-align: left; }
+.note { color: #555; font-size: 0.9em; max-width: 60em; }
+ul.sheets { columns: 2; font-size: 0.9em; }
+"""
+
+
+def _href(path: str) -> str:
+    return "/".join(quote(part) for part in path.split("/"))
+
+
+def _index_html(*, source: str, t, metrics, summary, figures, sheets, unit, n_boot, confidence, version,
+                skipped_sheets: int) -> str:
+    e = html.escape
+    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
+           "<title>MetamerGen report</title>", f"<style>{_CSS}</style></head><body>",
+           "<h1>MetamerGen report</h1>",
+           f"<p>Score table <code>{e(source)}</code>: {len(t)} generated images, {t['scene_id'].nunique()} scenes, "
+           f"{t[['scene_id', 'scanpath_id']].drop_duplicates().shape[0]} scanpaths; metrics: "
+           f"{e(', '.join(metrics))}. metamergen {e(version)}.</p>"]
+    out.append("<h2>Score vs number of fixations</h2>")
+    out.append(
+        f'<p class="note">Each point is the mean of per-{e(unit)} means (scores averaged within each {e(unit)} '
+        f"first, so every {e(unit)} weighs the same); error bars are {confidence:.0%} percentile-bootstrap "
+        f"intervals over {e(UNIT_WORDS.get(unit, unit))} ({n_boot} resamples, seeded). Lines: colour = condition, "
+        "line style = fixation source (solid: the viewer's own fixations, dashed: random fixations matched in "
+        "count). “all” = the whole scanpath (empty prefix).</p>"
+    )
+    out.append('<div class="figs">')
+    for metric, rel in figures:
+        out.append(f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(metric)}"></a>'
+                   f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))})</figcaption></figure>")
+    out.append("</div>")
+    out.append("<h2>Mean scores per condition × fixation source × prefix</h2>")
+    out.append(f'<p class="note">mean [{confidence:.0%} CI]; n = {e(unit)}s / images. Also as '
+               f'<a href="summary.csv">summary.csv</a>.</p>')
+    out.append("<table><tr><th>condition</th><th>fixations</th><th>N</th>"
+               + "".join(f"<th>{e(_info(m).short)}<br><small>{'↑' if _info(m).higher_is_similar else '↓'} similar"
+                         f"</small></th>" for m in metrics) + "<th>n</th></tr>")
+    if len(summary):
+        keys = _sorted_cells(summary[["condition", "fixation_source", "prefix"]].drop_duplicates())
+        for _, k in keys.iterrows():
+            sel = summary[(summary["condition"] == k["condition"]) & (summary["fixation_source"] == k["fixation_source"])
+                          & (summary["prefix"] == k["prefix"])]
+            cells, n = [], ""
+            for m in metrics:
+                r = sel[sel["metric"] == m]
+                if not len(r):
+                    cells.append("<td>–</td>")
+                    continue
+                r = r.iloc[0]
+                ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
+                cells.append(f"<td>{_fmt(r['mean'])}{ci}</td>")
+                n = f"{int(r['n_units'])} / {int(r['n_images'])}"
+            out.append(f'<tr><td class="k">{e(k["condition"])}</td><td class="k">{e(k["fixation_source"])}</td>'
+                       f'<td>{e(k["prefix"])}</td>{"".join(cells)}<td>{n}</td></tr>')
+    out.append("</table>")
+    out.append("<h2>Contact sheets</h2>")
+    if sheets:
+        out.append('<p class="note">Per prefix N: the scene with the first N fixations, the foveated input computed '
+                   "without the model (sharp 14-px patches over the periphery the model saw), then the hypotheses "
+                   "with their scores.</p>")
+        by_scene: dict[str, list] = {}
+        for key, rel in sheets:
+            by_scene.setdefault(key[0], []).append((key, rel))
+        for scene_id, items in by_scene.items():
+            out.append(f"<h3>scene {e(scene_id)}</h3><ul class=\"sheets\">")
+            for (s, sp, c, src), rel in items:
+                out.append(f'<li><a href="{_href(rel)}">scanpath {e(sp)} · {e(c)} · {e(src)} fixations</a></li>')
+            out.append("</ul>")
+    else:
+        out.append('<p class="note">No contact sheets were built.</p>')
+    if skipped_sheets:
+        out.append(f'<p class="note">{skipped_sheets} further sheet(s) left out (--max-sheets).</p>')
+    out.append("</body></html>\n")
+    return "\n".join(out)
+
+
+# -------------------------------------------------------------------------------------- main
+
+
+@dataclass
+class ReportResult:
+    """Paths written by :func:`write_report` (relative to ``out`` where noted)."""
+
+    out: Path
+    index: Path
+    summary_csv: Path
+    figures: dict[str, Path] = field(default_factory=dict)
+    sheets: list[Path] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+
+
+def write_report(
+    scores: str | Path,
+    out: str | Path,
+    *,
+    root: str | Path | None = None,
+    metrics: Sequence[str] | None = None,
+    unit: str = "scene",
+    n_boot: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    sheets: bool = True,
+    max_sheets: int | None = None,
+    sheet_height: int = 256,
+) -> ReportResult:
+    """Build the report folder from a score table (see the module docstring for its layout).
+
+    Everything is checked (columns, values, image files) before anything is written; every file
+    is written atomically.
+
+    Parameters
+    ----------
+    scores
+        The score table, CSV or Parquet.
+    out
+        Output folder.
+    root
+        Folder the table's relative ``path``/``scene`` entries are relative to (default: the
+        score table's folder).
+    metrics
+        Metric columns to report (default: every known metric column present with values).
+    unit
+        Bootstrap resampling unit: ``"scene"``, ``"scanpath"`` or ``"image"``.
+    n_boot, confidence, seed
+        Bootstrap settings.
+    sheets, max_sheets, sheet_height
+        Build contact sheets; at most ``max_sheets`` of them (None: all); panel height in pixels.
+    """
+    from metamergen import __version__
+
+    scores = Path(scores)
+    out = Path(out)
+    root = Path(root) if root is not None else scores.parent
+    table = read_table(scores)
+    if not len(table):
+        raise ReportError(f"The score table {scores} has no rows.")
+    _check_columns(table, FIGURE_COLUMNS + (SHEET_COLUMNS if sheets else ()), str(scores))
+    chosen = metric_columns(table, metrics)
+    if not chosen:
+        raise ReportError(
+            f"The score table {scores} has no metric columns with values; expected any of {list(METRIC_INFO)} "
+            "(run `metamergen score` first)."
+        )
+    t = _clean(table)
+    if sheets:
+        for i, fx in enumerate(t["fixations"]):
+            _parse_fixations(fx, f"row {i} (image_id {t['image_id'].iloc[i]})")
+        _check_files(t, root)
+    _matplotlib()  # fail before writing anything if it is missing
+
+    summary = summarize_scores(t, chosen, unit=unit, n_boot=n_boot, confidence=confidence, seed=seed)
+    result = ReportResult(out=out, index=out / "index.html", summary_csv=out / "summary.csv", metrics=list(chosen))
+    atomic_write(result.summary_csv, lambda p: summary.to_csv(p, index=False))
+    figure_links = []
+    for metric in chosen:
+        if not (summary["metric"] == metric).any():
+            continue
+        rel = f"figures/{_safe(metric)}.png"
+        result.figures[metric] = plot_metric(summary, metric, out / rel, confidence=confidence)
+        figure_links.append((metric, rel))
+
+    sheet_links, skipped = [], 0
+    if sheets:
+        keys = ["scene_id", "scanpath_id", "condition", "fixation_source"]
+        groups = sorted(t.groupby(keys, sort=False).groups.items(),
+                        key=lambda kv: (kv[0][0], kv[0][1], _condition_rank(kv[0][2]), _source_rank(kv[0][3])))
+        if max_sheets is not None and len(groups) > max_sheets:
+            skipped = len(groups) - max_sheets
+            groups = groups[:max_sheets]
+        used, cache = set(), {}
+        for key, idx in groups:
+            name = "_".join(_safe(str(k)) for k in key)
+            base, k = name, 1
+            while name in used:
+                k += 1
+                name = f"{base}-{k}"
+            used.add(name)
+            rel = f"sheets/{name}.png"
+            sheet = build_sheet(t.loc[idx], root, chosen, height=sheet_height, scene_cache=cache)
+            result.sheets.append(atomic_write(out / rel, lambda p, im=sheet: im.save(p, format="PNG")))
+            sheet_links.append((tuple(str(k) for k in key), rel))
+
+    page = _index_html(source=str(scores), t=t, metrics=chosen, summary=summary, figures=figure_links,
+                       sheets=sheet_links, unit=unit, n_boot=n_boot, confidence=confidence, version=__version__,
+                       skipped_sheets=skipped)
+    atomic_write(result.index, lambda p: Path(p).write_text(page, encoding="utf-8"))
+    return result
+
+
+
+
+
+

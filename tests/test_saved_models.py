@@ -1,0 +1,73 @@
+"""Saved pipeline folders keep loading and rendering the same, whatever the package's file layout.
+
+``tests/data/saved_release_0_1_0`` was saved by release 0.1.0.dev0, before the package was
+reorganised into sub-packages (``tests/data/make_saved_release.py`` says how), together with what it
+and the bundled demo model rendered then. A folder records the adapters' module
+(``model_index.json``) and imports the pipeline class in its ``pipeline.py`` shim; both name the
+public packages ``metamergen.adapters`` and ``metamergen.pipeline``, which new saves must keep.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metamergen.pipeline import MetamerGenPipeline
+
+DATA = Path(__file__).parent / "data"
+OLD_FOLDER = DATA / "saved_release_0_1_0"
+SCENE = DATA / "saved_release_scene.png"
+FIXATIONS = [[[10.0, 12.0], [40.0, 20.0]]]
+
+
+def _render(pipe: MetamerGenPipeline, steps: int, seed: int, n: int) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        image=Image.open(SCENE), fixations=FIXATIONS, num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed), output_type="np", num_images_per_prompt=n,
+    )
+    return out.images
+
+
+def test_a_folder_saved_by_the_previous_layout_renders_exactly_as_it_did(tmp_path):
+    folder = tmp_path / "old"
+    shutil.copytree(OLD_FOLDER, folder)  # loading must not need to write next to the test data
+    pipe = MetamerGenPipeline.from_pretrained(folder)
+    expected = np.load(DATA / "saved_release_expected.npy")
+    np.testing.assert_allclose(_render(pipe, steps=3, seed=7, n=2), expected, rtol=0, atol=1e-6)
+
+
+def test_the_bundled_demo_model_renders_exactly_as_before_the_reorganisation():
+    from metamergen.demo.run import DEMO_MODEL
+
+    pipe = MetamerGenPipeline.from_pretrained(DEMO_MODEL)
+    expected = np.load(DATA / "demo_model_expected.npy")
+    np.testing.assert_allclose(_render(pipe, steps=4, seed=3, n=1), expected, rtol=0, atol=1e-6)
+
+
+def test_new_saves_record_the_public_package_paths_and_load_through_plain_diffusers(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    pipe = MetamerGenPipeline.from_pretrained(OLD_FOLDER)
+    pipe.save_pretrained(tmp_path / "new")
+    index = json.loads((tmp_path / "new" / "model_index.json").read_text())
+    assert index["adapters"] == ["metamergen.adapters", "MetamerGenAdapters"]
+    assert index["_class_name"] == "MetamerGenPipeline"
+    shim = (tmp_path / "new" / "pipeline.py").read_text()
+    assert "from metamergen.pipeline import MetamerGenPipeline" in shim
+    # the new folder matches the old one file for file (no file depends on where the code sits)
+    old_files = sorted(p.relative_to(OLD_FOLDER).as_posix() for p in OLD_FOLDER.rglob("*") if p.is_file())
+    new_files = sorted(p.relative_to(tmp_path / "new").as_posix() for p in (tmp_path / "new").rglob("*") if p.is_file())
+    assert new_files == old_files
+    via_diffusers = DiffusionPipeline.from_pretrained(
+        tmp_path / "new", custom_pipeline=str(tmp_path / "new"), trust_remote_code=True
+    )
+    assert type(via_diffusers).__name__ == "MetamerGenPipeline"
+    np.testing.assert_allclose(
+        _render(via_diffusers, steps=3, seed=7, n=2), np.load(DATA / "saved_release_expected.npy"), rtol=0, atol=1e-6
+    )
