@@ -72,15 +72,18 @@ class _Links(HTMLParser):
 
 def test_metric_directions_match_the_metric_classes():
     from metamergen.evaluation.metrics import METRICS, DinoCosine
+    from metamergen.evaluation.registry import MODEL_METRICS, WEIGHT_FREE_METRICS
 
-    toy_measures = {"objects_recovered", "fixated_objects_recovered"}  # metamergen.demo.object_scores
+    from metamergen.demo.measures import TOY_METRICS  # registers the toy measures, as the demo does
+
     for name, info in METRIC_INFO.items():
-        if name in toy_measures:
-            assert info.higher_is_similar, name
+        if name in TOY_METRICS:
+            assert info is TOY_METRICS[name] and info.higher_is_similar, name
             continue
         cls = DinoCosine if name == "dino" else METRICS[name]
         assert info.higher_is_similar == cls.higher_is_similar, name
-    assert set(METRIC_INFO) == set(METRICS) | toy_measures
+    assert set(METRIC_INFO) == set(METRICS) | set(TOY_METRICS)
+    assert set(WEIGHT_FREE_METRICS) | set(MODEL_METRICS) == set(METRICS)
 
 
 def test_unit_means_weight_every_unit_equally():
@@ -127,17 +130,34 @@ def test_summary_resamples_scenes_not_images(tmp_path: Path):
 def test_foveated_input_is_sharp_at_the_fixated_patch_and_blurred_elsewhere():
     scene = _noise(448, 448, 7)  # canvas size: the squash fit is the identity
     sharp = np.asarray(scene).astype(int)
-    view = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25)).astype(int)
+    view = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, size=448, patch_size=14)).astype(int)
     patch = (slice(28, 42), slice(14, 28))  # rows of y = 30, columns of x = 20 (14-px patches)
     assert np.array_equal(view[patch], sharp[patch])
     outside = np.ones(view.shape[:2], bool)
     outside[patch] = False
     assert np.abs(view[outside] - sharp[outside]).mean() > 30  # noise blurred towards grey
     assert view[outside].std() < 0.5 * sharp[outside].std()
-    periphery = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "peripheral")).astype(int)
+    periphery = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "peripheral", size=448, patch_size=14)).astype(int)
     assert np.array_equal(periphery[outside], view[outside]) and not np.array_equal(periphery[patch], sharp[patch])
-    foveal = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "foveal")).astype(int)
+    foveal = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "foveal", size=448, patch_size=14)).astype(int)
     assert np.array_equal(foveal[patch], sharp[patch]) and (foveal[outside] == 128).all()
+
+
+def test_what_the_model_saw_is_drawn_on_the_models_own_canvas_and_patch_grid():
+    """The demo model encodes at 112 px with 14-px patches: on a 64-px scene a patch is 8 image pixels."""
+    from metamergen.demo.run import DEMO_MODEL
+    from metamergen.encoders import canvas_size
+    from metamergen.pipeline import MetamerGenPipeline
+
+    pipe = MetamerGenPipeline.from_pretrained(DEMO_MODEL)
+    size, patch = canvas_size(pipe.feature_extractor), int(pipe.image_encoder.config.patch_size)
+    assert (size, patch) == (112, 14)
+    scene = Image.new("RGB", (64, 64), (220, 30, 30))
+    view = np.asarray(foveated_input(scene, np.array([[20.5, 40.5]]), 0.25, "foveal", size=size, patch_size=patch))
+    sharp = np.abs(view.astype(int) - 128).sum(-1) > 150  # red where the fovea is, grey elsewhere
+    rows, cols = np.nonzero(sharp)
+    # canvas x = 20.5 * 112 / 64 = 35.9 -> column 2 = image x 16..24; y = 40.5 -> row 5 = image y 40..48
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (40, 48, 16, 24)
 
 
 def test_foveated_input_maps_fixations_through_the_squash_fit():
@@ -145,7 +165,7 @@ def test_foveated_input_maps_fixations_through_the_squash_fit():
     blocks = np.asarray(_noise(112, 56, 3))
     scene = Image.fromarray(np.kron(blocks, np.ones((4, 8, 1), dtype=np.uint8)))
     sharp = np.asarray(scene).astype(int)
-    view = np.asarray(foveated_input(scene, np.array([[450.0, 100.0]]), 0.125)).astype(int)
+    view = np.asarray(foveated_input(scene, np.array([[450.0, 100.0]]), 0.125, size=448, patch_size=14)).astype(int)
     assert view.shape == sharp.shape
     # the fixated canvas patch (col 16, row 14) covers image x 448..476, y 98..105
     near = np.abs(view[99:104, 452:472] - sharp[99:104, 452:472]).mean()

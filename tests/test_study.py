@@ -105,6 +105,7 @@ def test_manifest_is_complete(study):
     assert len({r["image_id"] for r in rows}) == len(rows)
     for row in rows:
         assert list(row) == list(MANIFEST_COLUMNS)
+        assert (row["encoder_canvas"], row["encoder_patch"]) == (112, 14)  # the tiny model's frame, recorded
         assert row["path"] == f"images/{row['image_id']}.png" and Path(row["path"]).stem == row["image_id"]
         with Image.open(out / row["path"]) as im:
             assert im.size == (16, 16)

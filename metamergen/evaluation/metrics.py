@@ -38,7 +38,7 @@ from PIL import Image
 from transformers import PreTrainedModel
 
 from metamergen.utils.images import ImageInput, to_pil
-from metamergen.encoders.dinov2 import canvas_size, patch_tokens
+from metamergen.encoders.dinov2 import canvas_size, encoder_canvas, patch_tokens
 from metamergen.evaluation.registry import MODEL_METRICS, WEIGHT_FREE_METRICS
 from metamergen.foveation.frame import EncoderFrame
 
@@ -587,13 +587,7 @@ class DinoCosine(_EmbeddingCosine):
         """``(N, hidden)`` mean of the final-layer patch tokens."""
         out = []
         for chunk in _chunks(images, self.batch_size):
-            pils = [to_pil(im) for im in chunk]
-            frames = [
-                EncoderFrame.fit(im.width, im.height, size=self.size, patch_size=self.patch_size, mode="squash")
-                for im in pils
-            ]
-            framed = [f.crop(im) for f, im in zip(frames, pils)]
-            pv = self.processor(images=framed, return_tensors="pt").pixel_values
+            pv, _ = encoder_canvas(self.processor, chunk, patch_size=self.patch_size, fit="squash")
             pv = pv.to(device=self.image_encoder.device, dtype=self.image_encoder.dtype)
             out.append(patch_tokens(self.image_encoder, pv).float().mean(dim=1))
         return torch.cat(out)

@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from metamergen.foveation.frame import EncoderFrame
-from metamergen.foveation.periphery import peripheral_image
+from metamergen.encoders.dinov2 import IMAGENET_MEAN, IMAGENET_STD, dinov2_processor, encoder_canvas
 from metamergen.foveation.fovea import token_mask
+from metamergen.foveation.periphery import peripheral_image
 
 __all__ = ["contact_sheet", "draw_scanpath", "foveated_input"]
 
@@ -45,17 +45,19 @@ def foveated_input(
     peripheral_blur: float = 0.25,
     condition: str = "both",
     *,
-    size: int = 448,
-    patch_size: int = 14,
+    size: int,
+    patch_size: int,
     fill: tuple[int, int, int] = (128, 128, 128),
 ) -> Image.Image:
-    """What the model was given, computed without any model.
+    """What the model was given, computed with the encoder's own canvas but without any weights.
 
-    The scene is squashed to the ``size`` canvas (``EncoderFrame.fit(..., mode="squash")``, bicubic,
-    as the DINOv2 processor does), degraded by :func:`~metamergen.foveation.peripheral_image` with
-    ``peripheral_blur``, the ``patch_size`` patches marked by
-    :func:`~metamergen.foveation.token_mask` are pasted back sharp, and the canvas is resized
-    back to the scene's size.
+    The scene goes through :func:`~metamergen.encoders.encoder_canvas` (squash fit, the DINOv2
+    processor's resize) at the model's canvas ``size``, is degraded by
+    :func:`~metamergen.foveation.peripheral_image` with ``peripheral_blur``, the ``patch_size``
+    patches marked by :func:`~metamergen.foveation.token_mask` are pasted back sharp, and the canvas
+    is resized back to the scene's size. ``size`` and ``patch_size`` must be the model's (e.g. 448
+    and 14 for the paper's DINOv2, 112 and 14 for the demo model): a 448-px view of a 112-px model
+    would show a periphery four times too sharp and a fovea four times too small.
 
     Parameters
     ----------
@@ -69,14 +71,16 @@ def foveated_input(
         ``"both"`` (sharp patches over the degraded periphery), ``"peripheral"`` (periphery only,
         no sharp patches) or ``"foveal"`` (sharp patches over ``fill``: the peripheral stream was off).
     size, patch_size
-        Canvas and patch side in canvas pixels (448 and 14 in the paper).
+        The model's canvas and patch side in canvas pixels
+        (``canvas_size(pipe.feature_extractor)``, ``pipe.image_encoder.config.patch_size``).
     fill
         RGB shown where nothing was given (``"foveal"`` condition).
     """
     image = scene.convert("RGB")
-    frame = EncoderFrame.fit(image.width, image.height, size=size, patch_size=patch_size, mode="squash")
-    canvas = frame.crop(image).resize((size, size), Image.Resampling.BICUBIC)
-    sharp = torch.from_numpy(np.asarray(canvas, dtype=np.float32).copy()).permute(2, 0, 1)[None] / 255.0
+    normalised, (frame,) = encoder_canvas(dinov2_processor(size), [image], patch_size=patch_size, fit="squash")
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    sharp = (normalised.float() * std + mean).clamp(0, 1)  # the canvas in [0, 1], as the encoder saw it
     if condition == "foveal":
         periphery = torch.tensor(fill, dtype=torch.float32).view(1, 3, 1, 1).expand_as(sharp) / 255.0
     else:

@@ -21,10 +21,12 @@ interval is a percentile bootstrap over those units (``n_boot`` resamples with r
 per cell so a cell's interval does not depend on which other cells or metrics are present). With
 fewer than two units a cell has no interval.
 
-The foveated panel is computed without any model (:func:`metamergen.figures.foveated_input`), following the encoder:
-squash fit to the 448-px canvas, the paper's down/up periphery at the row's ``peripheral_blur``,
-sharp 14-px patches where :func:`~metamergen.foveation.token_mask` is set, resized back to the
-scene's size. It shows the input of the row's ``condition``: ``peripheral`` rows have no sharp
+The foveated panel is computed without any model weights (:func:`metamergen.viz.figures.foveated_input`),
+following the encoder that made the row: squash fit to the canvas and patch size the manifest
+records (``encoder_canvas``, ``encoder_patch``; tables from before those columns fall back to the
+paper's 448 px and 14 px, and the caption says so), the down/up periphery at the row's
+``peripheral_blur``, sharp patches where :func:`~metamergen.foveation.token_mask` is set, resized
+back to the scene's size. It shows the input of the row's ``condition``: ``peripheral`` rows have no sharp
 patches, ``foveal`` rows show the sharp patches over uniform grey (the peripheral stream was off).
 """
 
@@ -43,6 +45,7 @@ from urllib.parse import quote
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from metamergen import defaults
 from metamergen.evaluation.registry import METRIC_INFO, MetricInfo, metric_direction, metric_info
 from metamergen.evaluation.tables import TableError, pandas, read_table
 from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed, unit_means
@@ -408,6 +411,17 @@ def _stack(rows: Sequence[Image.Image], header: str) -> Image.Image:
     return out
 
 
+def _encoder_frame(row: Any) -> tuple[int, int, str]:
+    """``(canvas, patch, caption note)`` of the encoder that rendered ``row`` (the manifest records
+    them); rows from before those columns get the paper's frame and a note saying it is assumed."""
+    canvas, patch = row.get("encoder_canvas"), row.get("encoder_patch")
+    try:
+        canvas, patch = int(canvas), int(patch)
+    except (TypeError, ValueError):
+        return defaults.ENCODER_RESOLUTION, defaults.ENCODER_PATCH_SIZE, " (frame not recorded: 448/14 assumed)"
+    return canvas, patch, ""
+
+
 def build_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256, scene_cache: dict | None = None) -> Image.Image:
     """One contact sheet for the rows of one (scene, scanpath, condition, source) group.
 
@@ -435,17 +449,24 @@ def build_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256,
         scene = cache[scene_file]
         blur = pd_float(r0["peripheral_blur"])
         if not math.isfinite(blur) and cond != "foveal":
-            warnings.warn(f"{where}: no peripheral_blur recorded; showing the periphery at s = 0.25.", stacklevel=2)
-            blur = 0.25
+            warnings.warn(
+                f"{where}: no peripheral_blur recorded; showing the periphery at s = {defaults.PERIPHERAL_BLUR}.",
+                stacklevel=2,
+            )
+            blur = defaults.PERIPHERAL_BLUR
+        size, patch, frame_note = _encoder_frame(r0)
         prefix = r0["_prefix"]
         n_label = f"N={prefix}" if prefix != _ALL else "all"
-        panels = [draw_scanpath(scene, xy), foveated_input(scene, xy, blur if math.isfinite(blur) else 0.25, cond)]
+        view = foveated_input(
+            scene, xy, blur if math.isfinite(blur) else defaults.PERIPHERAL_BLUR, cond, size=size, patch_size=patch
+        )
+        panels = [draw_scanpath(scene, xy), view]
         input_caption = {
             "both": f"input: fovea + periphery s={blur:g}",
             "peripheral": f"input: periphery only s={blur:g}",
             "foveal": "input: fovea only",
         }.get(cond, f"input s={blur:g}")
-        captions = [f"{n_label}: scene + {len(xy)} fixation{'s' if len(xy) != 1 else ''}", input_caption]
+        captions = [f"{n_label}: scene + {len(xy)} fixation{'s' if len(xy) != 1 else ''}", input_caption + frame_note]
         for _, r in sub.iterrows():
             panels.append(_open(_resolve(root, r["path"])))
             captions.append(_caption(r, metrics))
