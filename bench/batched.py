@@ -12,8 +12,9 @@ the script checks (``max_abs_diff_vs_first``) after timing. Full pipeline (CFG++
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -26,8 +27,16 @@ NAME = "batched"
 
 def build_parser():
     p = bl.base_parser(NAME, __doc__.split("\n\n")[0], repeats=3, warmup=1)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="fixation lists per call; the first is the baseline (default 1 8)")
-    p.add_argument("--steps", type=int, default=4, help="DDIM steps per image (default 4, for speed; the paper uses 50)")
+    p.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="fixation lists per call; the first is the baseline (default 1 8)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=4, help="DDIM steps per image (default 4, for speed; the paper uses 50)"
+    )
     p.add_argument("--scene-size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
     p.add_argument("--no-decode", action="store_true", help="stop at latents (skip the VAE decode)")
     return p
@@ -62,11 +71,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     height=comp.resolution,
                     width=comp.resolution,
                 ).images
-                images.append(torch.as_tensor(np.asarray(out)) if not isinstance(out, torch.Tensor) else out.float().cpu())
+                images.append(
+                    torch.as_tensor(np.asarray(out)) if not isinstance(out, torch.Tensor) else out.float().cpu()
+                )
             outputs[f"b={b}"] = torch.cat(images)
 
         cases = {f"b={b}": (lambda b=b: run(b)) for b in args.batch_sizes}
-        bl.log(f"[{NAME}] {n} images in calls of {args.batch_sizes} lists, {args.steps} steps, {args.repeats} interleaved repeats")
+        bl.log(
+            f"[{NAME}] {n} images in calls of {args.batch_sizes} lists, {args.steps} steps, {args.repeats} interleaved repeats"
+        )
         times = bl.interleaved(cases, repeats=args.repeats, warmup=args.warmup, device=device, log=bl.log)
 
     base = f"b={args.batch_sizes[0]}"
@@ -75,8 +88,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ratios = {c: ips[c] / ips[base] for c in cases}
     diffs = {c: float((outputs[c] - outputs[base]).abs().max()) for c in cases}
     rows = [
-        [c.split("=")[1], bl.fmt_ms(med[c] / n), f"{ips[c]:.2f}", bl.fmt_x(ratios[c]), f"{diffs[c]:.1e}"]
-        for c in cases
+        [c.split("=")[1], bl.fmt_ms(med[c] / n), f"{ips[c]:.2f}", bl.fmt_x(ratios[c]), f"{diffs[c]:.1e}"] for c in cases
     ]
     table = bl.make_table(
         f"Batched generation, {n} different fixation lists of one scene ({'tiny' if args.tiny else 'SD1.5'}, {comp.resolution} px, {args.dtype}, {device.type})",
@@ -92,7 +104,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         NAME,
         args,
         device,
-        settings=bl.settings_of(args, images=n, scene_size=[width, height], output_size=comp.resolution, output_type=output_type, models=comp.describe()),
+        settings=bl.settings_of(
+            args,
+            images=n,
+            scene_size=[width, height],
+            output_size=comp.resolution,
+            output_type=output_type,
+            models=comp.describe(),
+        ),
         raw_seconds={"all": times},
         median_seconds={"all": med},
         ratios={"all": ratios},

@@ -22,9 +22,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here downloads; never try
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,13 +48,26 @@ PAPER_BLUR_LEVELS = (0.0625, 0.125, 0.25, 0.5, 1.0)
 def base_parser(name: str, description: str, *, repeats: int = 5, warmup: int = 1) -> argparse.ArgumentParser:
     """The options every benchmark shares."""
     p = argparse.ArgumentParser(prog=f"bench/{name}.py", description=description)
-    p.add_argument("--tiny", action="store_true", help="tiny random components (seconds on a CPU; a smoke test, not a measurement)")
+    p.add_argument(
+        "--tiny", action="store_true", help="tiny random components (seconds on a CPU; a smoke test, not a measurement)"
+    )
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda when available")
-    p.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations (default float32)")
-    p.add_argument("--repeats", type=int, default=repeats, help=f"timed repeats per case; the median is reported (default {repeats})")
-    p.add_argument("--warmup", type=int, default=warmup, help=f"untimed warm-up rounds of every case (default {warmup})")
+    p.add_argument(
+        "--dtype", default="float32", choices=sorted(DTYPES), help="weights and activations (default float32)"
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=repeats,
+        help=f"timed repeats per case; the median is reported (default {repeats})",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=warmup, help=f"untimed warm-up rounds of every case (default {warmup})"
+    )
     p.add_argument("--out", default=f"results/{name}.json", help=f"JSON result file (default results/{name}.json)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice / OMP_NUM_THREADS)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice / OMP_NUM_THREADS)"
+    )
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -70,7 +84,9 @@ def setup(args: argparse.Namespace) -> tuple[torch.device, torch.dtype]:
         torch.set_num_threads(args.threads)
     dtype = DTYPES[args.dtype]
     if args.device == "cpu" and dtype == torch.float16:
-        warnings.warn("float16 on the CPU is slow or unsupported for some ops; prefer bfloat16 or float32.", stacklevel=2)
+        warnings.warn(
+            "float16 on the CPU is slow or unsupported for some ops; prefer bfloat16 or float32.", stacklevel=2
+        )
     torch.manual_seed(args.seed)
     from diffusers.utils import logging as dlogging
     from transformers.utils import logging as tlogging
@@ -240,7 +256,9 @@ class PeakMemory:
         except ImportError:
             import resource
 
-            self.method = "resource.getrusage ru_maxrss delta (lifetime high-water mark: growth beyond earlier peaks only)"
+            self.method = (
+                "resource.getrusage ru_maxrss delta (lifetime high-water mark: growth beyond earlier peaks only)"
+            )
             self._base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
             self._thread = None
             return self
@@ -374,7 +392,9 @@ def dinov2_config_check() -> dict[str, Any]:
     from transformers import Dinov2WithRegistersConfig
 
     default = Dinov2WithRegistersConfig()
-    diff = {k: {"default": getattr(default, k), "used": v} for k, v in DINOV2_REG_BASE.items() if getattr(default, k) != v}
+    diff = {
+        k: {"default": getattr(default, k), "used": v} for k, v in DINOV2_REG_BASE.items() if getattr(default, k) != v
+    }
     return {"defaults_match_vit_b14_reg4": not diff, "overridden": diff}
 
 
@@ -444,9 +464,9 @@ class Components:
 
 def build_components(tiny: bool, device: torch.device, dtype: torch.dtype, seed: int = 0) -> Components:
     """Random-weight components: the real architectures, or the tiny ones with ``tiny=True``."""
+    from metamergen import testing
     from metamergen.adapters.model import MetamerGenAdapters
     from metamergen.encoders.dinov2 import dinov2_processor
-    from metamergen import testing
 
     torch.manual_seed(seed)
     tokenizer, tiny_text = testing.tiny_text_stack()
@@ -509,7 +529,9 @@ def synthetic_scene(width: int, height: int, seed: int = 0):
     return Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
 
 
-def random_fixation_lists(count: int, width: int, height: int, seed: int = 0, per_list: Sequence[int] = PAPER_FIXATION_COUNTS) -> list[np.ndarray]:
+def random_fixation_lists(
+    count: int, width: int, height: int, seed: int = 0, per_list: Sequence[int] = PAPER_FIXATION_COUNTS
+) -> list[np.ndarray]:
     """``count`` fixation lists of ``(N, 2)`` image pixels, N cycling through ``per_list``."""
     rng = np.random.default_rng(seed)
     out = []
@@ -537,7 +559,9 @@ def table_markdown(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
     return "\n".join(lines)
 
 
-def make_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> dict[str, Any]:
+def make_table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()
+) -> dict[str, Any]:
     return {"title": title, "headers": list(headers), "rows": [[str(c) for c in r] for r in rows], "notes": list(notes)}
 
 

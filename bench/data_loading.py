@@ -25,8 +25,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,12 +39,21 @@ NAME = "data_loading"
 
 def build_parser():
     p = bl.base_parser(NAME, __doc__.split("\n\n")[0], repeats=3, warmup=1)
-    p.add_argument("--workers", type=int, default=None, help="DataLoader workers to compare with 0 (default min(4, CPU count))")
+    p.add_argument(
+        "--workers", type=int, default=None, help="DataLoader workers to compare with 0 (default min(4, CPU count))"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="default 8 (with --tiny 2)")
-    p.add_argument("--num-images", type=int, default=None, help="images in the synthetic folder = samples per epoch (default 128; tiny 16)")
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=None,
+        help="images in the synthetic folder = samples per epoch (default 128; tiny 16)",
+    )
     p.add_argument("--image-size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"))
     p.add_argument("--resolution", type=int, default=None, help="training resolution (default 512; tiny 32)")
-    p.add_argument("--train-result", default=None, help="train_step JSON to compare with (default: measure the step now)")
+    p.add_argument(
+        "--train-result", default=None, help="train_step JSON to compare with (default: measure the step now)"
+    )
     p.add_argument("--no-train", action="store_true", help="measure the loader only")
     return p
 
@@ -71,7 +81,6 @@ def _train_rates(args: argparse.Namespace, tmp: Path) -> tuple[dict[str, float],
         source = "measured in this run with bench/train_step.py --checkpointing off"
     rates = {k: float(v) for k, v in found["samples_per_second"].items() if k in ("online", "cache")}
     return rates, source
-
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -138,14 +147,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             }
 
         raw: dict[str, dict[str, list[float]]] = {f"workers={w}": {} for w in configs}
-        bl.log(f"[{NAME}] batch {args.batch_size}, workers {configs}, {args.warmup} warm-up + {args.repeats} interleaved epochs")
+        bl.log(
+            f"[{NAME}] batch {args.batch_size}, workers {configs}, {args.warmup} warm-up + {args.repeats} interleaved epochs"
+        )
         for r in range(args.warmup + args.repeats):
             for w in configs:
                 res = epoch(w, r)
                 if r >= args.warmup:
                     for k, v in res.items():
                         raw[f"workers={w}"].setdefault(k, []).append(v)
-                bl.log(f"  {'warm-up' if r < args.warmup else 'epoch'} workers={w}: {res['steady']:.1f} samples/s steady")
+                bl.log(
+                    f"  {'warm-up' if r < args.warmup else 'epoch'} workers={w}: {res['steady']:.1f} samples/s steady"
+                )
         train, train_source = ({}, "not measured (--no-train)") if args.no_train else _train_rates(args, tmp)
 
     med = {c: {k: bl.median(v) for k, v in d.items()} for c, d in raw.items()}
@@ -181,7 +194,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         notes.append("CPU-only run: loader and step share the same cores, so compare orders of magnitude only")
     table = bl.make_table(
         f"Data loading vs training step, batch {args.batch_size} ({'tiny' if args.tiny else 'paper sizes'})",
-        ["workers", "loader samples/s (steady)", "end-to-end", "first batch ms", *[f"{s} step samples/s (headroom)" for s in train]],
+        [
+            "workers",
+            "loader samples/s (steady)",
+            "end-to-end",
+            "first batch ms",
+            *[f"{s} step samples/s (headroom)" for s in train],
+        ],
         rows,
         notes,
     )
@@ -189,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         NAME,
         args,
         device,
-        settings=bl.settings_of(args, image_size=[width, height], encoder_resolution=encoder_resolution, train_source=train_source),
+        settings=bl.settings_of(
+            args, image_size=[width, height], encoder_resolution=encoder_resolution, train_source=train_source
+        ),
         raw_seconds={c: {"epoch": d["seconds"], "first_batch": d["first_batch_seconds"]} for c, d in raw.items()},
         median_seconds={c: {"epoch": m["seconds"], "first_batch": m["first_batch_seconds"]} for c, m in med.items()},
         ratios=ratios,

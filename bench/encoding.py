@@ -17,8 +17,9 @@ per image) is the step-independent figure; the denoising cost per step is in ``u
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -31,9 +32,15 @@ CASES = ("cached", "naive")
 
 def build_parser():
     p = bl.base_parser(NAME, __doc__.split("\n\n")[0], repeats=3, warmup=1)
-    p.add_argument("--ks", type=int, nargs="+", default=None, help="fixation lists per scene (default 1 10 50; with --tiny 1 5 20)")
-    p.add_argument("--steps", type=int, default=2, help="DDIM steps per image (default 2, for speed; the paper uses 50)")
-    p.add_argument("--scene-size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"), help="scene image size in pixels")
+    p.add_argument(
+        "--ks", type=int, nargs="+", default=None, help="fixation lists per scene (default 1 10 50; with --tiny 1 5 20)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=2, help="DDIM steps per image (default 2, for speed; the paper uses 50)"
+    )
+    p.add_argument(
+        "--scene-size", type=int, nargs=2, default=[640, 480], metavar=("W", "H"), help="scene image size in pixels"
+    )
     p.add_argument("--no-decode", action="store_true", help="stop at latents (skip the VAE decode)")
     return p
 
@@ -148,7 +155,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     table = bl.make_table(
         f"Encoding amortisation: k fixation lists of one scene ({'tiny' if args.tiny else 'SD1.5 + DINOv2-reg-B/14 @ 448'}, {args.dtype}, {device.type})",
-        ["k lists", "DINOv2 passes cached", "DINOv2 passes naive", "cached ms/image", "naive ms/image", "saved ms/image", "naive / cached"],
+        [
+            "k lists",
+            "DINOv2 passes cached",
+            "DINOv2 passes naive",
+            "cached ms/image",
+            "naive ms/image",
+            "saved ms/image",
+            "naive / cached",
+        ],
         rows,
         notes,
     )
@@ -156,7 +171,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         NAME,
         args,
         device,
-        settings=bl.settings_of(args, scene_size=[width, height], output_size=comp.resolution, output_type=output_type, models=comp.describe()),
+        settings=bl.settings_of(
+            args,
+            scene_size=[width, height],
+            output_size=comp.resolution,
+            output_type=output_type,
+            models=comp.describe(),
+        ),
         raw_seconds=raw,
         median_seconds=med,
         ratios=ratios,

@@ -18,8 +18,9 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -40,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="folder for the JSONs and README-table.md (default results/)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, default=None, help="run only these")
     p.add_argument("--in-process", action="store_true", help="run the benchmarks in this process, not one process each")
-    p.add_argument("--tables-only", action="store_true", help="only rebuild README-table.md from the JSONs in --results")
+    p.add_argument(
+        "--tables-only", action="store_true", help="only rebuild README-table.md from the JSONs in --results"
+    )
     p.add_argument(
         "--extra",
         action="append",
@@ -90,15 +93,22 @@ def combined_markdown(results: Path, names: Sequence[str] = BENCHMARKS) -> str:
             "CPU numbers: read the ratios (each measured in one process, interleaved, median of repeats), "
             "not the absolute times, which say little about a GPU."
         )
-    for name, d in found.items():
+    for d in found.values():
         lines += ["", bl.render_table(d["table"])]
         targets = d.get("targets") or {}
         if targets:
             lines.append(
                 "- targets: "
-                + "; ".join(f"{k}: {t['metric']} = {t['value']:.2f} (target {t['target']}) {t['verdict']}" for k, t in targets.items())
+                + "; ".join(
+                    f"{k}: {t['metric']} = {t['value']:.2f} (target {t['target']}) {t['verdict']}"
+                    for k, t in targets.items()
+                )
             )
-    lines += ["", f"Reproduce: `python bench/run_all.py{' --tiny' if True in tiny else ''} --device cuda --results {results}`", ""]
+    lines += [
+        "",
+        f"Reproduce: `python bench/run_all.py{' --tiny' if True in tiny else ''} --device cuda --results {results}`",
+        "",
+    ]
     return "\n".join(lines)
 
 

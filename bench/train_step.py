@@ -18,7 +18,7 @@ Batches start on the host and ``encode_batch`` moves them to the device, as in t
 measured in a separate untimed pass (CUDA: ``torch.cuda.max_memory_allocated``; CPU: process RSS
 sampled in a thread with psutil, else the ``ru_maxrss`` delta; ``memory_method`` says which).
 
-Target (issue 7): the cache at least 1.5x faster per step.
+Target: the cache at least 1.5x faster per step.
 
     python bench/train_step.py [--tiny] [--device cuda] [--dtype bfloat16] [--batch-size 8]
 """
@@ -29,8 +29,9 @@ import contextlib
 import gc
 import itertools
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,9 +45,14 @@ TARGET = 1.5
 def build_parser():
     p = bl.base_parser(NAME, __doc__.split("\n\n")[0], repeats=5, warmup=1)
     p.add_argument("--batch-size", type=int, default=None, help="samples per step (default 8; with --tiny 2)")
-    p.add_argument("--resolution", type=int, default=None, help="training resolution R in pixels (default: the UNet's native, 512)")
     p.add_argument(
-        "--checkpointing", choices=["both", "off", "on"], default="both", help="gradient checkpointing cases to run (default both)"
+        "--resolution", type=int, default=None, help="training resolution R in pixels (default: the UNet's native, 512)"
+    )
+    p.add_argument(
+        "--checkpointing",
+        choices=["both", "off", "on"],
+        default="both",
+        help="gradient checkpointing cases to run (default both)",
     )
     return p
 
@@ -64,7 +70,12 @@ def synthetic_batches(comp: bl.Components, batch_size: int, resolution: int, see
     for i in range(batch_size):
         k = bl.PAPER_FIXATION_COUNTS[int(torch.randint(len(bl.PAPER_FIXATION_COUNTS), (1,), generator=g))]
         blur = bl.PAPER_BLUR_LEVELS[int(torch.randint(len(bl.PAPER_BLUR_LEVELS), (1,), generator=g))]
-        common = {"foveal_mask": random_patch_mask(k, grid, generator=g).ravel(), "blur": blur, "index": i, "skipped": []}
+        common = {
+            "foveal_mask": random_patch_mask(k, grid, generator=g).ravel(),
+            "blur": blur,
+            "index": i,
+            "skipped": [],
+        }
         online.append(
             {
                 "pixel_values": torch.rand(3, resolution, resolution, generator=g) * 2 - 1,
@@ -93,8 +104,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from diffusers.training_utils import cast_training_params, compute_snr
 
     from metamergen.training.config import TrainConfig
-    from metamergen.training.trainer import AdapterTrainingModel, build_optimizer
     from metamergen.training.loss import adapter_loss, encode_batch
+    from metamergen.training.trainer import AdapterTrainingModel, build_optimizer
 
     bl.log(f"[{NAME}] building the {'tiny' if args.tiny else 'SD1.5-size'} training model on {device} ({args.dtype})")
     comp = bl.build_components(args.tiny, device, dtype, seed=args.seed)
@@ -123,7 +134,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         g = torch.Generator(device).manual_seed(next(micro))
         with autocast():
             encoded = encode_batch(pipe, batches[source], generator=g, dtype=dtype)
-            loss = adapter_loss(model, noise_scheduler, encoded, empty_text, cfg.optim, generator=g, compute_snr=compute_snr)
+            loss = adapter_loss(
+                model, noise_scheduler, encoded, empty_text, cfg.optim, generator=g, compute_snr=compute_snr
+            )
         loss.backward()
         if cfg.optim.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
@@ -141,7 +154,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             cases[name] = lambda source=source: step(source)
             before[name] = checkpointing(on)
 
-    bl.log(f"[{NAME}] batch {args.batch_size}, {resolution} px, {args.warmup} warm-up + {args.repeats} interleaved repeats")
+    bl.log(
+        f"[{NAME}] batch {args.batch_size}, {resolution} px, {args.warmup} warm-up + {args.repeats} interleaved repeats"
+    )
     times = bl.interleaved(cases, repeats=args.repeats, warmup=args.warmup, device=device, before=before, log=bl.log)
 
     bl.log(f"[{NAME}] peak memory, one untimed step per case")
@@ -164,7 +179,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         r = med["online" + sfx] / med["cache" + sfx]
         ratios[f"cache speed-up{sfx}"] = r
         verdict = "n/a (tiny)" if args.tiny else ("PASS" if r >= TARGET else "MISS")
-        targets[f"cache{sfx}"] = {"metric": "online step time / cache step time", "target": f">= {TARGET}", "value": r, "verdict": verdict}
+        targets[f"cache{sfx}"] = {
+            "metric": "online step time / cache step time",
+            "target": f">= {TARGET}",
+            "value": r,
+            "verdict": verdict,
+        }
     if len(ckpt) == 2:
         for source in ("online", "cache"):
             ratios[f"{source} checkpointing slow-down"] = med[source + "+ckpt"] / med[source]
@@ -198,7 +218,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         NAME,
         args,
         device,
-        settings=bl.settings_of(args, resolution=resolution, models=comp.describe(), trainable_parameters=sum(p.numel() for p in params)),
+        settings=bl.settings_of(
+            args, resolution=resolution, models=comp.describe(), trainable_parameters=sum(p.numel() for p in params)
+        ),
         raw_seconds={f"batch={args.batch_size}": times},
         median_seconds={f"batch={args.batch_size}": med},
         ratios={f"batch={args.batch_size}": ratios},

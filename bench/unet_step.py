@@ -15,7 +15,7 @@ switched between calls, untimed), interleaved after warm-up:
   every UNet call, as in diffusers' pipelines (SD1.5 ip-adapter-plus shape: 257 CLIP-H tokens of
   1280 -> 16 tokens).
 
-Target (issue 7): MetamerGen dual adapters <= 1.10x the plain step at 512 px.
+Target: MetamerGen dual adapters <= 1.10x the plain step at 512 px.
 
     python bench/unet_step.py [--tiny] [--device cuda] [--dtype float16] [--batch-sizes 1 8]
 """
@@ -23,8 +23,9 @@ Target (issue 7): MetamerGen dual adapters <= 1.10x the plain step at 512 px.
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,8 +39,12 @@ TARGET = 1.10
 
 def build_parser():
     p = bl.base_parser(NAME, __doc__.split("\n\n")[0], repeats=10, warmup=2)
-    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8], help="B; the UNet sees 2B with CFG (default 1 8)")
-    p.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the UNet's native, 512 for SD1.5)")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[1, 8], help="B; the UNet sees 2B with CFG (default 1 8)"
+    )
+    p.add_argument(
+        "--resolution", type=int, default=None, help="image side in pixels (default: the UNet's native, 512 for SD1.5)"
+    )
     p.add_argument("--timestep", type=int, default=500)
     return p
 
@@ -71,27 +76,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ipa_procs: dict[str, Any] = {name: AttnProcessor2_0() for name in unet.attn_processors}
     with torch.no_grad():
         for name, hidden, cad in cross_attention_layers(unet):
-            proc = IPAdapterAttnProcessor2_0(hidden_size=hidden, cross_attention_dim=cad, num_tokens=(ipa["num_queries"],), scale=1.0)
+            proc = IPAdapterAttnProcessor2_0(
+                hidden_size=hidden, cross_attention_dim=cad, num_tokens=(ipa["num_queries"],), scale=1.0
+            )
             attn = unet.get_submodule(name[: -len(".processor")])
             proc.to_k_ip[0].weight.copy_(attn.to_k.weight)
             proc.to_v_ip[0].weight.copy_(attn.to_v.weight)
             ipa_procs[name] = proc.to(device=device, dtype=dtype)
-    ip_proj = MultiIPAdapterImageProjection(
-        [
-            IPAdapterPlusImageProjection(
-                embed_dims=ipa["embed_dims"],
-                output_dims=cross,
-                hidden_dims=ipa["hidden_dims"],
-                depth=4,
-                dim_head=64,
-                heads=ipa["heads"],
-                num_queries=ipa["num_queries"],
-            )
-        ]
-    ).to(device=device, dtype=dtype).eval()
+    ip_proj = (
+        MultiIPAdapterImageProjection(
+            [
+                IPAdapterPlusImageProjection(
+                    embed_dims=ipa["embed_dims"],
+                    output_dims=cross,
+                    hidden_dims=ipa["hidden_dims"],
+                    depth=4,
+                    dim_head=64,
+                    heads=ipa["heads"],
+                    num_queries=ipa["num_queries"],
+                )
+            ]
+        )
+        .to(device=device, dtype=dtype)
+        .eval()
+    )
 
     def use(procs: dict[str, Any], proj: Any) -> None:
-        unet.encoder_hid_proj = None  # its Perceiver has attention layers too: detach it first, as diffusers' loader does
+        unet.encoder_hid_proj = (
+            None  # its Perceiver has attention layers too: detach it first, as diffusers' loader does
+        )
         unet.set_attn_processor(dict(procs))  # set_attn_processor pops from the dict it is given
         unet.encoder_hid_proj = proj
         unet.config.encoder_hid_dim_type = "ip_image_proj" if proj is not None else None  # as diffusers' loader does
@@ -122,16 +135,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cases = {
             "plain": lambda: unet(latents, t, encoder_hidden_states=text).sample,
             "metamergen": lambda: unet(latents, t, encoder_hidden_states=(text, streams)).sample,
-            "metamergen_resample_each_step": lambda: unet(
-                latents, t, encoder_hidden_states=(text, adapters.project(fov_tokens, per_tokens))
-            ).sample,
-            "ip_adapter_plus": lambda: unet(
-                latents, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": image_embeds}
-            ).sample,
+            "metamergen_resample_each_step": lambda: (
+                unet(latents, t, encoder_hidden_states=(text, adapters.project(fov_tokens, per_tokens))).sample
+            ),
+            "ip_adapter_plus": lambda: (
+                unet(latents, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": image_embeds}).sample
+            ),
         }
         bl.log(f"[{NAME}] B={b} (UNet batch {n}), {resolution} px, {args.warmup} warm-up + {args.repeats} repeats")
         with torch.inference_mode():
-            times = bl.interleaved(cases, repeats=args.repeats, warmup=args.warmup, device=device, before=before, log=bl.log)
+            times = bl.interleaved(
+                cases, repeats=args.repeats, warmup=args.warmup, device=device, before=before, log=bl.log
+            )
         key = f"B={b}"
         raw[key] = times
         med[key] = {c: bl.median(times[c]) for c in CASES}

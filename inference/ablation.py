@@ -1,4 +1,4 @@
-"""The paper's ablation in miniature, on held-out toy scenes with the bundled demo model (issue 6).
+"""The paper's ablation in miniature, on held-out toy scenes with the bundled demo model.
 
     python inference/ablation.py --out outputs/ablation            # 32 scenes, 2 samples each
     python inference/ablation.py --scenes 4 --hypotheses 1 --steps 4 --out /tmp/abl   # smoke run
@@ -33,9 +33,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from metamergen.demo.run import DEMO_METRICS, DEMO_MODEL, run_demo  # noqa: E402
-from metamergen.utils.io import atomic_write  # noqa: E402
-from metamergen.viz.report import METRIC_INFO, read_table  # noqa: E402
+from metamergen.evaluation.registry import METRIC_INFO  # noqa: E402
 from metamergen.evaluation.statistics import bootstrap_ci
+from metamergen.evaluation.tables import read_table  # noqa: E402
+from metamergen.utils.io import atomic_write  # noqa: E402
 
 #: Measures of the ablation and whether higher means more similar / more recovered.
 HIGHER_IS_BETTER = {m: METRIC_INFO[m].higher_is_similar for m in DEMO_METRICS}
@@ -55,9 +56,14 @@ def paired_difference(table, metric: str, a: dict, b: dict, *, n_boot: int, seed
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
     diffs = [sign * (ma[s] - mb[s]) for s in scenes]
     mean, low, high = bootstrap_ci(diffs, n_boot=n_boot, seed=seed)
-    return {"mean": mean, "low": low, "high": high, "n_scenes": len(scenes),
-            "a": float(np.mean([ma[s] for s in scenes])) if scenes else float("nan"),
-            "b": float(np.mean([mb[s] for s in scenes])) if scenes else float("nan")}
+    return {
+        "mean": mean,
+        "low": low,
+        "high": high,
+        "n_scenes": len(scenes),
+        "a": float(np.mean([ma[s] for s in scenes])) if scenes else float("nan"),
+        "b": float(np.mean([mb[s] for s in scenes])) if scenes else float("nan"),
+    }
 
 
 def ablation_table(table, *, n_boot: int = 10000, seed: int = 0) -> list[dict]:
@@ -66,7 +72,11 @@ def ablation_table(table, *, n_boot: int = 10000, seed: int = 0) -> list[dict]:
     questions = [
         ("both > peripheral", {"condition": "both", **viewer}, {"condition": "peripheral", **viewer}),
         ("peripheral > foveal", {"condition": "peripheral", **viewer}, {"condition": "foveal", **viewer}),
-        ("10 fixations > 1", {"condition": "both", "prefix": 10, **viewer}, {"condition": "both", "prefix": 1, **viewer}),
+        (
+            "10 fixations > 1",
+            {"condition": "both", "prefix": 10, **viewer},
+            {"condition": "both", "prefix": 1, **viewer},
+        ),
         ("viewer > random", {"condition": "both", **viewer}, {"condition": "both", "fixation_source": "random"}),
     ]
     rows = []
@@ -93,8 +103,10 @@ def _markdown(rows: list[dict], summary: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['question']} | {r['measure']} | {r['a']:.3f} | {r['b']:.3f} | "
-                     f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['verdict']} |")
+        lines.append(
+            f"| {r['question']} | {r['measure']} | {r['a']:.3f} | {r['b']:.3f} | "
+            f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -107,14 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--n-boot", type=int, default=10000)
     args = p.parse_args(argv)
-    result = run_demo(args.out, model=args.model, n_scenes=args.scenes, hypotheses=args.hypotheses,
-                      steps=args.steps, n_boot=min(args.n_boot, 2000), sheets=False)
+    result = run_demo(
+        args.out,
+        model=args.model,
+        n_scenes=args.scenes,
+        hypotheses=args.hypotheses,
+        steps=args.steps,
+        n_boot=min(args.n_boot, 2000),
+        sheets=False,
+    )
     rows = ablation_table(read_table(result.scores), n_boot=args.n_boot)
     out = Path(args.out)
     md = _markdown(rows, result.summary)
     atomic_write(out / "ablation.md", lambda t: Path(t).write_text(md))
-    atomic_write(out / "ablation.json", lambda t: Path(t).write_text(json.dumps(
-        {"summary": result.summary, "rows": rows}, indent=2) + "\n"))
+    atomic_write(
+        out / "ablation.json",
+        lambda t: Path(t).write_text(json.dumps({"summary": result.summary, "rows": rows}, indent=2) + "\n"),
+    )
     print(md)
     print(f"Written to {out / 'ablation.md'} (figures: {result.report_index.parent / 'figures'}).")
     return 0

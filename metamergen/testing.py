@@ -33,7 +33,6 @@ from transformers import (
     Dinov2WithRegistersConfig,
     Dinov2WithRegistersModel,
 )
-
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from metamergen.adapters.model import MetamerGenAdapters

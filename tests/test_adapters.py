@@ -17,9 +17,12 @@ def test_new_kv_copy_the_text_kv_of_every_cross_attention_layer():
     layers = cross_attention_layers(unet)
     assert len(layers) == len(adapters.to_k_foveal) == 7  # down 2, up 4, mid 1
     assert adapters.config.layer_names == [n for n, _, _ in layers]
-    for i, (name, hidden, cross) in enumerate(layers):
+    for i, (name, _, _) in enumerate(layers):
         attn = unet.get_submodule(name[: -len(".processor")])
-        for k, v in ((adapters.to_k_foveal, adapters.to_v_foveal), (adapters.to_k_peripheral, adapters.to_v_peripheral)):
+        for k, v in (
+            (adapters.to_k_foveal, adapters.to_v_foveal),
+            (adapters.to_k_peripheral, adapters.to_v_peripheral),
+        ):
             assert torch.equal(k[i].weight, attn.to_k.weight) and torch.equal(v[i].weight, attn.to_v.weight)
             assert k[i].weight.data_ptr() != attn.to_k.weight.data_ptr()  # copies, not the text weights
 
@@ -47,9 +50,14 @@ def test_adapters_refuse_a_different_unet():
     from diffusers import UNet2DConditionModel
 
     smaller = UNet2DConditionModel(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        attention_head_dim=8, norm_num_groups=8,
+        sample_size=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        cross_attention_dim=32,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        attention_head_dim=8,
+        norm_num_groups=8,
     )
     with pytest.raises(ValueError, match="different UNet"):
         pipe.adapters.install(smaller)

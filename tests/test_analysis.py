@@ -11,8 +11,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metamergen.evaluation.analysis import AnalysisError, analyze, binned_proportions, forward_stepwise, logistic_regression, wilson_interval
 from metamergen.commands.analyze import add_parser as add_analyze_parser
+from metamergen.evaluation.analysis import (
+    AnalysisError,
+    analyze,
+    binned_proportions,
+    forward_stepwise,
+    logistic_regression,
+    wilson_interval,
+)
 
 TRUE_INTERCEPT, TRUE_SLOPE = 3.0, -10.0  # logit P(same) = 3 - 10 * dreamsim (raw units)
 
@@ -48,17 +55,23 @@ def test_logistic_regression_recovers_the_true_coefficient():
     Z = np.column_stack([np.ones(len(y)), X])
     p = 1 / (1 + np.exp(-(Z @ raw.coef)))
     assert np.abs(Z.T @ (y - p)).max() < 1e-6 * len(y)
+
     # standard errors = sqrt(diag(inverse observed information)), checked by finite differences
     def loglik(b):
         eta = Z @ b
         return float((y * eta - np.logaddexp(0, eta)).sum())
+
     h, k = 1e-4, len(raw.coef)
     H = np.zeros((k, k))
     for i in range(k):
         for j in range(k):
             e_i, e_j = np.eye(k)[i] * h, np.eye(k)[j] * h
-            H[i, j] = (loglik(raw.coef + e_i + e_j) - loglik(raw.coef + e_i - e_j) - loglik(raw.coef - e_i + e_j)
-                       + loglik(raw.coef - e_i - e_j)) / (4 * h * h)
+            H[i, j] = (
+                loglik(raw.coef + e_i + e_j)
+                - loglik(raw.coef + e_i - e_j)
+                - loglik(raw.coef - e_i + e_j)
+                + loglik(raw.coef - e_i - e_j)
+            ) / (4 * h * h)
     assert raw.se == pytest.approx(np.sqrt(np.diag(np.linalg.inv(-H))), rel=1e-3)
     # McFadden R² against the intercept-only log-likelihood
     pbar = y.mean()
@@ -82,8 +95,9 @@ def test_stepwise_picks_the_true_feature_first_with_a_clearly_larger_gain():
     assert sum(gain.values()) == pytest.approx(res.full.pseudo_r2)
     assert res.steps[0].lr_pvalue < 1e-20 and res.steps[1].lr_pvalue > 0.01
     assert res.unique_r2["noise"] == pytest.approx(gain["noise"])
-    stopped = forward_stepwise(d[["noise", "dreamsim"]].to_numpy(), d["same"].to_numpy(), ["noise", "dreamsim"],
-                               alpha=0.01)
+    stopped = forward_stepwise(
+        d[["noise", "dreamsim"]].to_numpy(), d["same"].to_numpy(), ["noise", "dreamsim"], alpha=0.01
+    )
     assert stopped.order == ["dreamsim"]
 
 
@@ -131,9 +145,19 @@ def test_analyze_command_writes_json_markdown_and_figure(tmp_path: Path, capsys)
     d[["image_id", "dreamsim", "noise"]].to_parquet(tmp_path / "scores.parquet")
     parser = argparse.ArgumentParser()
     add_analyze_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["analyze", "--responses", str(tmp_path / "responses.csv"), "--scores",
-                              str(tmp_path / "scores.parquet"), "--features", "dreamsim,noise", "--out",
-                              str(tmp_path / "out")])
+    args = parser.parse_args(
+        [
+            "analyze",
+            "--responses",
+            str(tmp_path / "responses.csv"),
+            "--scores",
+            str(tmp_path / "scores.parquet"),
+            "--features",
+            "dreamsim,noise",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert args.func(args) == 0
     assert "dreamsim" in capsys.readouterr().out
     out = tmp_path / "out"
@@ -146,8 +170,17 @@ def test_analyze_command_writes_json_markdown_and_figure(tmp_path: Path, capsys)
     bad = d[["image_id", "same"]].copy()
     bad.loc[0, "image_id"] = "unknown-id"
     bad.to_csv(tmp_path / "bad.csv", index=False)
-    args = parser.parse_args(["analyze", "--responses", str(tmp_path / "bad.csv"), "--scores",
-                              str(tmp_path / "scores.parquet"), "--out", str(tmp_path / "out2")])
+    args = parser.parse_args(
+        [
+            "analyze",
+            "--responses",
+            str(tmp_path / "bad.csv"),
+            "--scores",
+            str(tmp_path / "scores.parquet"),
+            "--out",
+            str(tmp_path / "out2"),
+        ]
+    )
     with pytest.raises(SystemExit, match="unknown-id"):
         args.func(args)
     assert not (tmp_path / "out2").exists()

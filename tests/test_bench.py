@@ -98,7 +98,12 @@ def test_targets_and_memory_are_reported(results):
     out, _ = results
     unet = json.loads((out / "unet_step.json").read_text())
     assert set(unet["median_seconds"]) == {"B=1", "B=8"}
-    assert set(unet["median_seconds"]["B=1"]) == {"plain", "metamergen", "metamergen_resample_each_step", "ip_adapter_plus"}
+    assert set(unet["median_seconds"]["B=1"]) == {
+        "plain",
+        "metamergen",
+        "metamergen_resample_each_step",
+        "ip_adapter_plus",
+    }
     assert all(t["verdict"].startswith("n/a") for t in unet["targets"].values())  # tiny: not the 512-px target
     train = json.loads((out / "train_step.json").read_text())
     assert set(train["samples_per_second"]) == {"online", "cache", "online+ckpt", "cache+ckpt"}

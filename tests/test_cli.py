@@ -15,8 +15,23 @@ SCENE = Path(__file__).resolve().parents[1] / "metamergen" / "assets" / "example
 
 
 def run_render(out: Path, *extra: str) -> None:
-    main(["render", "--tiny", "--image", str(SCENE), "--fixations", "135,150;235,255;600,10", "--out", str(out),
-          "--steps", "2", "--num-images", "2", *extra])
+    main(
+        [
+            "render",
+            "--tiny",
+            "--image",
+            str(SCENE),
+            "--fixations",
+            "135,150;235,255;600,10",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--num-images",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def test_module_help_lists_the_subcommands():
@@ -55,22 +70,67 @@ def test_study_chain_generate_score_report(tmp_path: Path, capsys):
     """The README's study walkthrough, end to end on the tiny model and a tiny offline CLIP."""
     from transformers import CLIPConfig, CLIPModel
 
-    clip = CLIPModel(CLIPConfig(
-        text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=8,
-    ))
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2},
+            vision_config={
+                "hidden_size": 16,
+                "intermediate_size": 32,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 8,
+            },
+            projection_dim=8,
+        )
+    )
     clip.save_pretrained(tmp_path / "clip")
     fix = tmp_path / "f.json"
     fix.write_text("[[135, 150], [235, 255], [412, 250]]")
     gen = tmp_path / "gen"
-    assert main(["generate", "--tiny", "--image", str(SCENE), "--fixations", str(fix), "--out", str(gen),
-                 "--prefixes", "1,3", "--conditions", "both,peripheral", "--random-control", "--steps", "2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--tiny",
+                "--image",
+                str(SCENE),
+                "--fixations",
+                str(fix),
+                "--out",
+                str(gen),
+                "--prefixes",
+                "1,3",
+                "--conditions",
+                "both,peripheral",
+                "--random-control",
+                "--steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     scores = tmp_path / "tables" / "scores.csv"
-    assert main(["score", "--manifest", str(gen / "manifest.jsonl"), "--metrics", "psnr,ssim,clip",
-                 "--clip-model", str(tmp_path / "clip"), "--device", "cpu", "--out", str(scores), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "score",
+                "--manifest",
+                str(gen / "manifest.jsonl"),
+                "--metrics",
+                "psnr,ssim,clip",
+                "--clip-model",
+                str(tmp_path / "clip"),
+                "--device",
+                "cpu",
+                "--out",
+                str(scores),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert main(["report", "--scores", str(scores), "--out", str(tmp_path / "report")]) == 0
     import csv
 

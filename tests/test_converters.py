@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metamergen.fixations.converters import convert_coco_freeview, convert_coco_search18, convert_csv
 from metamergen.commands.convert import add_parser as add_convert_parser
+from metamergen.fixations.converters import convert_coco_freeview, convert_coco_search18, convert_csv
 from metamergen.fixations.io import read_info, read_scanpaths
 
 NAN = float("nan")
@@ -22,12 +22,33 @@ NAN = float("nan")
 def freeview_file(tmp_path: Path) -> Path:
     """Three records: one with a NaN, one with an off-image fixation, one length mismatch."""
     records = [
-        {"name": "000000000001.jpg", "subject": 1, "X": [840.0, 100.0, NAN, 300.0],
-         "Y": [525.0, 200.0, 300.0, 400.0], "T": [90, 200, 250, 300], "length": 4, "split": "train"},
-        {"name": "000000000002.jpg", "subject": 2, "X": [840.0, 1700.0, 50.0],
-         "Y": [525.0, 10.0, 60.0], "T": [80, 60, 70], "length": 3, "split": "valid"},
-        {"name": "000000000003.jpg", "subject": 3, "X": [840.0, 1.0, 2.0],
-         "Y": [525.0, 1.0, 2.0], "T": [1, 2, 3], "length": 4, "split": "train"},
+        {
+            "name": "000000000001.jpg",
+            "subject": 1,
+            "X": [840.0, 100.0, NAN, 300.0],
+            "Y": [525.0, 200.0, 300.0, 400.0],
+            "T": [90, 200, 250, 300],
+            "length": 4,
+            "split": "train",
+        },
+        {
+            "name": "000000000002.jpg",
+            "subject": 2,
+            "X": [840.0, 1700.0, 50.0],
+            "Y": [525.0, 10.0, 60.0],
+            "T": [80, 60, 70],
+            "length": 3,
+            "split": "valid",
+        },
+        {
+            "name": "000000000003.jpg",
+            "subject": 3,
+            "X": [840.0, 1.0, 2.0],
+            "Y": [525.0, 1.0, 2.0],
+            "T": [1, 2, 3],
+            "length": 4,
+            "split": "train",
+        },
     ]
     path = tmp_path / "freeview.json"
     path.write_text(json.dumps(records))  # NaN written as the bare NaN token, as in the wild
@@ -50,10 +71,14 @@ def test_freeview_counts_and_kept_coordinates(tmp_path: Path) -> None:
     assert (scanpaths[0].width, scanpaths[0].height, scanpaths[0].subject) == (1680, 1050, "1")
     assert scanpaths[0].image == "000000000001.jpg" and scanpaths[1].extra == {"split": "valid"}
     assert (report.records_read, report.scanpaths_written, report.fixations_kept) == (3, 2, 3)
-    assert report.dropped == Counter({
-        "initial centre fixation": 2, "non-finite coordinate": 1, "off-image fixation": 1,
-        "length mismatch": 1,
-    })
+    assert report.dropped == Counter(
+        {
+            "initial centre fixation": 2,
+            "non-finite coordinate": 1,
+            "off-image fixation": 1,
+            "length mismatch": 1,
+        }
+    )
     assert report.examples["non-finite coordinate"] == ["record 0 fixation 2"]
     assert report.examples["off-image fixation"] == ["record 1 fixation 1"]
     assert report.examples["length mismatch"] == ["record 2"]
@@ -76,9 +101,19 @@ def test_freeview_keep_initial_and_clip(tmp_path: Path) -> None:
 
 
 def test_search18_keeps_task_condition_bbox(tmp_path: Path) -> None:
-    record = {"name": "000000000009.jpg", "subject": 4.0, "task": "bottle", "condition": "present",
-              "bbox": [10, 20, 30, 40], "X": [840.0, 400.0], "Y": [525.0, 500.0], "T": [100, 150],
-              "length": 2, "split": "test", "RT": 812}
+    record = {
+        "name": "000000000009.jpg",
+        "subject": 4.0,
+        "task": "bottle",
+        "condition": "present",
+        "bbox": [10, 20, 30, 40],
+        "X": [840.0, 400.0],
+        "Y": [525.0, 500.0],
+        "T": [100, 150],
+        "length": 2,
+        "split": "test",
+        "RT": 812,
+    }
     scanpaths, report = convert_coco_search18([record, dict(record)], image_prefix="images/{task}")
     assert [s.id for s in scanpaths] == ["000000000009-4-bottle", "000000000009-4-bottle-2"]
     s = scanpaths[0]
@@ -90,8 +125,14 @@ def test_search18_keeps_task_condition_bbox(tmp_path: Path) -> None:
 
 
 def test_rescaled_copy_warning_without_rescaling() -> None:
-    record = {"name": "a.jpg", "subject": 1, "X": [256.0, 100.0, 500.0], "Y": [160.0, 50.0, 310.0],
-              "T": [1, 2, 3], "length": 3}
+    record = {
+        "name": "a.jpg",
+        "subject": 1,
+        "X": [256.0, 100.0, 500.0],
+        "Y": [160.0, 50.0, 310.0],
+        "T": [1, 2, 3],
+        "length": 3,
+    }
     with pytest.warns(UserWarning, match="pass width=512, height=320"):
         scanpaths, report = convert_coco_freeview([record])
     np.testing.assert_array_equal(scanpaths[0].xy, [[100.0, 50.0], [500.0, 310.0]])
@@ -127,18 +168,20 @@ def write_csv(tmp_path: Path) -> Path:
 def test_csv_grouping_and_sizes_from_images(tmp_path: Path) -> None:
     scanpaths, report = convert_csv(write_csv(tmp_path), image_root=tmp_path)
     assert [(s.image, s.subject, s.width, s.height) for s in scanpaths] == [
-        ("a.png", "s1", 40, 30), ("b.png", "s1", 20, 10), ("a.png", "s2", 40, 30),
+        ("a.png", "s1", 40, 30),
+        ("b.png", "s1", 20, 10),
+        ("a.png", "s2", 40, 30),
     ]
     np.testing.assert_array_equal(scanpaths[0].xy, [[1.0, 2.0], [7.0, 8.0]])
     assert [f.duration_ms for f in scanpaths[0]] == [100.0, 120.0]
     assert scanpaths[1].fixations[0].duration_ms is None
     assert [s.id for s in scanpaths] == ["a-s1", "b-s1", "a-s2"]
     assert (report.records_read, report.scanpaths_written, report.fixations_kept) == (7, 3, 4)
-    assert report.dropped == Counter(
-        {"non-numeric value": 1, "non-finite coordinate": 1, "off-image fixation": 1}
-    )
+    assert report.dropped == Counter({"non-numeric value": 1, "non-finite coordinate": 1, "off-image fixation": 1})
     assert report.examples == {
-        "non-numeric value": ["line 6"], "non-finite coordinate": ["line 7"], "off-image fixation": ["line 8"],
+        "non-numeric value": ["line 6"],
+        "non-finite coordinate": ["line 7"],
+        "off-image fixation": ["line 8"],
     }
 
 
@@ -158,10 +201,21 @@ def make_parser() -> argparse.ArgumentParser:
 
 def test_cli_convert_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out" / "fv.jsonl"
-    args = make_parser().parse_args([
-        "convert", "coco-freeview", str(freeview_file(tmp_path)), "--out", str(out),
-        "--pixels-per-degree", "35", "--name", "fv", "--image-root", str(tmp_path / "images"),
-    ])
+    args = make_parser().parse_args(
+        [
+            "convert",
+            "coco-freeview",
+            str(freeview_file(tmp_path)),
+            "--out",
+            str(out),
+            "--pixels-per-degree",
+            "35",
+            "--name",
+            "fv",
+            "--image-root",
+            str(tmp_path / "images"),
+        ]
+    )
     assert args.func(args) == 0
     assert read_scanpaths(out) == convert_coco_freeview(freeview_file(tmp_path))[0]
     info = read_info(out)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from metamergen.fixations.io import DatasetInfo, load_scanpath_dataset, read_info, read_scanpaths, resolve_image, scanpath_from_row, write_scanpaths
+from metamergen.fixations.io import (
+    DatasetInfo,
+    load_scanpath_dataset,
+    read_info,
+    read_scanpaths,
+    resolve_image,
+    scanpath_from_row,
+    write_scanpaths,
+)
 from metamergen.fixations.records import Scanpath
 
 
@@ -16,8 +24,16 @@ def sample_scanpaths() -> list[Scanpath]:
     """Scanpaths whose optional keys differ from line to line (the hard case for datasets)."""
     return [
         Scanpath.from_xy(
-            [1.5, 3.0], [2.0, 4.25], duration_ms=[100.0, 250.5], width=10, height=5, image="a.png",
-            id="a-1", subject="1", task="free", extra={"split": "train", "bbox": [1, 2, 3, 4]},
+            [1.5, 3.0],
+            [2.0, 4.25],
+            duration_ms=[100.0, 250.5],
+            width=10,
+            height=5,
+            image="a.png",
+            id="a-1",
+            subject="1",
+            task="free",
+            extra={"split": "train", "bbox": [1, 2, 3, 4]},
         ),
         Scanpath.from_xy([9.0], [0.0], onset_ms=[12.0], width=10, height=5, id="b", condition="x"),
         Scanpath.from_xy([], [], width=7, height=3, image="c.png", id="c", extra={"nested": {"k": "v"}}),
@@ -25,8 +41,9 @@ def sample_scanpaths() -> list[Scanpath]:
 
 
 def test_jsonl_round_trip_with_sidecar(tmp_path: Path) -> None:
-    info = DatasetInfo(name="toy", image_root="imgs", pixels_per_degree=32.5, source="unit test",
-                       extra={"display": "LCD"})
+    info = DatasetInfo(
+        name="toy", image_root="imgs", pixels_per_degree=32.5, source="unit test", extra={"display": "LCD"}
+    )
     out = write_scanpaths(tmp_path / "sub" / "toy.jsonl", sample_scanpaths(), info)
     assert out == tmp_path / "sub" / "toy.jsonl"
     lines = out.read_text().splitlines()
@@ -72,9 +89,7 @@ def test_malformed_line_names_file_and_line(tmp_path: Path) -> None:
 def test_non_strict_skips_and_counts(tmp_path: Path) -> None:
     a, b, _ = sample_scanpaths()
     path = tmp_path / "d.jsonl"
-    path.write_text(
-        "\n".join([json.dumps(a.to_dict()), "not json", "", "[1, 2]", json.dumps(b.to_dict())]) + "\n"
-    )
+    path.write_text("\n".join([json.dumps(a.to_dict()), "not json", "", "[1, 2]", json.dumps(b.to_dict())]) + "\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         got = read_scanpaths(path, strict=False)

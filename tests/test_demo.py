@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from metamergen.demo.run import DEMO_MODEL
 from metamergen.demo.measures import object_scores, own_vs_other
+from metamergen.demo.run import DEMO_MODEL
 from metamergen.demo.toyworld import generate_scene
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,8 +47,15 @@ def test_object_scores_count_recovered_and_fixated_objects():
     assert on_first["fixated_objects_recovered"] == 1.0
     # no fixation on any object: the fixated share is undefined, not zero
     corners = [(0.5, 0.5), (63.5, 0.5), (0.5, 63.5), (63.5, 63.5)]
-    far = [next(c for c in corners if not any(o.box[0] - 3 <= c[0] < o.box[2] + 3 and o.box[1] - 3 <= c[1] < o.box[3] + 3
-                                              for o in scene.objects))]
+    far = [
+        next(
+            c
+            for c in corners
+            if not any(
+                o.box[0] - 3 <= c[0] < o.box[2] + 3 and o.box[1] - 3 <= c[1] < o.box[3] + 3 for o in scene.objects
+            )
+        )
+    ]
     assert math.isnan(object_scores(partial, scene.objects, far, scene_size=size)["fixated_objects_recovered"])
     # a generation at twice the size is scored in its own pixels (boxes scaled)
     big = scene.image.resize((2 * size[0], 2 * size[1]), Image.NEAREST)
@@ -90,9 +97,19 @@ def test_ablation_table_signs_and_verdicts():
             for source in ("viewer", "random"):
                 for prefix in (1, 10):
                     value = base + (0.1 if prefix == 10 else 0.0) + rng.normal(0, 0.02)
-                    rows.append({"scene_id": f"s{s}", "condition": cond, "fixation_source": source, "prefix": prefix,
-                                 "ssim": value, "mse": 1 - value, "color_hist": 0.5, "objects_recovered": value,
-                                 "fixated_objects_recovered": value})
+                    rows.append(
+                        {
+                            "scene_id": f"s{s}",
+                            "condition": cond,
+                            "fixation_source": source,
+                            "prefix": prefix,
+                            "ssim": value,
+                            "mse": 1 - value,
+                            "color_hist": 0.5,
+                            "objects_recovered": value,
+                            "fixated_objects_recovered": value,
+                        }
+                    )
     out = {(r["question"], r["measure"]): r for r in ablation.ablation_table(pd.DataFrame(rows), n_boot=500)}
     # MSE is lower-is-better: its sign is flipped so both metrics agree
     for measure in ("ssim", "mse"):
@@ -185,14 +202,22 @@ def test_demo_writes_the_report_and_generations_resemble_their_own_scene(demo_pi
     """The demo path end to end (fewer prefixes and steps than the command's defaults)."""
     from metamergen.demo.run import run_demo
 
-    result = run_demo(tmp_path / "demo", n_scenes=4, prefixes=(1, 10), steps=10, n_boot=200, progress=False,
-                      pipe=demo_pipe)
+    result = run_demo(
+        tmp_path / "demo", n_scenes=4, prefixes=(1, 10), steps=10, n_boot=200, progress=False, pipe=demo_pipe
+    )
     out = tmp_path / "demo"
-    for rel in ("report/index.html", "report/summary.csv", "scores.csv", "demo_summary.json",
-                "study/manifest.jsonl", "scenes/viewer_scanpaths.jsonl"):
+    for rel in (
+        "report/index.html",
+        "report/summary.csv",
+        "scores.csv",
+        "demo_summary.json",
+        "study/manifest.jsonl",
+        "scenes/viewer_scanpaths.jsonl",
+    ):
         assert (out / rel).is_file(), rel
-    assert {p.name for p in (out / "report" / "figures").iterdir()} >= {f"{m}.png" for m in
-                                                                      ("ssim", "mse", "objects_recovered")}
+    assert {p.name for p in (out / "report" / "figures").iterdir()} >= {
+        f"{m}.png" for m in ("ssim", "mse", "objects_recovered")
+    }
     assert len(list((out / "report" / "sheets").iterdir())) > 0
     assert result.summary["n_generations"] == 4 * 2 * 3 * 2
     ovo = result.summary["own_vs_other"]

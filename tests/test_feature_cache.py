@@ -11,11 +11,10 @@ import torch
 from PIL import Image
 
 from metamergen.encoders.dinov2 import patch_tokens
-from metamergen.training.feature_cache import CachedFeatureDataset, cache_features, cache_settings, check_cache
-from metamergen.foveation.frame import EncoderFrame
 from metamergen.foveation.periphery import peripheral_image
 from metamergen.testing import tiny_pipeline
 from metamergen.training.data import AdapterTrainingDataset, TrainingItem
+from metamergen.training.feature_cache import CachedFeatureDataset, cache_features, cache_settings, check_cache
 
 LEVELS = [0.25, 1.0]
 
@@ -43,8 +42,28 @@ def test_shards_resume_and_bad_images(tmp_path: Path):
     pipe = tiny_pipeline()
     items = items_for(tmp_path / "img", 5, corrupt=True)
     cache = tmp_path / "cache"
-    a = cache_features(pipe, items, cache, resolution=32, blur_levels=LEVELS, batch_size=2, process_index=0, num_processes=2, progress=False)
-    b = cache_features(pipe, items, cache, resolution=32, blur_levels=LEVELS, batch_size=2, process_index=1, num_processes=2, progress=False)
+    a = cache_features(
+        pipe,
+        items,
+        cache,
+        resolution=32,
+        blur_levels=LEVELS,
+        batch_size=2,
+        process_index=0,
+        num_processes=2,
+        progress=False,
+    )
+    b = cache_features(
+        pipe,
+        items,
+        cache,
+        resolution=32,
+        blur_levels=LEVELS,
+        batch_size=2,
+        process_index=1,
+        num_processes=2,
+        progress=False,
+    )
     assert a == {"encoded": 3} and b == {"encoded": 1, "unreadable image": 1}
     assert sorted(p.name for p in cache.glob("*.safetensors")) == [f"{i:08d}.safetensors" for i in (0, 2, 3, 4)]
     calls = Counting(pipe.image_encoder)
@@ -97,10 +116,16 @@ def test_training_from_the_cache(tmp_path: Path):
     AcceleratorState._reset_state(reset_partial_state=True)
     items_for(tmp_path / "img", 4)
     root = Path(__file__).resolve().parents[1]
-    cfg = TrainConfig.from_yaml(root / "configs" / "tiny_cpu.yaml", [
-        f"data.images={tmp_path / 'img'}", f"run.output_dir={tmp_path / 'run'}", f"data.feature_cache={tmp_path / 'cache'}",
-        "data.blur_levels=[0.25, 1.0]", "run.checkpointing_steps=0",
-    ])
+    cfg = TrainConfig.from_yaml(
+        root / "configs" / "tiny_cpu.yaml",
+        [
+            f"data.images={tmp_path / 'img'}",
+            f"run.output_dir={tmp_path / 'run'}",
+            f"data.feature_cache={tmp_path / 'cache'}",
+            "data.blur_levels=[0.25, 1.0]",
+            "run.checkpointing_steps=0",
+        ],
+    )
     out = train(cfg)
     AcceleratorState._reset_state(reset_partial_state=True)
     assert len(list((tmp_path / "cache").glob("*.safetensors"))) == 4

@@ -159,9 +159,7 @@ def test_no_warning_when_nothing_is_off_image() -> None:
 def test_clip_keeps_count_and_moves_points_inside() -> None:
     durations = [100.0, 200.0, 300.0, 400.0, 500.0]
     with pytest.warns(UserWarning, match=r"clipped.* 2 of 5"):
-        sp = Scanpath.from_xy(
-            OFF_X, OFF_Y, duration_ms=durations, width=W, height=H, off_image="clip"
-        )
+        sp = Scanpath.from_xy(OFF_X, OFF_Y, duration_ms=durations, width=W, height=H, off_image="clip")
     assert len(sp) == 5
     assert sp.on_image.all()
     xy = sp.xy
@@ -204,7 +202,15 @@ def test_to_dict_from_dict_round_trip_via_json() -> None:
     sp = _scanpath()
     record = sp.to_dict()
     assert list(record) == [
-        "id", "image", "width", "height", "subject", "task", "condition", "fixations", "extra",
+        "id",
+        "image",
+        "width",
+        "height",
+        "subject",
+        "task",
+        "condition",
+        "fixations",
+        "extra",
     ]
     text = json.dumps(record)
     back = Scanpath.from_dict(json.loads(text))
@@ -230,8 +236,14 @@ def test_to_dict_converts_numpy_in_extra() -> None:
 
 def test_from_dict_accepts_null_optionals() -> None:
     record = {
-        "id": "n", "image": None, "width": W, "height": H, "subject": None, "task": None,
-        "condition": None, "extra": None,
+        "id": "n",
+        "image": None,
+        "width": W,
+        "height": H,
+        "subject": None,
+        "task": None,
+        "condition": None,
+        "extra": None,
         "fixations": [{"x": 1.0, "y": 2.0, "duration_ms": None, "onset_ms": None}],
     }
     sp = Scanpath.from_dict(record)

@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from metamergen.encoders.dinov2 import dinov2_processor
+from metamergen.foveation.fovea import foveal_crop, random_patch_mask, token_mask
 from metamergen.foveation.frame import EncoderFrame
 from metamergen.foveation.periphery import GaussianBlur, peripheral_image
-from metamergen.foveation.fovea import foveal_crop, random_patch_mask, token_mask
 
 
 def cells(mask: np.ndarray) -> set[tuple[int, int]]:

@@ -51,3 +51,55 @@ def test_when_the_unconditional_pass_is_needed():
     assert not needs_unconditional("cfg", 1.0)
     with pytest.raises(ValueError, match="cfg"):
         needs_unconditional("pag", 1.0)
+
+
+# ----------------------------------------------------------------------------------- rules
+
+
+def test_rules_are_found_by_name_and_take_their_defaults():
+    from metamergen import defaults
+    from metamergen.pipeline.guidance import CFG, CFGPlusPlus, guidance_rule
+
+    assert isinstance(guidance_rule("cfg++"), CFGPlusPlus) and guidance_rule("cfg++").scale == defaults.CFGPP_SCALE
+    assert isinstance(guidance_rule("cfg", 3.0), CFG) and guidance_rule("cfg", 3.0).scale == 3.0
+    with pytest.raises(ValueError, match=r"\[0, 1\].*guidance='cfg'"):
+        guidance_rule("cfg++", 7.5)
+    rule = CFG(2.0)
+    assert guidance_rule(rule) is rule
+    with pytest.raises(ValueError, match="inside the guidance rule"):
+        guidance_rule(rule, 3.0)
+
+
+def test_the_cfg_rule_is_classifier_free_guidance_then_the_schedulers_step():
+    from metamergen.pipeline.guidance import CFG, CFGPlusPlus
+
+    sched, x, eu, ec = setup()
+    t = sched.timesteps[4]
+    expected = sched.step(eu + 3.0 * (ec - eu), t, x, eta=0.0).prev_sample
+    assert torch.allclose(CFG(3.0).step(sched, eu, ec, t, x, eta=0.0), expected, atol=1e-6)
+    assert not CFG(1.0).needs_unconditional and CFGPlusPlus(0.6).needs_unconditional
+    assert torch.allclose(CFG(1.0).step(sched, None, ec, t, x, eta=0.0), sched.step(ec, t, x, eta=0.0).prev_sample)
+    assert torch.equal(CFGPlusPlus(0.6).step(sched, eu, ec, t, x), cfgpp_ddim_step(sched, eu, ec, t, x, 0.6))
+
+
+def test_a_custom_rule_drives_the_pipelines_loop():
+    """A researcher's own rule (here: record each call, then plain CFG++) plugs into the pipeline."""
+    from metamergen.pipeline.guidance import CFGPlusPlus
+    from metamergen.testing import tiny_pipeline
+
+    class Recording(CFGPlusPlus):
+        calls: list = []
+
+        def step(self, scheduler, eps_uncond, eps_cond, timestep, sample, **kw):
+            self.calls.append(int(timestep))
+            return super().step(scheduler, eps_uncond, eps_cond, timestep, sample, **kw)
+
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    scene = torch.rand(3, 28, 28)
+    kw = dict(image=scene, fixations=[[5.0, 5.0]], num_inference_steps=3, output_type="latent")
+    rule = Recording(0.6)
+    custom = pipe(**kw, guidance=rule, generator=torch.Generator().manual_seed(0)).images
+    named = pipe(**kw, guidance="cfg++", guidance_scale=0.6, generator=torch.Generator().manual_seed(0)).images
+    assert rule.calls == [int(t) for t in pipe.scheduler.timesteps]
+    assert torch.equal(custom, named)

@@ -1,4 +1,4 @@
-"""Tests for metamergen.ip_adapter_format: export to diffusers' IP-Adapter files and back."""
+"""Tests for metamergen.adapters.ip_adapter_format: export to diffusers' IP-Adapter files and back."""
 
 from __future__ import annotations
 
@@ -11,8 +11,14 @@ from diffusers import StableDiffusionPipeline
 from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
 from safetensors.torch import load_file
 
+from metamergen.adapters.ip_adapter_format import (
+    FOVEAL_WEIGHT_NAME,
+    PERIPHERAL_WEIGHT_NAME,
+    load_ip_adapter_state_dicts,
+    save_ip_adapter,
+    to_ip_adapter_state_dicts,
+)
 from metamergen.adapters.model import MetamerGenAdapters
-from metamergen.adapters.ip_adapter_format import FOVEAL_WEIGHT_NAME, PERIPHERAL_WEIGHT_NAME, load_ip_adapter_state_dicts, save_ip_adapter, to_ip_adapter_state_dicts
 from metamergen.testing import tiny_adapters, tiny_pipeline
 
 TOKENS = (2, 64, 48)  # batch, DINOv2 tokens (8 x 8 grid), encoder width of the tiny pipeline
@@ -25,7 +31,9 @@ def mg():
     # Make the resampler norms non-trivial (LayerNorms start at 1/0), so a swapped name would show.
     with torch.no_grad():
         for name, param in p.adapters.named_parameters():
-            if "norm" in name or name.endswith(("ln0.weight", "ln1.weight", "ln0.bias", "ln1.bias", "ff.0.weight", "ff.0.bias")):
+            if "norm" in name or name.endswith(
+                ("ln0.weight", "ln1.weight", "ln0.bias", "ln1.bias", "ff.0.weight", "ff.0.bias")
+            ):
                 param.add_(0.1 * torch.randn_like(param))
     return p
 
@@ -48,13 +56,22 @@ def test_file_keys_follow_ip_adapter_layout(mg) -> None:
         proj = stream["image_proj"]
         assert {"latents", "proj_in.weight", "proj_out.weight", "norm_out.weight"} <= set(proj)
         for i in range(4):
-            assert {f"layers.{i}.0.to_q.weight", f"layers.{i}.0.to_kv.weight", f"layers.{i}.0.norm1.weight",
-                    f"layers.{i}.0.norm2.bias", f"layers.{i}.0.to_out.weight", f"layers.{i}.1.0.weight",
-                    f"layers.{i}.1.1.weight", f"layers.{i}.1.3.weight"} <= set(proj)
+            assert {
+                f"layers.{i}.0.to_q.weight",
+                f"layers.{i}.0.to_kv.weight",
+                f"layers.{i}.0.norm1.weight",
+                f"layers.{i}.0.norm2.bias",
+                f"layers.{i}.0.to_out.weight",
+                f"layers.{i}.1.0.weight",
+                f"layers.{i}.1.1.weight",
+                f"layers.{i}.1.3.weight",
+            } <= set(proj)
         assert not any("attn" in k or "ln0" in k or ".ff." in k for k in proj)
     # K/V numbering follows attn_processors order: key 2i+1 is layer i of that stream.
     i = n_layers - 1
-    assert torch.equal(sd["peripheral"]["ip_adapter"][f"{2 * i + 1}.to_v_ip.weight"], mg.adapters.to_v_peripheral[i].weight)
+    assert torch.equal(
+        sd["peripheral"]["ip_adapter"][f"{2 * i + 1}.to_v_ip.weight"], mg.adapters.to_v_peripheral[i].weight
+    )
     assert torch.equal(sd["foveal"]["ip_adapter"]["1.to_k_ip.weight"], mg.adapters.to_k_foveal[0].weight)
 
 
@@ -62,7 +79,10 @@ def test_diffusers_converter_rebuilds_the_resamplers_exactly(mg) -> None:
     """diffusers' own converter (strict load) applied to the export gives the same resampler."""
     sd = to_ip_adapter_state_dicts(mg.adapters)
     x = torch.randn(*TOKENS, generator=torch.Generator().manual_seed(1))
-    for stream, resampler in (("foveal", mg.adapters.foveal_resampler), ("peripheral", mg.adapters.peripheral_resampler)):
+    for stream, resampler in (
+        ("foveal", mg.adapters.foveal_resampler),
+        ("peripheral", mg.adapters.peripheral_resampler),
+    ):
         rebuilt = mg.unet._convert_ip_adapter_image_proj_to_diffusers(sd[stream]["image_proj"], low_cpu_mem_usage=False)
         ours = resampler.state_dict()
         theirs = rebuilt.state_dict()
@@ -168,7 +188,9 @@ def test_stock_diffusers_unet_matches_metamergen(mg, tmp_path, scales) -> None:
                 latents, t, encoder_hidden_states=text, added_cond_kwargs={"image_embeds": [fov[:, None], per[:, None]]}
             ).sample
             plain = stock.unet(
-                latents, t, encoder_hidden_states=text,
+                latents,
+                t,
+                encoder_hidden_states=text,
                 added_cond_kwargs={"image_embeds": [torch.zeros_like(fov[:, None]), per[:, None]]},
             ).sample
     finally:
@@ -191,8 +213,14 @@ def test_stock_pipeline_runs_with_precomputed_tokens_and_cfg(mg, tmp_path) -> No
     def run(foveal: torch.Tensor) -> torch.Tensor:
         embeds = [torch.cat([torch.zeros_like(x), x])[:, None] for x in (foveal, per)]  # [2, 1, T, D]
         return stock(
-            "", height=32, width=32, num_inference_steps=2, guidance_scale=3.0, output_type="pt",
-            ip_adapter_image_embeds=embeds, generator=torch.Generator().manual_seed(0),
+            "",
+            height=32,
+            width=32,
+            num_inference_steps=2,
+            guidance_scale=3.0,
+            output_type="pt",
+            ip_adapter_image_embeds=embeds,
+            generator=torch.Generator().manual_seed(0),
         ).images
 
     images = run(fov)
@@ -264,6 +292,7 @@ def test_failed_write_keeps_old_files_and_leaves_no_temporary_file(mg, tmp_path,
 
     monkeypatch.undo()
     empty = tmp_path / "empty"
+
     def no_replace(src: str, dst: str) -> None:
         raise OSError("disk full")
 

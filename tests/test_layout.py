@@ -113,7 +113,7 @@ def test_the_package_has_no_import_cycle():
         stack.append(m)
         for n in GRAPH[m]:
             if state.get(n) == 1:
-                cycle = stack[stack.index(n):] + [n]
+                cycle = stack[stack.index(n) :] + [n]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if n not in state:
                 visit(n)
@@ -229,3 +229,18 @@ def test_help_answers_without_loading_torch():
     elapsed = time.perf_counter() - start
     assert "HEAVY []" in out.stderr, out.stderr
     print(f"--help of all {len(out.stdout.splitlines())} lines in {elapsed:.2f} s (interpreter start included)")
+
+
+def test_no_file_points_at_the_projects_internal_issue_numbers():
+    import re
+
+    internal = re.compile(r"\b[Ii]ssue #?\d+|\(#\d+\)")
+    files = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".sh"}]
+    files = [p for p in files if not ({".git", ".venv"} & set(p.parts)) and ".egg-info" not in str(p)]
+    hits = [
+        f"{p.relative_to(REPO)}:{n}"
+        for p in files
+        for n, line in enumerate(p.read_text(errors="ignore").splitlines(), 1)
+        if internal.search(line) and "diffusers issue" not in line and p.name != "test_layout.py"
+    ]
+    assert not hits, "\n".join(hits)

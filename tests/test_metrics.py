@@ -20,7 +20,19 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 from metamergen.encoders.dinov2 import dinov2_processor
-from metamergen.evaluation.metrics import METRICS, MODEL_METRICS, WEIGHT_FREE_METRICS, CLIPSimilarity, ColorHistogramDistance, DinoCosine, DreamSimDistance, GaborEnergyDistance, Metric, build_metrics, dreamsim_missing_files
+from metamergen.evaluation.metrics import (
+    METRICS,
+    MODEL_METRICS,
+    WEIGHT_FREE_METRICS,
+    CLIPSimilarity,
+    ColorHistogramDistance,
+    DinoCosine,
+    DreamSimDistance,
+    GaborEnergyDistance,
+    Metric,
+    build_metrics,
+    dreamsim_missing_files,
+)
 from metamergen.testing import TINY_ENCODER_RESOLUTION, tiny_image_encoder
 
 # --------------------------------------------------------------------------- images
@@ -77,11 +89,22 @@ def tiny_clip() -> CLIPModel:
     torch.manual_seed(0)
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-            bos_token_id=0, eos_token_id=1, pad_token_id=1,
+            vocab_size=99,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
         ),
         vision_config=dict(
-            image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
         ),
         projection_dim=8,
     )
@@ -172,7 +195,9 @@ def test_psnr_and_mse_agree_with_the_formula():
 def test_known_values_on_flat_images():
     dark, light = np.full((16, 16, 3), 51, np.uint8), np.full((16, 16, 3), 153, np.uint8)  # 0.2 and 0.6
     c1 = 0.01**2  # flat images: SSIM reduces to its luminance term
-    assert METRICS["ssim"]()([dark], [light])[0] == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-9)
+    assert METRICS["ssim"]()([dark], [light])[0] == pytest.approx(
+        (2 * 0.2 * 0.6 + c1) / (0.2**2 + 0.6**2 + c1), rel=1e-9
+    )
     black, white = np.zeros_like(dark), np.full_like(dark, 255)
     assert METRICS["color_hist"]()([black], [white])[0] == pytest.approx(1.0)  # disjoint histograms: maximum
     edges = np.asarray(ORIGINALS[0])
@@ -330,7 +355,9 @@ def test_dreamsim_loader_restores_torch_hub_dir(monkeypatch, tmp_path: Path, res
     assert metric(ORIGINALS[:1], ORIGINALS[:1])[0] == pytest.approx(1.0)
 
 
-def test_dreamsim_loader_restores_hub_dir_and_names_cache_dir_when_loading_fails(monkeypatch, tmp_path, restore_hub_dir):
+def test_dreamsim_loader_restores_hub_dir_and_names_cache_dir_when_loading_fails(
+    monkeypatch, tmp_path, restore_hub_dir
+):
     def factory(pretrained, device, cache_dir, dreamsim_type):
         torch.hub.set_dir(cache_dir)
         raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")

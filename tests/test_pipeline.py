@@ -84,8 +84,15 @@ def test_a_cached_scene_costs_two_encoder_passes_whatever_is_rendered(pipe):
         for n in (1, 2, 3):  # prefixes
             for seed in (0, 1):
                 for scales in ((1.2, 0.7), (0.0, 0.7), (1.2, 0.0)):
-                    pipe(scene=scene, fixations=path.prefix(n), foveal_scale=scales[0], peripheral_scale=scales[1],
-                         num_inference_steps=1, generator=gens(seed), output_type="latent")
+                    pipe(
+                        scene=scene,
+                        fixations=path.prefix(n),
+                        foveal_scale=scales[0],
+                        peripheral_scale=scales[1],
+                        num_inference_steps=1,
+                        generator=gens(seed),
+                        output_type="latent",
+                    )
         pipe(scene=scene, fixations=[path, path.prefix(1), None], num_inference_steps=1, output_type="latent")
         assert calls.n == 2
         pipe(make_scene(), [[1, 1]], num_inference_steps=1, output_type="latent")  # image= encodes anew
@@ -140,7 +147,9 @@ def test_empty_fixation_list_is_peripheral_information_only(pipe):
     scene = pipe.encode_scene(make_scene())
     none = render(pipe, scene=scene, fixations=None, generator=gens(3))
     assert np.array_equal(none, render(pipe, scene=scene, fixations=[], generator=gens(3)))
-    assert np.array_equal(none, render(pipe, scene=scene, fixations=Scanpath((), width=90, height=60), generator=gens(3)))
+    assert np.array_equal(
+        none, render(pipe, scene=scene, fixations=Scanpath((), width=90, height=60), generator=gens(3))
+    )
     # an empty fovea is the dropped foveal condition (zero tokens through the resampler), as in
     # training; it is not the same as foveal_scale=0, which removes the stream altogether
     assert pipe(scene=scene, fixations=None, num_inference_steps=1).foveal_masks.sum() == 0
@@ -205,8 +214,12 @@ def test_from_base_models_reads_hub_layout_folders(tmp_path: Path, pipe):
     loaded = MetamerGenPipeline.from_base_models(sd, tmp_path / "dinov2", tmp_path / "adapters", encoder_resolution=112)
     loaded.set_progress_bar_config(disable=True)
     scene = make_scene()
-    assert np.array_equal(render(pipe, scene, [[3, 4]], generator=gens(1)), render(loaded, scene, [[3, 4]], generator=gens(1)))
-    fresh = MetamerGenPipeline.from_base_models(sd, tmp_path / "dinov2", adapter_config={"num_tokens": 4, "resampler_hidden_dim": 64, "resampler_heads": 1})
+    assert np.array_equal(
+        render(pipe, scene, [[3, 4]], generator=gens(1)), render(loaded, scene, [[3, 4]], generator=gens(1))
+    )
+    fresh = MetamerGenPipeline.from_base_models(
+        sd, tmp_path / "dinov2", adapter_config={"num_tokens": 4, "resampler_hidden_dim": 64, "resampler_heads": 1}
+    )
     assert fresh.adapters.config.image_embed_dim == 48 and fresh.grid_size == 32
 
 
@@ -246,8 +259,14 @@ def test_foveal_crop_mode_costs_one_more_pass(pipe):
     scene = pipe.encode_scene(make_scene(112, 112))
     calls = EncoderCalls(pipe)
     try:
-        crop = render(pipe, scene=scene, fixations=[[[30, 30]], [[80, 80]]], foveal_mode="crop", foveal_radius_px=20,
-                      generator=gens(0, 1))
+        crop = render(
+            pipe,
+            scene=scene,
+            fixations=[[[30, 30]], [[80, 80]]],
+            foveal_mode="crop",
+            foveal_radius_px=20,
+            generator=gens(0, 1),
+        )
         assert calls.n == 1
     finally:
         calls.handle.remove()
@@ -284,3 +303,25 @@ def test_more_bad_arguments(pipe):
         pipe(scene=scene, fixations=[[1, 1]], peripheral_blur=0.5, num_inference_steps=1)
     with pytest.raises(ValueError, match="scene indices"):
         pipe.foveal_masks(scene, [[[1, 1]], [[2, 2]]], scene_index=[0])
+
+
+def test_a_step_of_the_call_can_be_overridden_in_a_subclass():
+    """The call is a sequence of named steps: a subclass that changes one (here: the foveal tokens
+    are zeroed, so fixations carry no information) changes the output, the others stay the same."""
+    from metamergen.pipeline import MetamerGenPipeline
+
+    class NoFovea(MetamerGenPipeline):
+        def foveal_tokens(self, scene, masks, *args, **kwargs):
+            return torch.zeros_like(super().foveal_tokens(scene, masks, *args, **kwargs))
+
+    pipe = tiny_pipeline()
+    blind = NoFovea(**pipe.components)
+    for p in (pipe, blind):
+        p.set_progress_bar_config(disable=True)
+    image = torch.rand(3, 28, 28, generator=torch.Generator().manual_seed(1))
+    kw = dict(image=image, num_inference_steps=2, output_type="latent")
+    fixated = pipe(**kw, fixations=[[5.0, 5.0], [20.0, 9.0]], generator=torch.Generator().manual_seed(0)).images
+    empty = pipe(**kw, fixations=[], generator=torch.Generator().manual_seed(0)).images
+    blind_fixated = blind(**kw, fixations=[[5.0, 5.0], [20.0, 9.0]], generator=torch.Generator().manual_seed(0)).images
+    assert not torch.allclose(fixated, empty)
+    assert torch.allclose(blind_fixated, empty, atol=1e-6)  # zero foveal tokens = no fixations

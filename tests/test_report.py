@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from metamergen.commands.report import add_parser as add_report_parser
+from metamergen.evaluation.statistics import bootstrap_ci, unit_means
 from metamergen.viz.figures import foveated_input
 from metamergen.viz.report import METRIC_INFO, ReportError, summarize_scores, write_report
-from metamergen.evaluation.statistics import bootstrap_ci, unit_means
-from metamergen.commands.report import add_parser as add_report_parser
 
 SCENES = {"s1": (64, 48), "s2": (56, 56)}
 
@@ -41,12 +41,30 @@ def make_study(folder: Path, metrics=("dreamsim", "clip", "ssim")) -> Path:
         image_id = f"{sid}-{cond}-{src}-n{prefix}-h{hyp}"
         _noise(32, 32, len(rows) + 100).save(folder / "images" / f"{image_id}.png")
         row = dict(
-            image_id=image_id, path=f"images/{image_id}.png", scene=f"scenes/{sid}.png", scene_id=sid,
-            scanpath_id=f"{sid}-subj1", subject="subj1", prefix=prefix, n_fixations=prefix,
-            fixations=json.dumps(full[:prefix]), fixation_source=src, condition=cond, hypothesis=hyp, seed=hyp,
-            foveal_scale=1.2 if cond != "peripheral" else 0.0, peripheral_scale=0.7, peripheral_blur=0.25,
-            guidance="cfg++", guidance_scale=0.6, steps=2, height=32, width=32, model="tiny",
-            model_revision="", metamergen_version="0.1.0.dev0",
+            image_id=image_id,
+            path=f"images/{image_id}.png",
+            scene=f"scenes/{sid}.png",
+            scene_id=sid,
+            scanpath_id=f"{sid}-subj1",
+            subject="subj1",
+            prefix=prefix,
+            n_fixations=prefix,
+            fixations=json.dumps(full[:prefix]),
+            fixation_source=src,
+            condition=cond,
+            hypothesis=hyp,
+            seed=hyp,
+            foveal_scale=1.2 if cond != "peripheral" else 0.0,
+            peripheral_scale=0.7,
+            peripheral_blur=0.25,
+            guidance="cfg++",
+            guidance_scale=0.6,
+            steps=2,
+            height=32,
+            width=32,
+            model="tiny",
+            model_revision="",
+            metamergen_version="0.1.0.dev0",
         )
         base = 0.5 - 0.1 * prefix - (0.1 if cond == "both" else 0.0)
         for m in metrics:
@@ -71,10 +89,9 @@ class _Links(HTMLParser):
 
 
 def test_metric_directions_match_the_metric_classes():
+    from metamergen.demo.measures import TOY_METRICS  # registers the toy measures, as the demo does
     from metamergen.evaluation.metrics import METRICS, DinoCosine
     from metamergen.evaluation.registry import MODEL_METRICS, WEIGHT_FREE_METRICS
-
-    from metamergen.demo.measures import TOY_METRICS  # registers the toy measures, as the demo does
 
     for name, info in METRIC_INFO.items():
         if name in TOY_METRICS:
@@ -137,9 +154,13 @@ def test_foveated_input_is_sharp_at_the_fixated_patch_and_blurred_elsewhere():
     outside[patch] = False
     assert np.abs(view[outside] - sharp[outside]).mean() > 30  # noise blurred towards grey
     assert view[outside].std() < 0.5 * sharp[outside].std()
-    periphery = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "peripheral", size=448, patch_size=14)).astype(int)
+    periphery = np.asarray(
+        foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "peripheral", size=448, patch_size=14)
+    ).astype(int)
     assert np.array_equal(periphery[outside], view[outside]) and not np.array_equal(periphery[patch], sharp[patch])
-    foveal = np.asarray(foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "foveal", size=448, patch_size=14)).astype(int)
+    foveal = np.asarray(
+        foveated_input(scene, np.array([[20.0, 30.0]]), 0.25, "foveal", size=448, patch_size=14)
+    ).astype(int)
     assert np.array_equal(foveal[patch], sharp[patch]) and (foveal[outside] == 128).all()
 
 
@@ -235,8 +256,23 @@ def test_report_root_resolves_relative_paths_and_the_command_runs(tmp_path: Path
         write_report(moved, tmp_path / "r0", n_boot=10)
     parser = argparse.ArgumentParser()
     add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", "--scores", str(moved), "--root", str(tmp_path / "study"), "--out",
-                              str(tmp_path / "r"), "--metrics", "dreamsim,clip", "--n-boot", "50", "--max-sheets", "3"])
+    args = parser.parse_args(
+        [
+            "report",
+            "--scores",
+            str(moved),
+            "--root",
+            str(tmp_path / "study"),
+            "--out",
+            str(tmp_path / "r"),
+            "--metrics",
+            "dreamsim,clip",
+            "--n-boot",
+            "50",
+            "--max-sheets",
+            "3",
+        ]
+    )
     assert args.func(args) == 0
     assert "3 contact sheet(s)" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "r" / "figures").iterdir()) == ["clip.png", "dreamsim.png"]

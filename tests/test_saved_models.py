@@ -2,7 +2,8 @@
 
 ``tests/data/saved_release_0_1_0`` was saved by release 0.1.0.dev0, before the package was
 reorganised into sub-packages (``tests/data/make_saved_release.py`` says how), together with what it
-and the bundled demo model rendered then. A folder records the adapters' module
+and the bundled demo model rendered then (with torch's default threads; other thread counts change
+float reduction order, hence the 1e-5 tolerance on [0, 1] pixels, far below one 8-bit level). A folder records the adapters' module
 (``model_index.json``) and imports the pipeline class in its ``pipeline.py`` shim; both name the
 public packages ``metamergen.adapters`` and ``metamergen.pipeline``, which new saves must keep.
 """
@@ -28,8 +29,12 @@ FIXATIONS = [[[10.0, 12.0], [40.0, 20.0]]]
 def _render(pipe: MetamerGenPipeline, steps: int, seed: int, n: int) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
     out = pipe(
-        image=Image.open(SCENE), fixations=FIXATIONS, num_inference_steps=steps,
-        generator=torch.Generator().manual_seed(seed), output_type="np", num_images_per_prompt=n,
+        image=Image.open(SCENE),
+        fixations=FIXATIONS,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="np",
+        num_images_per_prompt=n,
     )
     return out.images
 
@@ -39,7 +44,7 @@ def test_a_folder_saved_by_the_previous_layout_renders_exactly_as_it_did(tmp_pat
     shutil.copytree(OLD_FOLDER, folder)  # loading must not need to write next to the test data
     pipe = MetamerGenPipeline.from_pretrained(folder)
     expected = np.load(DATA / "saved_release_expected.npy")
-    np.testing.assert_allclose(_render(pipe, steps=3, seed=7, n=2), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_render(pipe, steps=3, seed=7, n=2), expected, rtol=0, atol=1e-5)
 
 
 def test_the_bundled_demo_model_renders_exactly_as_before_the_reorganisation():
@@ -47,7 +52,7 @@ def test_the_bundled_demo_model_renders_exactly_as_before_the_reorganisation():
 
     pipe = MetamerGenPipeline.from_pretrained(DEMO_MODEL)
     expected = np.load(DATA / "demo_model_expected.npy")
-    np.testing.assert_allclose(_render(pipe, steps=4, seed=3, n=1), expected, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(_render(pipe, steps=4, seed=3, n=1), expected, rtol=0, atol=1e-5)
 
 
 def test_new_saves_record_the_public_package_paths_and_load_through_plain_diffusers(tmp_path):
@@ -69,5 +74,5 @@ def test_new_saves_record_the_public_package_paths_and_load_through_plain_diffus
     )
     assert type(via_diffusers).__name__ == "MetamerGenPipeline"
     np.testing.assert_allclose(
-        _render(via_diffusers, steps=3, seed=7, n=2), np.load(DATA / "saved_release_expected.npy"), rtol=0, atol=1e-6
+        _render(via_diffusers, steps=3, seed=7, n=2), np.load(DATA / "saved_release_expected.npy"), rtol=0, atol=1e-5
     )

@@ -17,15 +17,15 @@ from PIL import Image
 from transformers import CLIPConfig, CLIPModel
 
 import metamergen.evaluation.scoring as scoring
+from metamergen.commands.score import main as score_main
 from metamergen.evaluation.metrics import WEIGHT_FREE_METRICS
-from metamergen.study.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest
-from metamergen.study.plan import StudySettings, plan_study
-from metamergen.study.scenes import load_scanpath_scenes
-from metamergen.study.run import run_study
+from metamergen.evaluation.scoring import score_manifest, write_score_table
 from metamergen.fixations.io import DatasetInfo, write_scanpaths
 from metamergen.fixations.records import Scanpath
-from metamergen.commands.score import main as score_main
-from metamergen.evaluation.scoring import score_manifest, write_score_table
+from metamergen.study.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest
+from metamergen.study.plan import StudySettings, plan_study
+from metamergen.study.run import run_study
+from metamergen.study.scenes import load_scanpath_scenes
 
 
 def structured_scene(width: int, height: int, seed: int) -> Image.Image:
@@ -46,10 +46,24 @@ def scrambled(image: Image.Image, seed: int = 2) -> Image.Image:
 def tiny_clip() -> CLIPModel:
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=99, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, bos_token_id=0, eos_token_id=1, pad_token_id=1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-                           num_hidden_layers=2, num_attention_heads=4),
+        text_config=dict(
+            vocab_size=99,
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+        ),
         projection_dim=8,
     )
     return CLIPModel(config).eval()
@@ -82,14 +96,19 @@ def study(pipe, tmp_path_factory):
     structured_scene(40, 40, 1).save(root / "images" / "B.png")
     write_scanpaths(
         root / "scanpaths.jsonl",
-        [Scanpath.from_points([[5, 5], [20, 10]], width=48, height=32, image="A.png", id="a"),
-         Scanpath.from_points([[30, 20]], width=40, height=40, image="B.png", id="b")],
+        [
+            Scanpath.from_points([[5, 5], [20, 10]], width=48, height=32, image="A.png", id="a"),
+            Scanpath.from_points([[30, 20]], width=40, height=40, image="B.png", id="b"),
+        ],
         DatasetInfo(image_root="images"),
     )
     out = root / "out"
-    jobs = plan_study(load_scanpath_scenes(root / "scanpaths.jsonl"),
-                      StudySettings(prefixes=(1,), hypotheses=2, steps=1, height=16, width=16),
-                      model="tiny-random", pipe=pipe)
+    jobs = plan_study(
+        load_scanpath_scenes(root / "scanpaths.jsonl"),
+        StudySettings(prefixes=(1,), hypotheses=2, steps=1, height=16, width=16),
+        model="tiny-random",
+        pipe=pipe,
+    )
     run_study(pipe, jobs, out, progress=False)
     rows = read_manifest(out / MANIFEST_NAME)
     template = next(r for r in rows if r["scene_id"] == "A.png")
@@ -110,7 +129,11 @@ ALL_METRICS = [*WEIGHT_FREE_METRICS, "clip", "dreamsim", "dino"]
 def scored(study, pipe):
     stand_in = StandInDreamSim()
     rows = score_manifest(
-        study["manifest"], ALL_METRICS, batch_size=4, clip_model=tiny_clip(), pipe=pipe,
+        study["manifest"],
+        ALL_METRICS,
+        batch_size=4,
+        clip_model=tiny_clip(),
+        pipe=pipe,
         options={"dreamsim": {"model": stand_in, "preprocess": stand_in_preprocess}},
     )
     return dict(rows={r["image_id"]: r for r in rows}, ordered=rows, dreamsim=stand_in)
@@ -119,7 +142,14 @@ def scored(study, pipe):
 def test_identical_generation_scores_perfectly(scored):
     row = scored["rows"]["identical"]
     assert row["psnr"] == math.inf
-    for name, value in {"mse": 0.0, "ssim": 1.0, "color_hist": 0.0, "gabor": 0.0, "sobel": 0.0, "dreamsim": 0.0}.items():
+    for name, value in {
+        "mse": 0.0,
+        "ssim": 1.0,
+        "color_hist": 0.0,
+        "gabor": 0.0,
+        "sobel": 0.0,
+        "dreamsim": 0.0,
+    }.items():
         assert row[name] == pytest.approx(value, abs=1e-9), name
     assert row["clip"] == pytest.approx(1.0, abs=1e-5) and row["dino"] == pytest.approx(1.0, abs=1e-5)
 
@@ -196,9 +226,26 @@ def test_cli_scores_end_to_end(study, tmp_path, monkeypatch, capsys):
     _fake_dreamsim(monkeypatch, StandInDreamSim())
     hub_dir = torch.hub.get_dir()
     out = tmp_path / "scores.csv"
-    assert score_main(["--manifest", str(study["manifest"]), "--out", str(out), "--clip-model", str(clip_dir),
-                       "--dreamsim-cache", str(tmp_path / "ds"), "--device", "cpu", "--batch-size", "2",
-                       "--no-progress"]) == 0
+    assert (
+        score_main(
+            [
+                "--manifest",
+                str(study["manifest"]),
+                "--out",
+                str(out),
+                "--clip-model",
+                str(clip_dir),
+                "--dreamsim-cache",
+                str(tmp_path / "ds"),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert torch.hub.get_dir() == hub_dir
     with open(out, newline="") as f:
         table = list(csv.DictReader(f))
@@ -209,8 +256,20 @@ def test_cli_scores_end_to_end(study, tmp_path, monkeypatch, capsys):
     assert "Scored 6 image(s)" in capsys.readouterr().out
 
     parquet = tmp_path / "t.parquet"
-    score_main(["--manifest", str(study["manifest"]), "--out", str(parquet), "--metrics", "ssim,dino", "--tiny",
-                "--format", "parquet", "--no-progress"])
+    score_main(
+        [
+            "--manifest",
+            str(study["manifest"]),
+            "--out",
+            str(parquet),
+            "--metrics",
+            "ssim,dino",
+            "--tiny",
+            "--format",
+            "parquet",
+            "--no-progress",
+        ]
+    )
     import pyarrow.parquet as pq
 
     assert pq.read_table(parquet).column_names == [*MANIFEST_COLUMNS, "ssim", "dino"]

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from metamergen.commands.generate import main as generate_main
 from metamergen.fixations.io import DatasetInfo, write_scanpaths
 from metamergen.fixations.records import Fixation, Scanpath
 from metamergen.study.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest
 from metamergen.study.plan import StudySettings, output_size, plan_study
-from metamergen.study.scenes import load_fixation_list_scene, load_scanpath_scenes
-from metamergen.commands.generate import main as generate_main
 from metamergen.study.run import run_study
+from metamergen.study.scenes import load_fixation_list_scene, load_scanpath_scenes
 
 
 class CountingPipe:
@@ -65,8 +65,14 @@ def write_dataset(root: Path) -> Path:
 
 
 SETTINGS = StudySettings(
-    prefixes=(1, 2), hypotheses=2, conditions=("both", "foveal", "peripheral"), random_control=True,
-    seed=7, steps=1, height=16, width=16,
+    prefixes=(1, 2),
+    hypotheses=2,
+    conditions=("both", "foveal", "peripheral"),
+    random_control=True,
+    seed=7,
+    steps=1,
+    height=16,
+    width=16,
 )
 
 
@@ -88,8 +94,18 @@ def study(pipe, tmp_path_factory):
     finally:
         hook.remove()
     rows = read_manifest(root / "out" / MANIFEST_NAME)
-    return dict(root=root, jsonl=jsonl, scenes=scenes, jobs=jobs, report=report, pipe=counting,
-                forwards=len(forwards), summary=summary, rows=rows, warnings=[str(w.message) for w in caught])
+    return dict(
+        root=root,
+        jsonl=jsonl,
+        scenes=scenes,
+        jobs=jobs,
+        report=report,
+        pipe=counting,
+        forwards=len(forwards),
+        summary=summary,
+        rows=rows,
+        warnings=[str(w.message) for w in caught],
+    )
 
 
 # --------------------------------------------------------------------------- manifest
@@ -145,7 +161,10 @@ def test_conditions_set_the_scales(study):
 
 def test_random_control_matches_the_viewer_counts(study):
     rows = study["rows"]
-    key = lambda r: (r["scene_id"], r["scanpath_id"], r["prefix"], r["condition"], r["hypothesis"], r["n_fixations"])
+
+    def key(r):
+        return (r["scene_id"], r["scanpath_id"], r["prefix"], r["condition"], r["hypothesis"], r["n_fixations"])
+
     viewer = Counter(key(r) for r in rows if r["fixation_source"] == "viewer")
     random = Counter(key(r) for r in rows if r["fixation_source"] == "random")
     assert viewer == random and sum(viewer.values()) == 30
@@ -166,8 +185,11 @@ def test_same_seed_same_bytes_and_a_subset_reproduces(study, pipe, tmp_path):
         assert (tmp_path / job.path).read_bytes() == (study["root"] / "out" / job.path).read_bytes()
     # A smaller plan (fewer hypotheses, one prefix) yields the same ids and seeds for what it shares.
     smaller = plan_study(
-        study["scenes"], StudySettings(**{**SETTINGS.__dict__, "hypotheses": 1, "prefixes": (2,)}),
-        model="tiny-random", pipe=pipe, report=Counter(),
+        study["scenes"],
+        StudySettings(**{**SETTINGS.__dict__, "hypotheses": 1, "prefixes": (2,)}),
+        model="tiny-random",
+        pipe=pipe,
+        report=Counter(),
     )
     full = {j.image_id: j.seed for j in study["jobs"]}
     assert smaller and all(full[j.image_id] == j.seed for j in smaller)
@@ -176,14 +198,24 @@ def test_same_seed_same_bytes_and_a_subset_reproduces(study, pipe, tmp_path):
 def test_changed_settings_change_the_ids(study, pipe):
     ids = {j.image_id for j in study["jobs"]}
     for change in ({"guidance_scale": 0.5}, {"seed": 8}, {"steps": 2}, {"peripheral_blur": 0.5}):
-        other = plan_study(study["scenes"], StudySettings(**{**SETTINGS.__dict__, **change}), model="tiny-random",
-                           pipe=pipe, report=Counter())
+        other = plan_study(
+            study["scenes"],
+            StudySettings(**{**SETTINGS.__dict__, **change}),
+            model="tiny-random",
+            pipe=pipe,
+            report=Counter(),
+        )
         assert not ids & {j.image_id for j in other}, change
     other = plan_study(study["scenes"], SETTINGS, model="another-model", pipe=pipe, report=Counter())
     assert not ids & {j.image_id for j in other}
     # λ_p does not touch the foveal-only images (their λ_p is 0 either way): same ids, nothing to redo
-    other = plan_study(study["scenes"], StudySettings(**{**SETTINGS.__dict__, "peripheral_scale": 0.5}),
-                       model="tiny-random", pipe=pipe, report=Counter())
+    other = plan_study(
+        study["scenes"],
+        StudySettings(**{**SETTINGS.__dict__, "peripheral_scale": 0.5}),
+        model="tiny-random",
+        pipe=pipe,
+        report=Counter(),
+    )
     shared = ids & {j.image_id for j in other}
     assert shared == {j.image_id for j in study["jobs"] if j.condition == "foveal"}
 
@@ -192,7 +224,9 @@ def test_changed_settings_change_the_ids(study, pipe):
 
 
 def test_resume_after_interruption_and_deleted_files(study, pipe, tmp_path):
-    jobs = [j for j in study["jobs"] if j.scene_id == "A.png" and j.condition == "both" and j.fixation_source == "viewer"]
+    jobs = [
+        j for j in study["jobs"] if j.scene_id == "A.png" and j.condition == "both" and j.fixation_source == "viewer"
+    ]
     assert len(jobs) == 6
     with pytest.raises(KeyboardInterrupt):
         run_study(CountingPipe(pipe, fail_at_call=2), jobs, tmp_path, batch_size=2, progress=False)
@@ -227,8 +261,22 @@ def test_resume_after_interruption_and_deleted_files(study, pipe, tmp_path):
 def test_cli_single_image_reproducible_and_resumable(tmp_path, capsys):
     scene = write_scene(tmp_path / "scene.png", 48, 32, 3)
     (tmp_path / "fix.json").write_text("[[10, 10], [30.5, 20], [47, 31]]")
-    args = ["--tiny", "--image", str(scene), "--fixations", str(tmp_path / "fix.json"), "--prefixes", "1,3,5,all",
-            "--hypotheses", "2", "--steps", "1", "--no-progress", "--seed", "3"]
+    args = [
+        "--tiny",
+        "--image",
+        str(scene),
+        "--fixations",
+        str(tmp_path / "fix.json"),
+        "--prefixes",
+        "1,3,5,all",
+        "--hypotheses",
+        "2",
+        "--steps",
+        "1",
+        "--no-progress",
+        "--seed",
+        "3",
+    ]
     assert generate_main([*args, "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
     assert "RANDOMLY INITIALISED" in err and "Skipped 1" in err  # prefix 5 > 3 fixations
@@ -248,8 +296,22 @@ def test_cli_single_image_reproducible_and_resumable(tmp_path, capsys):
 def test_empty_fixation_list_is_valid(tmp_path):
     scene = write_scene(tmp_path / "scene.png", 40, 40, 4)
     (tmp_path / "none.json").write_text("[]")
-    generate_main(["--tiny", "--image", str(scene), "--fixations", str(tmp_path / "none.json"), "--steps", "1",
-                   "--conditions", "both,peripheral", "--out", str(tmp_path / "o"), "--no-progress"])
+    generate_main(
+        [
+            "--tiny",
+            "--image",
+            str(scene),
+            "--fixations",
+            str(tmp_path / "none.json"),
+            "--steps",
+            "1",
+            "--conditions",
+            "both,peripheral",
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ]
+    )
     rows = read_manifest(tmp_path / "o" / MANIFEST_NAME)
     assert [(r["n_fixations"], r["fixations"], r["prefix"]) for r in rows] == [(0, [], None)] * 2
 

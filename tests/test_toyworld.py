@@ -10,9 +10,28 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from metamergen.fixations.io import read_info, read_scanpaths, resolve_image
-from metamergen.demo.toyworld import FLOOR_COLOURS, GROUND_COLOURS, MARK_COLOURS, OBJECT_COLOURS, SHAPES, SKY_COLOURS, WALL_COLOURS, ToyWorldConfig, generate_scene, object_attributes, object_colour_match, random_scanpath, read_objects, scene_scanpaths, scene_seeds, viewer_scanpath, write_split, write_world
 from metamergen.commands.toyworld import main
+from metamergen.demo.toyworld import (
+    FLOOR_COLOURS,
+    GROUND_COLOURS,
+    MARK_COLOURS,
+    OBJECT_COLOURS,
+    SHAPES,
+    SKY_COLOURS,
+    WALL_COLOURS,
+    ToyWorldConfig,
+    generate_scene,
+    object_attributes,
+    object_colour_match,
+    random_scanpath,
+    read_objects,
+    scene_scanpaths,
+    scene_seeds,
+    viewer_scanpath,
+    write_split,
+    write_world,
+)
+from metamergen.fixations.io import read_info, read_scanpaths, resolve_image
 
 
 def _dist(a, b) -> float:
@@ -126,7 +145,8 @@ def test_viewer_lands_on_objects_most_salient_first():
         for f in v:
             total += 1
             near += any(
-                o.box[0] - 3 * sigma <= f.x < o.box[2] + 3 * sigma and o.box[1] - 3 * sigma <= f.y < o.box[3] + 3 * sigma
+                o.box[0] - 3 * sigma <= f.x < o.box[2] + 3 * sigma
+                and o.box[1] - 3 * sigma <= f.y < o.box[3] + 3 * sigma
                 for o in scene.objects
             )
     assert near / total > 0.8

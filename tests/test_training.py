@@ -95,7 +95,9 @@ def test_random_fixation_samples_follow_the_paper_recipe(tmp_path: Path):
     assert blurs <= {0.0625, 0.125, 0.25, 0.5, 1.0} and len(blurs) >= 3
     ds.set_epoch(1)
     a, b = ds[2], ds[2]
-    assert torch.equal(a["foveal_mask"], b["foveal_mask"]) and a["blur"] == b["blur"]  # pure function of (seed, epoch, index)
+    assert (
+        torch.equal(a["foveal_mask"], b["foveal_mask"]) and a["blur"] == b["blur"]
+    )  # pure function of (seed, epoch, index)
 
 
 def test_scanpath_samples_use_the_viewers_first_fixations(tmp_path: Path):
@@ -130,10 +132,16 @@ def test_single_process_run_exports_a_loadable_pipeline_and_reports_bad_data(tmp
     images = tmp_path / "img"
     write_images(images, 6)
     (images / "corrupt.jpg").write_bytes(b"\x00garbage")
-    out = train(tiny_config(
-        tmp_path, images, "run.validation_steps=2", f"run.validation_images=[{images / '001.png'}]",
-        "run.validation_fixations=[[[5, 5]]]", "run.validation_num_inference_steps=2",
-    ))
+    out = train(
+        tiny_config(
+            tmp_path,
+            images,
+            "run.validation_steps=2",
+            f"run.validation_images=[{images / '001.png'}]",
+            "run.validation_fixations=[[[5, 5]]]",
+            "run.validation_num_inference_steps=2",
+        )
+    )
     assert sorted(p.name for p in (out / "validation").iterdir()) == ["step-0000002", "step-0000004"]
     assert (out / "validation" / "step-0000004" / "00.png").is_file()
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
@@ -182,9 +190,16 @@ def test_multi_process_cpu_training_synchronises(tmp_path: Path):
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(ROOT / "training" / "accelerate" / "cpu_2proc.yaml"),
-        str(ROOT / "training" / "train.py"), "--config", str(TINY), f"data.images={images}", f"run.output_dir={out}",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "training" / "accelerate" / "cpu_2proc.yaml"),
+        str(ROOT / "training" / "train.py"),
+        "--config",
+        str(TINY),
+        f"data.images={images}",
+        f"run.output_dir={out}",
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -216,15 +231,19 @@ def test_scanpath_source_skips_nan_records_and_missing_images(tmp_path: Path):
     cfg = TrainConfig.from_yaml(
         TINY, [f"data.scanpaths={jsonl}", f"run.output_dir={tmp_path / 'run'}", "run.checkpointing_steps=0"]
     )
-    out = train(cfg)
+    with pytest.warns(UserWarning, match=r"skipped 1 malformed lines \(lines 6\)"):
+        out = train(cfg)
     report = json.loads((out / "data_report.json").read_text())["skipped_samples"]
     assert report["malformed record"] == 1 and report["unreadable image"] >= 1
     with pytest.raises(ValueError, match="line 6"):
         from accelerate.state import AcceleratorState
 
         AcceleratorState._reset_state(reset_partial_state=True)
-        train(TrainConfig.from_yaml(TINY, [f"data.scanpaths={jsonl}", f"run.output_dir={tmp_path / 'r2'}",
-                                           "data.skip_bad_samples=false"]))
+        train(
+            TrainConfig.from_yaml(
+                TINY, [f"data.scanpaths={jsonl}", f"run.output_dir={tmp_path / 'r2'}", "data.skip_bad_samples=false"]
+            )
+        )
 
 
 def test_training_lowers_the_loss_on_a_fixed_synthetic_set(tmp_path: Path):
@@ -233,9 +252,9 @@ def test_training_lowers_the_loss_on_a_fixed_synthetic_set(tmp_path: Path):
     from diffusers.training_utils import compute_snr
 
     from metamergen.testing import tiny_pipeline
+    from metamergen.training.data import AdapterTrainingDataset, collate, list_images
     from metamergen.training.loss import adapter_loss, encode_batch
     from metamergen.training.trainer import train
-    from metamergen.training.data import AdapterTrainingDataset, collate, list_images
 
     images = tmp_path / "img"
     images.mkdir()
@@ -245,16 +264,31 @@ def test_training_lowers_the_loss_on_a_fixed_synthetic_set(tmp_path: Path):
         h = int(rng.integers(8, 24))
         img[:h], img[h:] = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
         Image.fromarray(img).save(images / f"{i}.png")
-    cfg = tiny_config(tmp_path, images, "optim.max_steps=60", "optim.batch_size=4", "optim.learning_rate=3e-3",
-                      "run.checkpointing_steps=0")
+    cfg = tiny_config(
+        tmp_path,
+        images,
+        "optim.max_steps=60",
+        "optim.batch_size=4",
+        "optim.learning_rate=3e-3",
+        "run.checkpointing_steps=0",
+    )
 
     def fixed_loss(pipe) -> float:
-        ds = AdapterTrainingDataset([TrainingItem(str(p), lambda p=p: Image.open(p).convert("RGB")) for p in list_images(images)],
-                                    processor=pipe.feature_extractor, patch_size=14, resolution=32,
-                                    fixation_counts=cfg.data.fixation_counts, blur_levels=cfg.data.blur_levels, seed=123)
+        ds = AdapterTrainingDataset(
+            [TrainingItem(str(p), lambda p=p: Image.open(p).convert("RGB")) for p in list_images(images)],
+            processor=pipe.feature_extractor,
+            patch_size=14,
+            resolution=32,
+            fixation_counts=cfg.data.fixation_counts,
+            blur_levels=cfg.data.blur_levels,
+            seed=123,
+        )
         batch = collate([ds[i] for i in range(len(ds))])
         text = pipe.encode_prompt([""], torch.device("cpu"))
-        model = lambda *a: pipe.unet(a[0], a[1], encoder_hidden_states=(a[2], pipe.adapters.project(a[3], a[4]))).sample
+
+        def model(*a):
+            return pipe.unet(a[0], a[1], encoder_hidden_states=(a[2], pipe.adapters.project(a[3], a[4]))).sample
+
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         pipe.adapters.set_scale(pipe.unet, 1.0, 1.0)
         losses = []
@@ -262,7 +296,11 @@ def test_training_lowers_the_loss_on_a_fixed_synthetic_set(tmp_path: Path):
             for seed in range(4):
                 g = torch.Generator().manual_seed(seed)
                 encoded = encode_batch(pipe, batch, generator=g, dtype=torch.float32)
-                losses.append(adapter_loss(model, noise_scheduler, encoded, text, cfg.optim, generator=g, compute_snr=compute_snr).item())
+                losses.append(
+                    adapter_loss(
+                        model, noise_scheduler, encoded, text, cfg.optim, generator=g, compute_snr=compute_snr
+                    ).item()
+                )
         return float(np.mean(losses))
 
     before = fixed_loss(tiny_pipeline(seed=cfg.run.seed))
@@ -304,18 +342,23 @@ def test_bf16_training_exports_the_original_fp32_frozen_weights(tmp_path: Path):
 
     images = tmp_path / "img"
     write_images(images, 4)
-    out = train(tiny_config(tmp_path, images, "run.mixed_precision=bf16", "optim.max_steps=2", "run.checkpointing_steps=0"))
+    out = train(
+        tiny_config(tmp_path, images, "run.mixed_precision=bf16", "optim.max_steps=2", "run.checkpointing_steps=0")
+    )
     exported = load_file(out / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     original = tiny_pipeline(seed=0)
     original.adapters.uninstall(original.unet)
-    assert all(exported[k].dtype == torch.float32 and torch.equal(exported[k], v) for k, v in original.unet.state_dict().items())
+    assert all(
+        exported[k].dtype == torch.float32 and torch.equal(exported[k], v)
+        for k, v in original.unet.state_dict().items()
+    )
     adapters = adapter_state(out)
     assert all(v.dtype == torch.float32 for v in adapters.values())
 
 
 @pytest.mark.slow
 def test_adapters_trained_on_a_text_conditioned_base_carry_their_scene(tmp_path: Path):
-    """Issue 4's learning test, under the paper's ε objective and with the project's trainer.
+    """The learning test, under the paper's ε objective and with the project's trainer.
 
     Fresh adapters on the frozen base of the bundled demo model (VAE, caption-trained UNet,
     DINOv2), trained on toy scenes the model never saw; held-out scenes are then reconstructed
@@ -325,17 +368,22 @@ def test_adapters_trained_on_a_text_conditioned_base_carry_their_scene(tmp_path:
     metamergen.demo.toymodel.)
     """
     from metamergen.demo.run import demo_model_info, load_demo_pipeline
-    from metamergen.evaluation.diagnostics import conditioning_reconstruction
     from metamergen.demo.toymodel import DemoModelConfig, assemble_pipeline
     from metamergen.demo.toyworld import ToyWorldConfig, generate_scene, scene_seeds, write_split
+    from metamergen.evaluation.diagnostics import conditioning_reconstruction
     from metamergen.training.trainer import train
 
     info = demo_model_info()
     trained = load_demo_pipeline()
     torch.manual_seed(0)
-    base = assemble_pipeline(vae=trained.vae, text_encoder=trained.text_encoder, tokenizer=trained.tokenizer,
-                             unet=trained.unet, image_encoder=trained.image_encoder,
-                             config=DemoModelConfig.from_dict(info["model"]))
+    base = assemble_pipeline(
+        vae=trained.vae,
+        text_encoder=trained.text_encoder,
+        tokenizer=trained.tokenizer,
+        unet=trained.unet,
+        image_encoder=trained.image_encoder,
+        config=DemoModelConfig.from_dict(info["model"]),
+    )
     base.save_pretrained(tmp_path / "base")
     world = ToyWorldConfig.from_dict(info["world"])
     write_split(tmp_path / "world", 256, seed=50, config=world)  # neither the model's train (0) nor test (1) split
@@ -343,14 +391,50 @@ def test_adapters_trained_on_a_text_conditioned_base_carry_their_scene(tmp_path:
     images, fixations = [s.image for s in held], [[o.centre for o in s.objects] for s in held]
 
     before = conditioning_reconstruction(base, images, fixations)
-    cfg = TrainConfig.from_yaml(ROOT / "configs" / "demo_toyworld.yaml", [
-        f"model.pipeline={tmp_path / 'base'}", f"data.images={tmp_path / 'world' / 'images'}",
-        f"data.feature_cache={tmp_path / 'cache'}", f"run.output_dir={tmp_path / 'run'}",
-        "optim.max_steps=300", "optim.learning_rate=3e-3", "optim.lr_warmup_steps=10", "optim.min_timestep=400",
-        "run.checkpointing_steps=0",
-    ])
+    cfg = TrainConfig.from_yaml(
+        ROOT / "configs" / "demo_toyworld.yaml",
+        [
+            f"model.pipeline={tmp_path / 'base'}",
+            f"data.images={tmp_path / 'world' / 'images'}",
+            f"data.feature_cache={tmp_path / 'cache'}",
+            f"run.output_dir={tmp_path / 'run'}",
+            "optim.max_steps=300",
+            "optim.learning_rate=3e-3",
+            "optim.lr_warmup_steps=10",
+            "optim.min_timestep=400",
+            "run.checkpointing_steps=0",
+        ],
+    )
     after = conditioning_reconstruction(MetamerGenPipeline.from_pretrained(train(cfg) / "pipeline"), images, fixations)
-    print("\nlearning test:", {k: before[k] for k in ("own", "other", "own_better")}, {k: after[k] for k in ("own", "other", "own_better")})
+    print(
+        "\nlearning test:",
+        {k: before[k] for k in ("own", "other", "own_better")},
+        {k: after[k] for k in ("own", "other", "own_better")},
+    )
     assert abs(before["own"] - before["other"]) < 0.03 * before["other"], before  # untrained: tokens make no difference
     assert after["own"] < 0.95 * after["other"], after
     assert after["own_better"] >= 0.75, after
+
+
+def test_condition_dropout_zeroes_whole_streams_independently_at_the_configured_rates():
+    """drop_conditions: the foveal stream is the masked sharp tokens; a dropped stream is all zeros
+    (never a scale of 0), foveal and peripheral drops independent, at their configured rates."""
+    from metamergen.training.loss import EncodedBatch, drop_conditions
+
+    b, t, d = 4000, 16, 3
+    g = torch.Generator().manual_seed(0)
+    sharp, per = torch.rand(b, t, d, generator=g) + 1, torch.rand(b, t, d, generator=g) + 1
+    mask = torch.zeros(b, t, dtype=torch.bool)
+    mask[:, 5] = True
+    enc = EncodedBatch(latents=torch.zeros(b, 4, 2, 2), sharp=sharp, peripheral=per, foveal_mask=mask)
+    fov, p = drop_conditions(
+        enc, foveal_dropout=0.05, peripheral_dropout=0.10, generator=torch.Generator().manual_seed(1)
+    )
+    fov_kept = fov.abs().sum((1, 2)) > 0
+    per_kept = p.abs().sum((1, 2)) > 0
+    assert torch.equal(fov[fov_kept][:, 5], sharp[fov_kept][:, 5]) and (fov[:, :5] == 0).all()  # only the fixated patch
+    assert torch.equal(p[per_kept], per[per_kept])
+    assert abs((~fov_kept).float().mean() - 0.05) < 0.015 and abs((~per_kept).float().mean() - 0.10) < 0.02
+    both = (~fov_kept & ~per_kept).float().mean()
+    assert abs(both - 0.005) < 0.004  # independent: 0.05 x 0.10
+    assert fov.dtype == p.dtype == torch.float32

@@ -1,4 +1,4 @@
-"""Regenerate the bundled demo model from scratch on the CPU (issue 6).
+"""Regenerate the bundled demo model from scratch on the CPU.
 
     python training/build_demo_model.py                       # full build -> metamergen/assets/demo_model
     python training/build_demo_model.py --quick --out /tmp/m  # a few steps of each stage (CI)
@@ -26,20 +26,33 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from metamergen.utils.io import atomic_write  # noqa: E402
-from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline  # noqa: E402
-from metamergen.demo.toymodel import DemoModelConfig, assemble_pipeline, build_image_encoder, build_text_encoder, build_tokenizer, build_unet, build_vae, encode_latents, images_to_tensor, scene_caption, train_base_unet, train_vae
+from metamergen.demo.toymodel import (
+    DemoModelConfig,
+    assemble_pipeline,
+    build_image_encoder,
+    build_text_encoder,
+    build_tokenizer,
+    build_unet,
+    build_vae,
+    encode_latents,
+    images_to_tensor,
+    scene_caption,
+    train_base_unet,
+    train_vae,
+)
 from metamergen.demo.toyworld import ToyWorldConfig, read_objects, write_world  # noqa: E402
+from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline  # noqa: E402
 from metamergen.training.config import TrainConfig  # noqa: E402
 from metamergen.training.trainer import train  # noqa: E402
+from metamergen.utils.io import atomic_write  # noqa: E402
 
 DEFAULT_OUT = REPO / "metamergen" / "assets" / "demo_model"
 
@@ -84,7 +97,9 @@ def build(
     resume = set(resume_stages)
     for stage, needs in (("vae", "world"), ("base", "vae")):
         if stage in resume and needs not in resume:
-            raise ValueError(f"--resume-stages {stage} needs {needs} too: a stage is only reused with the ones it was built on.")
+            raise ValueError(
+                f"--resume-stages {stage} needs {needs} too: a stage is only reused with the ones it was built on."
+            )
     out = Path(out)
     if out.exists() and not (out / "model_index.json").is_file():
         raise FileExistsError(f"{out} exists and is not a model folder; refusing to replace it. Choose another --out.")
@@ -92,8 +107,14 @@ def build(
     work.mkdir(parents=True, exist_ok=True)
     model_cfg = DemoModelConfig()
     world_cfg = ToyWorldConfig(size=model_cfg.image_size, seed=seed)
-    info: dict = {"steps": steps, "seed": seed, "model": model_cfg.to_dict(), "world": world_cfg.to_dict(),
-                  "timings_s": {}, "results": {}}
+    info: dict = {
+        "steps": steps,
+        "seed": seed,
+        "model": model_cfg.to_dict(),
+        "world": world_cfg.to_dict(),
+        "timings_s": {},
+        "results": {},
+    }
     torch.manual_seed(seed)
 
     t0 = time.time()
@@ -130,8 +151,14 @@ def build(
             unet, text_encoder, tokenizer, latents, captions, steps=steps["base_steps"], seed=seed + 1, progress=True
         )
         torch.manual_seed(seed + 2)
-        base = assemble_pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                 image_encoder=build_image_encoder(model_cfg), config=model_cfg)
+        base = assemble_pipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            image_encoder=build_image_encoder(model_cfg),
+            config=model_cfg,
+        )
         base.save_pretrained(base_dir)
     info["timings_s"]["base"] = round(time.time() - t0, 1)
 
@@ -163,8 +190,9 @@ def build(
     info["torch"] = torch.__version__
     info["platform"] = platform.platform()
     try:
-        info["git_commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                                            text=True, check=True).stdout.strip()
+        info["git_commit"] = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         info["git_commit"] = None
     atomic_write(tmp / "build_info.json", lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
@@ -180,15 +208,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default="outputs/demo_build", help="intermediate outputs (world, vae, base, runs)")
     p.add_argument("--seed", type=int, default=0, help="world seed and the base seed of every stage")
     p.add_argument("--quick", action="store_true", help="a few steps of every stage (smoke test, not a model)")
-    p.add_argument("--resume-stages", nargs="*", choices=["world", "vae", "base"],
-                   help="reuse these stages' outputs from --work instead of retraining them")
+    p.add_argument(
+        "--resume-stages",
+        nargs="*",
+        choices=["world", "vae", "base"],
+        help="reuse these stages' outputs from --work instead of retraining them",
+    )
     for key in FULL:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help=f"override {key}")
     p.add_argument("override", nargs="*", help="adapter-training config overrides, section.key=value")
     args = p.parse_args(argv)
     steps = {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
-    build(args.out, work=args.work, seed=args.seed, quick=args.quick, steps=steps,
-          resume_stages=args.resume_stages or (), overrides=args.override)
+    build(
+        args.out,
+        work=args.work,
+        seed=args.seed,
+        quick=args.quick,
+        steps=steps,
+        resume_stages=args.resume_stages or (),
+        overrides=args.override,
+    )
     return 0
 
 

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import save as safetensors_save
@@ -107,7 +107,9 @@ def _check_exportable(adapters: MetamerGenAdapters) -> None:
         )
 
 
-def _streams(adapters: MetamerGenAdapters) -> dict[str, tuple[torch.nn.Module, torch.nn.ModuleList, torch.nn.ModuleList]]:
+def _streams(
+    adapters: MetamerGenAdapters,
+) -> dict[str, tuple[torch.nn.Module, torch.nn.ModuleList, torch.nn.ModuleList]]:
     return {
         "foveal": (adapters.foveal_resampler, adapters.to_k_foveal, adapters.to_v_foveal),
         "peripheral": (adapters.peripheral_resampler, adapters.to_k_peripheral, adapters.to_v_peripheral),
@@ -132,14 +134,18 @@ def _resampler_to_original(state: Mapping[str, torch.Tensor]) -> dict[str, torch
             continue
         m = _BLOCK_KEY.match(name)
         if m is None:
-            raise ValueError(f"Unexpected resampler parameter {name!r}; this diffusers version is not supported for export.")
+            raise ValueError(
+                f"Unexpected resampler parameter {name!r}; this diffusers version is not supported for export."
+            )
         block, inner, leaf = int(m.group(1)), m.group(2), m.group(3)
         if inner in ("attn.to_k", "attn.to_v") and leaf == "weight":
             kv.setdefault(block, {})[inner[-1]] = tensor
         elif inner in _BLOCK_RENAMES:
             out[f"layers.{block}.{_BLOCK_RENAMES[inner]}.{leaf}"] = tensor
         else:
-            raise ValueError(f"Unexpected resampler parameter {name!r}; this diffusers version is not supported for export.")
+            raise ValueError(
+                f"Unexpected resampler parameter {name!r}; this diffusers version is not supported for export."
+            )
     for block, pair in kv.items():
         if set(pair) != {"k", "v"}:
             raise ValueError(f"Resampler block {block} lacks attn.to_k or attn.to_v; cannot build to_kv.")
@@ -161,7 +167,9 @@ def _original_to_resampler(state: Mapping[str, torch.Tensor], stream: str) -> di
         block, inner, leaf = int(m.group(1)), m.group(2), m.group(3)
         if inner == "0.to_kv" and leaf == "weight":
             if tensor.shape[0] % 2:
-                raise ValueError(f"{stream}: image_proj.{name} has an odd number of rows {tuple(tensor.shape)}; it must stack K and V.")
+                raise ValueError(
+                    f"{stream}: image_proj.{name} has an odd number of rows {tuple(tensor.shape)}; it must stack K and V."
+                )
             k, v = tensor.chunk(2, dim=0)
             out[f"layers.{block}.attn.to_k.weight"] = k
             out[f"layers.{block}.attn.to_v.weight"] = v
@@ -257,7 +265,11 @@ def save_ip_adapter(adapters: MetamerGenAdapters, directory: str | os.PathLike) 
     directory.mkdir(parents=True, exist_ok=True)
     blobs = {}
     for stream in STREAMS:
-        flat = {f"{group}.{name}": t for group in ("image_proj", "ip_adapter") for name, t in state_dicts[stream][group].items()}
+        flat = {
+            f"{group}.{name}": t
+            for group in ("image_proj", "ip_adapter")
+            for name, t in state_dicts[stream][group].items()
+        }
         # One metadata entry only: safetensors writes metadata in hash-map order, so several entries
         # would make the bytes differ from run to run.
         blobs[stream] = safetensors_save(flat, metadata={"format": "pt"})

@@ -21,8 +21,9 @@ A stream whose scale is 0 is skipped by the processor (stream off); to drop a st
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Literal
+from typing import Literal
 
 import torch
 from diffusers import ModelMixin
@@ -144,7 +145,10 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         with torch.no_grad():
             for i, (name, _, _) in enumerate(layers):
                 attn = unet.get_submodule(name[: -len(".processor")])
-                for k, v in ((adapters.to_k_foveal, adapters.to_v_foveal), (adapters.to_k_peripheral, adapters.to_v_peripheral)):
+                for k, v in (
+                    (adapters.to_k_foveal, adapters.to_v_foveal),
+                    (adapters.to_k_peripheral, adapters.to_v_peripheral),
+                ):
                     k[i].weight.copy_(attn.to_k.weight)
                     v[i].weight.copy_(attn.to_v.weight)
         adapters.to(unet.device)

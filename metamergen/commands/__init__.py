@@ -19,12 +19,22 @@ from __future__ import annotations
 
 import argparse
 import importlib
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
 #: Subcommand modules of this package, in ``--help`` order (the command to try first comes first).
-SUBCOMMANDS: tuple[str, ...] = ("demo", "render", "generate", "score", "report", "analyze", "convert", "train", "toyworld")
+SUBCOMMANDS: tuple[str, ...] = (
+    "demo",
+    "render",
+    "generate",
+    "score",
+    "report",
+    "analyze",
+    "convert",
+    "train",
+    "toyworld",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,11 +15,27 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model / --adapters (+ --base-model, --image-encoder) / --tiny``, ``--revision``, ``--device``, ``--dtype``."""
     model = parser.add_argument_group("model (one of)")
     model.add_argument("--model", help="folder or hub id of a saved MetamerGenPipeline")
-    model.add_argument("--adapters", help="trained adapters (folder or repo id), assembled with --base-model and --image-encoder")
-    model.add_argument("--tiny", action="store_true", help="tiny random offline model (tests the machinery; images are noise)")
-    parser.add_argument("--base-model", default=defaults.BASE_MODEL, help=f"Stable Diffusion id or folder (default {defaults.BASE_MODEL})")
-    parser.add_argument("--image-encoder", default=defaults.IMAGE_ENCODER, help=f"DINOv2 id or folder (default {defaults.IMAGE_ENCODER})")
-    parser.add_argument("--revision", default=None, help="hub revision of --model (recorded; default: the commit of a hub-cache snapshot folder, else unknown)")
+    model.add_argument(
+        "--adapters", help="trained adapters (folder or repo id), assembled with --base-model and --image-encoder"
+    )
+    model.add_argument(
+        "--tiny", action="store_true", help="tiny random offline model (tests the machinery; images are noise)"
+    )
+    parser.add_argument(
+        "--base-model",
+        default=defaults.BASE_MODEL,
+        help=f"Stable Diffusion id or folder (default {defaults.BASE_MODEL})",
+    )
+    parser.add_argument(
+        "--image-encoder",
+        default=defaults.IMAGE_ENCODER,
+        help=f"DINOv2 id or folder (default {defaults.IMAGE_ENCODER})",
+    )
+    parser.add_argument(
+        "--revision",
+        default=None,
+        help="hub revision of --model (recorded; default: the commit of a hub-cache snapshot folder, else unknown)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
 
@@ -46,7 +62,13 @@ def load_pipeline_from_args(args: argparse.Namespace) -> tuple[Any, str, str | N
     if args.tiny:
         print(TINY_WARNING, file=sys.stderr)
     loaded = load_model(
-        model=args.model, adapters=args.adapters, tiny=args.tiny, base_model=args.base_model,
-        image_encoder=args.image_encoder, revision=args.revision, device=args.device, dtype=args.dtype,
+        model=args.model,
+        adapters=args.adapters,
+        tiny=args.tiny,
+        base_model=args.base_model,
+        image_encoder=args.image_encoder,
+        revision=args.revision,
+        device=args.device,
+        dtype=args.dtype,
     )
     return loaded.pipe, loaded.description, loaded.revision

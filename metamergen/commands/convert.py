@@ -16,7 +16,9 @@ def run(args: argparse.Namespace) -> int:
     from metamergen.fixations.io import DatasetInfo, write_scanpaths
 
     if (args.width is None) != (args.height is None):
-        raise SystemExit("error: give both --width and --height (pixels of the frame the coordinates are in), or neither.")
+        raise SystemExit(
+            "error: give both --width and --height (pixels of the frame the coordinates are in), or neither."
+        )
     out = Path(args.out)
     image_root = None
     if args.image_root is not None:  # stored relative to the sidecar's folder when possible
@@ -26,8 +28,10 @@ def run(args: argparse.Namespace) -> int:
             image_root = str(Path(args.image_root).resolve())
     try:
         info = DatasetInfo(
-            name=args.name or out.stem, image_root=image_root,
-            pixels_per_degree=args.pixels_per_degree, source=f"{args.format}: {args.input}",
+            name=args.name or out.stem,
+            image_root=image_root,
+            pixels_per_degree=args.pixels_per_degree,
+            source=f"{args.format}: {args.input}",
         )
         if args.format == "csv":
             if args.keep_initial_fixation or args.image_prefix:
@@ -65,13 +69,42 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument("format", choices=["coco-freeview", "coco-search18", "csv"], help="input format")
     c.add_argument("input", help="input file (COCO: the JSON list of records; csv: image,subject,x,y[,duration_ms])")
     c.add_argument("--out", required=True, help="output .jsonl file; dataset.json is written beside it")
-    c.add_argument("--width", type=int, default=None, help="pixels of the frame the coordinates are in (COCO default 1680; 512 for the rescaled copies); csv: size of every image")
-    c.add_argument("--height", type=int, default=None, help="see --width (COCO default 1050; 320 for the rescaled copies)")
-    c.add_argument("--keep-initial-fixation", action="store_true", help="COCO: keep the forced centre fixation (dropped by default)")
-    c.add_argument("--off-image", choices=["drop", "clip", "error"], default="drop", help="fixations outside the image (default drop)")
-    c.add_argument("--image-root", default=None, help="folder holding the images (recorded in dataset.json; csv: read for image sizes)")
-    c.add_argument("--image-prefix", default=None, help="COCO: folder prepended to each image name; Search18 may use {task}, {condition}")
-    c.add_argument("--pixels-per-degree", type=float, default=None, help="image pixels per degree of visual angle in the experiment")
+    c.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="pixels of the frame the coordinates are in (COCO default 1680; 512 for the rescaled copies); csv: size of every image",
+    )
+    c.add_argument(
+        "--height", type=int, default=None, help="see --width (COCO default 1050; 320 for the rescaled copies)"
+    )
+    c.add_argument(
+        "--keep-initial-fixation",
+        action="store_true",
+        help="COCO: keep the forced centre fixation (dropped by default)",
+    )
+    c.add_argument(
+        "--off-image",
+        choices=["drop", "clip", "error"],
+        default="drop",
+        help="fixations outside the image (default drop)",
+    )
+    c.add_argument(
+        "--image-root",
+        default=None,
+        help="folder holding the images (recorded in dataset.json; csv: read for image sizes)",
+    )
+    c.add_argument(
+        "--image-prefix",
+        default=None,
+        help="COCO: folder prepended to each image name; Search18 may use {task}, {condition}",
+    )
+    c.add_argument(
+        "--pixels-per-degree",
+        type=float,
+        default=None,
+        help="image pixels per degree of visual angle in the experiment",
+    )
     c.add_argument("--name", default=None, help="dataset name (default: the output file's stem)")
     c.set_defaults(func=run)
     return c

@@ -41,8 +41,14 @@ def run(args: argparse.Namespace) -> int:
     from metamergen.demo.run import DEMO_MODEL, run_demo
 
     try:
-        result = run_demo(args.out, model=args.model or DEMO_MODEL, n_scenes=args.scenes, steps=args.steps,
-                          hypotheses=args.hypotheses, progress=True)
+        result = run_demo(
+            args.out,
+            model=args.model or DEMO_MODEL,
+            n_scenes=args.scenes,
+            steps=args.steps,
+            hypotheses=args.hypotheses,
+            progress=True,
+        )
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     ovo = result.summary["own_vs_other"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from metamergen import defaults
 from metamergen.commands._model import add_model_arguments, check_model_choice, load_pipeline_from_args
@@ -26,7 +26,9 @@ def _parse_prefixes(text: str) -> tuple[int | None, ...]:
         try:
             value = int(part)
         except ValueError:
-            raise SystemExit(f"error: --prefixes takes comma-separated counts or 'all' (e.g. 1,2,3,5,10), got {text!r}.") from None
+            raise SystemExit(
+                f"error: --prefixes takes comma-separated counts or 'all' (e.g. 1,2,3,5,10), got {text!r}."
+            ) from None
         if value < 0:
             raise SystemExit(f"error: --prefixes must be >= 0, got {value}.")
         out.append(value)
@@ -37,24 +39,79 @@ def _parse_prefixes(text: str) -> tuple[int | None, ...]:
 
 def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
     inputs = g.add_argument_group("input (one of)")
-    inputs.add_argument("--scanpaths", help="canonical scanpath .jsonl; images are found through its dataset.json or --image-root")
+    inputs.add_argument(
+        "--scanpaths", help="canonical scanpath .jsonl; images are found through its dataset.json or --image-root"
+    )
     inputs.add_argument("--image", help="one scene image, with --fixations")
-    g.add_argument("--fixations", help="with --image: a .json file holding [[x, y], ...] in pixels of the image ([] = periphery only)")
-    g.add_argument("--image-root", default=None, help="folder the scanpaths' image fields are relative to (overrides dataset.json)")
+    g.add_argument(
+        "--fixations",
+        help="with --image: a .json file holding [[x, y], ...] in pixels of the image ([] = periphery only)",
+    )
+    g.add_argument(
+        "--image-root", default=None, help="folder the scanpaths' image fields are relative to (overrides dataset.json)"
+    )
     g.add_argument("--out", required=True, help="output folder (images/ and manifest.jsonl); re-running resumes")
-    g.add_argument("--prefixes", default="all", help="first-N fixation counts, comma-separated, 'all' = whole list (paper: 1,2,3,5,10; default all); longer than a list: skipped and counted")
+    g.add_argument(
+        "--prefixes",
+        default="all",
+        help="first-N fixation counts, comma-separated, 'all' = whole list (paper: 1,2,3,5,10; default all); longer than a list: skipped and counted",
+    )
     g.add_argument("--hypotheses", type=int, default=1, help="images per list, prefix and condition (default 1)")
     g.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it and the image_id")
-    g.add_argument("--conditions", default="both", help="comma-separated subset of both,foveal,peripheral (default both)")
-    g.add_argument("--random-control", action="store_true", help="also render matched random fixations (same counts, seeded)")
-    g.add_argument("--off-image", choices=["drop", "clip", "error"], default="drop", help="fixations outside the image (default drop, with a warning count)")
-    g.add_argument("--foveal-scale", type=float, default=defaults.FOVEAL_SCALE, help=f"λ_f for 'both' (paper {defaults.FOVEAL_SCALE})")
-    g.add_argument("--peripheral-scale", type=float, default=defaults.PERIPHERAL_SCALE, help=f"λ_p for 'both' (paper {defaults.PERIPHERAL_SCALE})")
-    g.add_argument("--peripheral-blur", type=float, default=defaults.PERIPHERAL_BLUR, help=f"down/up scale s in (0, 1] (default {defaults.PERIPHERAL_BLUR})")
-    g.add_argument("--steps", type=int, default=defaults.NUM_INFERENCE_STEPS, help=f"DDIM steps (paper {defaults.NUM_INFERENCE_STEPS})")
-    g.add_argument("--guidance", choices=["cfg++", "cfg"], default=defaults.GUIDANCE, help=f"sampler guidance (paper {defaults.GUIDANCE})")
-    g.add_argument("--guidance-scale", type=float, default=None, help=f"default {defaults.CFGPP_SCALE} for cfg++, {defaults.CFG_SCALE} for cfg")
-    g.add_argument("--height", type=int, default=None, help="output height in pixels (with --width; default: scene aspect at the UNet's native area)")
+    g.add_argument(
+        "--conditions", default="both", help="comma-separated subset of both,foveal,peripheral (default both)"
+    )
+    g.add_argument(
+        "--random-control", action="store_true", help="also render matched random fixations (same counts, seeded)"
+    )
+    g.add_argument(
+        "--off-image",
+        choices=["drop", "clip", "error"],
+        default="drop",
+        help="fixations outside the image (default drop, with a warning count)",
+    )
+    g.add_argument(
+        "--foveal-scale",
+        type=float,
+        default=defaults.FOVEAL_SCALE,
+        help=f"λ_f for 'both' (paper {defaults.FOVEAL_SCALE})",
+    )
+    g.add_argument(
+        "--peripheral-scale",
+        type=float,
+        default=defaults.PERIPHERAL_SCALE,
+        help=f"λ_p for 'both' (paper {defaults.PERIPHERAL_SCALE})",
+    )
+    g.add_argument(
+        "--peripheral-blur",
+        type=float,
+        default=defaults.PERIPHERAL_BLUR,
+        help=f"down/up scale s in (0, 1] (default {defaults.PERIPHERAL_BLUR})",
+    )
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.NUM_INFERENCE_STEPS,
+        help=f"DDIM steps (paper {defaults.NUM_INFERENCE_STEPS})",
+    )
+    g.add_argument(
+        "--guidance",
+        choices=["cfg++", "cfg"],
+        default=defaults.GUIDANCE,
+        help=f"sampler guidance (paper {defaults.GUIDANCE})",
+    )
+    g.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"default {defaults.CFGPP_SCALE} for cfg++, {defaults.CFG_SCALE} for cfg",
+    )
+    g.add_argument(
+        "--height",
+        type=int,
+        default=None,
+        help="output height in pixels (with --width; default: scene aspect at the UNet's native area)",
+    )
     g.add_argument("--width", type=int, default=None, help="output width in pixels (with --height)")
     g.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,9 +131,13 @@ def run(args: argparse.Namespace) -> int:
     )
 
     if bool(args.scanpaths) == bool(args.image):
-        raise SystemExit("error: give the input as --scanpaths file.jsonl, or as --image img --fixations list.json (one of them).")
+        raise SystemExit(
+            "error: give the input as --scanpaths file.jsonl, or as --image img --fixations list.json (one of them)."
+        )
     if args.image and args.fixations is None:
-        raise SystemExit("error: --image needs --fixations list.json ([[x, y], ...] in image pixels; [] for periphery only).")
+        raise SystemExit(
+            "error: --image needs --fixations list.json ([[x, y], ...] in image pixels; [] for periphery only)."
+        )
     if args.scanpaths and (args.fixations is not None):
         raise SystemExit("error: --fixations goes with --image; a --scanpaths file holds its own fixations.")
     if args.image and args.image_root is not None:
@@ -102,13 +163,17 @@ def run(args: argparse.Namespace) -> int:
         )
         report: Counter = Counter()
         if args.scanpaths:
-            scenes = load_scanpath_scenes(args.scanpaths, image_root=args.image_root, off_image=args.off_image, report=report)
+            scenes = load_scanpath_scenes(
+                args.scanpaths, image_root=args.image_root, off_image=args.off_image, report=report
+            )
         else:
             scenes = load_fixation_list_scene(args.image, args.fixations, off_image=args.off_image)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     pipe, model, revision = load_pipeline_from_args(args)
-    jobs = plan_study(scenes, settings, model=model, model_revision=revision, dtype=args.dtype, pipe=pipe, report=report)
+    jobs = plan_study(
+        scenes, settings, model=model, model_revision=revision, dtype=args.dtype, pipe=pipe, report=report
+    )
     lists = sum(len(s.lists) for s in scenes)
     print(f"Study: {len(scenes)} scene(s), {lists} fixation list(s) -> {len(jobs)} image(s).", file=sys.stderr)
     if report[SKIPPED_PREFIX]:

@@ -18,17 +18,51 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Add ``render`` to the command line's subparsers."""
     r = subparsers.add_parser("render", help=HELP, description=HELP + ".")
     r.add_argument("--image", required=True, help="the scene image file")
-    r.add_argument("--fixations", default="", help="'x,y;x,y' in pixels of the image, or a .json file of [[x, y], ...]; empty = periphery only")
+    r.add_argument(
+        "--fixations",
+        default="",
+        help="'x,y;x,y' in pixels of the image, or a .json file of [[x, y], ...]; empty = periphery only",
+    )
     r.add_argument("--out", required=True, help="output folder")
     add_model_arguments(r)
     r.add_argument("--num-images", type=int, default=4, help="hypotheses to render (default 4)")
     r.add_argument("--seed", type=int, default=0, help="seed of the first hypothesis; hypothesis i uses seed + i")
-    r.add_argument("--steps", type=int, default=defaults.NUM_INFERENCE_STEPS, help=f"DDIM steps (paper: {defaults.NUM_INFERENCE_STEPS})")
-    r.add_argument("--guidance", choices=["cfg++", "cfg"], default=defaults.GUIDANCE, help=f"sampler guidance (paper: {defaults.GUIDANCE})")
-    r.add_argument("--guidance-scale", type=float, default=None, help=f"default {defaults.CFGPP_SCALE} for cfg++, {defaults.CFG_SCALE} for cfg")
-    r.add_argument("--foveal-scale", type=float, default=defaults.FOVEAL_SCALE, help=f"λ_f (paper: {defaults.FOVEAL_SCALE}; 0 = foveal stream off)")
-    r.add_argument("--peripheral-scale", type=float, default=defaults.PERIPHERAL_SCALE, help=f"λ_p (paper: {defaults.PERIPHERAL_SCALE}; 0 = peripheral stream off)")
-    r.add_argument("--peripheral-blur", type=float, default=defaults.PERIPHERAL_BLUR, help=f"down/up scale s in (0, 1] (paper figures: {defaults.PERIPHERAL_BLUR})")
+    r.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.NUM_INFERENCE_STEPS,
+        help=f"DDIM steps (paper: {defaults.NUM_INFERENCE_STEPS})",
+    )
+    r.add_argument(
+        "--guidance",
+        choices=["cfg++", "cfg"],
+        default=defaults.GUIDANCE,
+        help=f"sampler guidance (paper: {defaults.GUIDANCE})",
+    )
+    r.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"default {defaults.CFGPP_SCALE} for cfg++, {defaults.CFG_SCALE} for cfg",
+    )
+    r.add_argument(
+        "--foveal-scale",
+        type=float,
+        default=defaults.FOVEAL_SCALE,
+        help=f"λ_f (paper: {defaults.FOVEAL_SCALE}; 0 = foveal stream off)",
+    )
+    r.add_argument(
+        "--peripheral-scale",
+        type=float,
+        default=defaults.PERIPHERAL_SCALE,
+        help=f"λ_p (paper: {defaults.PERIPHERAL_SCALE}; 0 = peripheral stream off)",
+    )
+    r.add_argument(
+        "--peripheral-blur",
+        type=float,
+        default=defaults.PERIPHERAL_BLUR,
+        help=f"down/up scale s in (0, 1] (paper figures: {defaults.PERIPHERAL_BLUR})",
+    )
     r.add_argument("--off-image", choices=["drop", "clip", "error"], default="drop", help="fixations outside the image")
     r.set_defaults(func=run)
     return r
@@ -81,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
     from metamergen.fixations.records import Scanpath
 
     scanpath = Scanpath.from_points(
-        parse_fixations(args.fixations), width=image.width, height=image.height, off_image=args.off_image,
+        parse_fixations(args.fixations),
+        width=image.width,
+        height=image.height,
+        off_image=args.off_image,
         image=str(args.image),
     )
     pipe, model, revision = load_pipeline_from_args(args)
@@ -105,8 +142,11 @@ def run(args: argparse.Namespace) -> int:
         atomic_write(path, lambda p, im=im: im.save(p, format="PNG"))
         paths.append(path)
     view = foveated_input(
-        image, scanpath.xy, args.peripheral_blur,
-        size=canvas_size(pipe.feature_extractor), patch_size=int(pipe.image_encoder.config.patch_size),
+        image,
+        scanpath.xy,
+        args.peripheral_blur,
+        size=canvas_size(pipe.feature_extractor),
+        patch_size=int(pipe.image_encoder.config.patch_size),
     )
     panels = [draw_scanpath(image, scanpath.xy), view, *out.images]
     captions = ["scene + fixations", f"foveal + periphery s={args.peripheral_blur}"] + [

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["add_parser", "run", "split_names"]
 
@@ -25,14 +25,24 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         res = write_report(
-            args.scores, args.out, root=args.root, metrics=split_names(args.metrics), unit=args.ci_unit,
-            n_boot=args.n_boot, confidence=args.confidence, seed=args.seed, sheets=not args.no_sheets,
-            max_sheets=args.max_sheets, sheet_height=args.sheet_height,
+            args.scores,
+            args.out,
+            root=args.root,
+            metrics=split_names(args.metrics),
+            unit=args.ci_unit,
+            n_boot=args.n_boot,
+            confidence=args.confidence,
+            seed=args.seed,
+            sheets=not args.no_sheets,
+            max_sheets=args.max_sheets,
+            sheet_height=args.sheet_height,
         )
     except TableError as err:  # ReportError too
         raise SystemExit(f"error: {err}") from err
-    print(f"Wrote {len(res.figures)} figure(s), {len(res.sheets)} contact sheet(s), summary.csv and index.html "
-          f"to {res.out} (metrics: {', '.join(res.metrics)})")
+    print(
+        f"Wrote {len(res.figures)} figure(s), {len(res.sheets)} contact sheet(s), summary.csv and index.html "
+        f"to {res.out} (metrics: {', '.join(res.metrics)})"
+    )
     return 0
 
 
@@ -47,9 +57,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     r.add_argument("--scores", required=True, help="score table (.csv, or .parquet)")
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--root", default=None, help="folder the table's relative image paths are relative to (default: the score table's folder)")
-    r.add_argument("--metrics", nargs="+", default=None, help="metric columns to report, e.g. dreamsim,clip (default: all present)")
-    r.add_argument("--ci-unit", choices=list(CI_UNITS), default="scene", help="bootstrap resampling unit (default: scene)")
+    r.add_argument(
+        "--root",
+        default=None,
+        help="folder the table's relative image paths are relative to (default: the score table's folder)",
+    )
+    r.add_argument(
+        "--metrics", nargs="+", default=None, help="metric columns to report, e.g. dreamsim,clip (default: all present)"
+    )
+    r.add_argument(
+        "--ci-unit", choices=list(CI_UNITS), default="scene", help="bootstrap resampling unit (default: scene)"
+    )
     r.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (default 10000)")
     r.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")

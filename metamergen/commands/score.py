@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from metamergen.evaluation.registry import DEFAULT_METRICS, METRIC_INFO
 
@@ -18,16 +18,25 @@ def _add_score_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--out", default=None, help="score table (default: scores.csv next to the manifest)")
     s.add_argument("--format", choices=["csv", "parquet"], default=None, help="default: from --out's suffix, else csv")
     s.add_argument(
-        "--metrics", default=None,
+        "--metrics",
+        default=None,
         help=f"comma-separated, from {','.join(METRIC_INFO)} (default: {','.join(DEFAULT_METRICS)}, plus dino with a pipeline)",
     )
-    s.add_argument("--clip-model", default="openai/clip-vit-large-patch14", help="CLIP hub id or local folder (default ViT-L/14)")
-    s.add_argument("--dreamsim-cache", default=None, help="folder of DreamSim's weights (default $METAMERGEN_DREAMSIM_CACHE or ~/.cache/metamergen/dreamsim)")
+    s.add_argument(
+        "--clip-model", default="openai/clip-vit-large-patch14", help="CLIP hub id or local folder (default ViT-L/14)"
+    )
+    s.add_argument(
+        "--dreamsim-cache",
+        default=None,
+        help="folder of DreamSim's weights (default $METAMERGEN_DREAMSIM_CACHE or ~/.cache/metamergen/dreamsim)",
+    )
     s.add_argument("--dreamsim-type", default="ensemble", help="DreamSim variant (default ensemble)")
     s.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default 16)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--model", help="saved MetamerGenPipeline whose DINOv2 the dino metric uses")
-    s.add_argument("--tiny", action="store_true", help="the tiny random offline pipeline's DINOv2 for dino (tests only)")
+    s.add_argument(
+        "--tiny", action="store_true", help="the tiny random offline pipeline's DINOv2 for dino (tests only)"
+    )
     s.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of --model")
 
@@ -46,13 +55,19 @@ def run(args: argparse.Namespace) -> int:
         names = [n.strip() for n in args.metrics.split(",") if n.strip()]
         unknown = [n for n in names if n not in METRICS]
         if unknown or not names:
-            raise SystemExit(f"error: unknown metric(s) {unknown or args.metrics!r}; valid names: {', '.join(METRICS)}.")
+            raise SystemExit(
+                f"error: unknown metric(s) {unknown or args.metrics!r}; valid names: {', '.join(METRICS)}."
+            )
     with_pipe = bool(args.model or args.tiny)
     if names is None:
         names = list(DEFAULT_METRICS) + (["dino"] if with_pipe else [])
     if "dino" in names and not with_pipe:
         raise SystemExit("error: dino uses the pipeline's DINOv2: pass --model <saved pipeline> (or --tiny).")
-    out = Path(args.out) if args.out else Path(args.manifest).parent / ("scores.parquet" if args.format == "parquet" else "scores.csv")
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(args.manifest).parent / ("scores.parquet" if args.format == "parquet" else "scores.csv")
+    )
     try:
         load_manifest_rows(args.manifest)  # fail on missing files before any model loads
     except (ValueError, FileNotFoundError) as err:
@@ -66,8 +81,13 @@ def run(args: argparse.Namespace) -> int:
         pipe = load_model(model=args.model, tiny=args.tiny, dtype=args.dtype, device=args.device or "cpu").pipe
     try:
         metrics = build_score_metrics(
-            names, device=args.device, batch_size=args.batch_size, clip_model=args.clip_model,
-            dreamsim_cache=args.dreamsim_cache, dreamsim_type=args.dreamsim_type, pipe=pipe,
+            names,
+            device=args.device,
+            batch_size=args.batch_size,
+            clip_model=args.clip_model,
+            dreamsim_cache=args.dreamsim_cache,
+            dreamsim_type=args.dreamsim_type,
+            pipe=pipe,
         )
         rows = score_manifest(args.manifest, metrics, batch_size=args.batch_size, progress=not args.no_progress)
         # image paths in the table are relative to the table's own folder, wherever it is written

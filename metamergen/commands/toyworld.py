@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -25,7 +25,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``toyworld`` to the command line's subparsers."""
-    p = subparsers.add_parser("toyworld", help="write a toy-world dataset (scenes, scanpaths, object boxes)", description=DESCRIPTION)
+    p = subparsers.add_parser(
+        "toyworld", help="write a toy-world dataset (scenes, scanpaths, object boxes)", description=DESCRIPTION
+    )
     _add_arguments(p)
     p.set_defaults(func=run)
     return p

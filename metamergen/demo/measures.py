@@ -7,8 +7,9 @@ with a direction while the core never names them.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -34,14 +35,14 @@ def object_scores(
     scene_size: tuple[int, int],
     margin: float = 2.0,
 ) -> dict[str, float]:
-    """Object-level recovery of a generation (:func:`metamergen.toyworld.object_colour_match`).
+    """Object-level recovery of a generation (:func:`metamergen.demo.toyworld.object_colour_match`).
 
     Parameters
     ----------
     generation
         The rendered image (any size; boxes are scaled from the scene's frame).
     objects
-        The scene's :class:`~metamergen.toyworld.ToyObject` list.
+        The scene's :class:`~metamergen.demo.toyworld.ToyObject` list.
     fixations
         The fixations used for this generation, ``(x, y)`` in pixels of the scene image.
     scene_size
@@ -82,7 +83,7 @@ def own_vs_other(rows: Sequence[Mapping[str, Any]], root: str | Path) -> dict[st
     dict
         ``own_closest``: share of generations whose own scene has the lowest MSE among all the
         scenes of ``rows`` (``chance`` = ``1 / n_scenes``); ``mse_own`` / ``mse_other``: mean MSE
-        to the own scene / to each other scene (:class:`metamergen.metrics.MSE`, the generation
+        to the own scene / to each other scene (:class:`metamergen.evaluation.metrics.MSE`, the generation
         resized to the scene, as in ``metamergen score``); ``ratio`` = their quotient (``< 1``:
         generations carry their scene); ``n_generations``, ``n_scenes``.
     """

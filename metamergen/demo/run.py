@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
+from metamergen import defaults
 from metamergen.demo.measures import object_scores, own_vs_other
 from metamergen.utils.io import atomic_write
 
@@ -71,9 +73,9 @@ def load_demo_pipeline(model: str | Path = DEMO_MODEL) -> MetamerGenPipeline:
     model's config instead of read from disk, so that the folder (written with transformers 5)
     also loads where transformers saves or names them differently.
     """
+    from metamergen.demo.toymodel import DemoModelConfig, build_tokenizer
     from metamergen.encoders.dinov2 import dinov2_processor
     from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
-    from metamergen.demo.toymodel import DemoModelConfig, build_tokenizer
 
     if not (Path(model) / "model_index.json").is_file():
         raise _missing_model(Path(model))
@@ -91,12 +93,12 @@ def write_demo_scenes(out: str | Path, n_scenes: int, info: Mapping[str, Any]) -
     """Write held-out toy scenes for the demo; returns the viewer-only scanpath file.
 
     The scenes are the first ``n_scenes`` scenes of the model's *test* split (split seed
-    ``2 * seed + 1`` of the build seed, the rule of :func:`metamergen.toyworld.write_world`; the
+    ``2 * seed + 1`` of the build seed, the rule of :func:`metamergen.demo.toyworld.write_world`; the
     adapters never saw them). Only the viewer scanpaths are kept (``viewer_scanpaths.jsonl``): the
     study adds its own matched random control, so both sources go through one code path.
     """
-    from metamergen.fixations.io import read_info, read_scanpaths, write_scanpaths
     from metamergen.demo.toyworld import ToyWorldConfig, write_split
+    from metamergen.fixations.io import read_info, read_scanpaths, write_scanpaths
 
     if n_scenes < 2:
         raise ValueError(f"The demo needs at least 2 scenes (own vs other scene), got {n_scenes}.")
@@ -105,10 +107,6 @@ def write_demo_scenes(out: str | Path, n_scenes: int, info: Mapping[str, Any]) -
     summary = write_split(out, n_scenes, seed=2 * int(info["seed"]) + 1, config=cfg, name="demo-heldout")
     viewer = [s for s in read_scanpaths(summary["scanpaths"]) if s.condition == "viewer"]
     return write_scanpaths(out / "viewer_scanpaths.jsonl", viewer, read_info(summary["scanpaths"]))
-
-
-
-
 
 
 @dataclass
@@ -126,7 +124,7 @@ def run_demo(
     *,
     model: str | Path = DEMO_MODEL,
     n_scenes: int = 4,
-    prefixes: Sequence[int] = (1, 2, 3, 5, 10),
+    prefixes: Sequence[int] = defaults.PREFIXES,
     conditions: Sequence[str] = ("both", "peripheral", "foveal"),
     hypotheses: int = 1,
     steps: int = 20,
@@ -159,12 +157,12 @@ def run_demo(
     ``out/demo_summary.json`` the settings, timings and :func:`own_vs_other`. Re-running skips
     finished generations (the study is resumable).
     """
-    from metamergen.viz.report import write_report
+    from metamergen.demo.toyworld import read_objects
     from metamergen.evaluation.scoring import score_manifest, write_score_table
     from metamergen.study.plan import StudySettings, plan_study
-    from metamergen.study.scenes import load_scanpath_scenes
     from metamergen.study.run import run_study
-    from metamergen.demo.toyworld import read_objects
+    from metamergen.study.scenes import load_scanpath_scenes
+    from metamergen.viz.report import write_report
 
     t0 = time.time()
     out = Path(out)
@@ -173,8 +171,12 @@ def run_demo(
     scan_file = write_demo_scenes(out / "scenes", n_scenes, info)
     scenes = load_scanpath_scenes(scan_file, image_root=out / "scenes" / "images")
     settings = StudySettings(
-        prefixes=tuple(prefixes), hypotheses=hypotheses, conditions=tuple(conditions), random_control=True,
-        seed=int(info["seed"]), steps=steps,
+        prefixes=tuple(prefixes),
+        hypotheses=hypotheses,
+        conditions=tuple(conditions),
+        random_control=True,
+        seed=int(info["seed"]),
+        steps=steps,
     )
     jobs = plan_study(scenes, settings, model=str(model), pipe=pipe)
     t_render = time.time()
@@ -182,8 +184,11 @@ def run_demo(
     t_render = time.time() - t_render
 
     ids = {job.image_id for job in jobs}  # the folder may hold other runs' images: score this run's only
-    rows = [r for r in score_manifest(out / "study" / "manifest.jsonl", ["ssim", "mse", "color_hist"])
-            if r["image_id"] in ids]
+    rows = [
+        r
+        for r in score_manifest(out / "study" / "manifest.jsonl", ["ssim", "mse", "color_hist"])
+        if r["image_id"] in ids
+    ]
     records = read_objects(out / "scenes" / "objects.jsonl")
     for r in rows:
         rec = records[Path(r["scene"]).name]
@@ -191,20 +196,27 @@ def run_demo(
             gen = im.convert("RGB")
         r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=(rec["width"], rec["height"])))
     scores = write_score_table(rows, out / "scores.csv")
-    report = write_report(scores, out / "report", root=out / "study", metrics=list(DEMO_METRICS),
-                          n_boot=n_boot, sheets=sheets, max_sheets=2 * n_scenes)
+    report = write_report(
+        scores,
+        out / "report",
+        root=out / "study",
+        metrics=list(DEMO_METRICS),
+        n_boot=n_boot,
+        sheets=sheets,
+        max_sheets=2 * n_scenes,
+    )
     summary = {
         "model": str(model),
         "n_scenes": n_scenes,
         "n_generations": len(rows),
-        "settings": {"prefixes": list(prefixes), "conditions": list(conditions), "hypotheses": hypotheses,
-                     "steps": steps},
+        "settings": {
+            "prefixes": list(prefixes),
+            "conditions": list(conditions),
+            "hypotheses": hypotheses,
+            "steps": steps,
+        },
         "own_vs_other": own_vs_other(rows, out / "study"),
         "timings_s": {"render": round(t_render, 1), "total": round(time.time() - t0, 1)},
     }
     atomic_write(out / "demo_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))
     return DemoResult(out=out, report_index=report.index, scores=scores, summary=summary)
-
-
-
-

@@ -1,7 +1,7 @@
-"""The demo model's components and its two base stages, trained on :mod:`metamergen.toyworld`.
+"""The demo model's components and its two base stages, trained on :mod:`metamergen.demo.toyworld`.
 
 The paper starts from Stable Diffusion 1.5: a VAE and a *text-conditioned* UNet, both trained
-long before the adapters. The bundled demo model follows that recipe at toy scale (issue 6):
+long before the adapters. The bundled demo model follows that recipe at toy scale:
 
 1. :func:`train_vae` trains a small VAE (factor 4: a 64-px scene becomes a 16 x 16 x 4 latent) to
    reconstruct toy scenes; its ``scaling_factor`` is then set to ``1 / std`` of the training
@@ -16,7 +16,7 @@ long before the adapters. The bundled demo model follows that recipe at toy scal
 
 Why stage 2 needs captions: adapters trained on a UNet that only ever saw a constant context
 learn to lower the noise-prediction loss, yet reconstruct a scene equally well from its own
-tokens and from another scene's (issue 4's finding): such a UNet never learned to take content
+tokens and from another scene's (what the project's first learning test found): such a UNet never learned to take content
 from cross-attention, and the frozen layers after it cannot start to.
 
 The image encoder is a small DINOv2-with-registers with *random, frozen* weights (no pretrained
@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,8 +120,6 @@ class DemoModelConfig:
 # ---------------------------------------------------------------------------------- components
 
 
-
-
 def build_text_encoder(tokenizer: CLIPTokenizer, config: DemoModelConfig) -> CLIPTextModel:
     """A small CLIP text encoder whose width equals the UNet's cross-attention width."""
     vocab = tokenizer.get_vocab()
@@ -187,8 +186,6 @@ def build_image_encoder(config: DemoModelConfig) -> Dinov2WithRegistersModel:
     ).eval()
 
 
-
-
 def fresh_adapters(unet: UNet2DConditionModel, config: DemoModelConfig) -> MetamerGenAdapters:
     """New demo adapters for ``unet`` (K/V copied from its text K/V, as the paper).
 
@@ -221,8 +218,13 @@ def assemble_pipeline(
     """
     unet.set_attn_processor(AttnProcessor2_0())
     return MetamerGenPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
-        image_encoder=image_encoder, feature_extractor=dinov2_processor(config.encoder_resolution),
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_scheduler(),
+        image_encoder=image_encoder,
+        feature_extractor=dinov2_processor(config.encoder_resolution),
         adapters=fresh_adapters(unet, config),
     )
 
@@ -233,12 +235,14 @@ def assemble_pipeline(
 def scene_caption(layout: Mapping[str, Any], objects: Sequence[Any]) -> str:
     """A short caption: the layout regions' colours and names, then each object's colour and shape.
 
-    ``objects`` are :class:`~metamergen.toyworld.ToyObject` or their dicts (``objects.jsonl``).
+    ``objects`` are :class:`~metamergen.demo.toyworld.ToyObject` or their dicts (``objects.jsonl``).
     Example: ``"cream wall, soil floor, tile door: blue cross, yellow circle"``.
     """
     regions = ", ".join(f"{r['colour']} {r['name']}" for r in layout["regions"])
+
     def field(o: Any, k: str) -> str:
         return o[k] if isinstance(o, Mapping) else getattr(o, k)
+
     things = ", ".join(f"{field(o, 'colour')} {field(o, 'shape')}" for o in objects)
     return f"{regions}: {things}"
 
@@ -248,7 +252,7 @@ def scene_caption(layout: Mapping[str, Any], objects: Sequence[Any]) -> str:
 
 def images_to_tensor(images: Sequence[Image.Image], resolution: int = 64) -> torch.Tensor:
     """RGB images -> ``(N, 3, R, R)`` float tensor in ``[-1, 1]``, exactly the trainer's VAE input
-    (:func:`metamergen.train_data.vae_pixels`: squashed to ``resolution`` px, a no-op at 64)."""
+    (:func:`metamergen.training.data.vae_pixels`: squashed to ``resolution`` px, a no-op at 64)."""
     from metamergen.training.data import vae_pixels
 
     return torch.stack([vae_pixels(im.convert("RGB"), resolution) for im in images])
@@ -351,7 +355,11 @@ def encode_latents(vae: AutoencoderKL, pixels: torch.Tensor, batch_size: int = 6
 
 def _tokenize(tokenizer: CLIPTokenizer, captions: Sequence[str]) -> torch.Tensor:
     return tokenizer(
-        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        list(captions),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
     ).input_ids
 
 

@@ -1,9 +1,9 @@
 """A procedural toy scene world: small seeded scenes, ground-truth objects and viewer scanpaths.
 
-The world exists so that MetamerGen can be trained and evaluated end to end on a laptop CPU
-(issue 6). Everything is generated from integer seeds with numpy and PIL, about a millisecond
+The world exists so that MetamerGen can be trained and evaluated end to end on a laptop CPU.
+Everything is generated from integer seeds with numpy and PIL, about a millisecond
 per 64-px scene, and written to disk like any real dataset (canonical scanpath JSON Lines plus a
-``dataset.json`` sidecar, see :mod:`metamergen.data`).
+``dataset.json`` sidecar, see :mod:`metamergen.fixations.io`).
 
 What a scene contains
 ---------------------
@@ -63,9 +63,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -99,7 +100,6 @@ __all__ = [
     "read_objects",
     "object_attributes",
     "object_colour_match",
-
 ]
 
 RGB = tuple[int, int, int]
@@ -125,16 +125,28 @@ OBJECT_COLOURS: dict[str, RGB] = {
 MARK_COLOURS: dict[str, RGB] = {"ink": (25, 25, 25), "chalk": (245, 245, 245)}
 
 SKY_COLOURS: dict[str, RGB] = {
-    "sky-blue": (150, 185, 215), "haze": (195, 200, 205), "dusk": (210, 170, 160), "night": (60, 70, 110),
+    "sky-blue": (150, 185, 215),
+    "haze": (195, 200, 205),
+    "dusk": (210, 170, 160),
+    "night": (60, 70, 110),
 }
 GROUND_COLOURS: dict[str, RGB] = {
-    "grass": (110, 120, 70), "sand": (180, 160, 120), "soil": (110, 90, 70), "rock": (130, 130, 125),
+    "grass": (110, 120, 70),
+    "sand": (180, 160, 120),
+    "soil": (110, 90, 70),
+    "rock": (130, 130, 125),
 }
 WALL_COLOURS: dict[str, RGB] = {
-    "cream": (215, 205, 180), "slate": (150, 160, 175), "sage": (165, 180, 150), "haze": (195, 200, 205),
+    "cream": (215, 205, 180),
+    "slate": (150, 160, 175),
+    "sage": (165, 180, 150),
+    "haze": (195, 200, 205),
 }
 FLOOR_COLOURS: dict[str, RGB] = {
-    "wood": (135, 100, 70), "tile": (95, 95, 105), "carpet": (140, 80, 80), "soil": (110, 90, 70),
+    "wood": (135, 100, 70),
+    "tile": (95, 95, 105),
+    "carpet": (140, 80, 80),
+    "soil": (110, 90, 70),
 }
 
 _MAX_DIST = 255.0 * math.sqrt(3.0)
@@ -214,7 +226,9 @@ class ToyWorldConfig:
             raise ValueError(f"ToyWorldConfig.n_objects must be (lo, hi) with 1 <= lo <= hi, got {self.n_objects}.")
         lo, hi = self.object_size
         if not 4 <= lo <= hi <= 32:
-            raise ValueError(f"ToyWorldConfig.object_size must be (lo, hi) px at 64 px with 4 <= lo <= hi <= 32, got {self.object_size}.")
+            raise ValueError(
+                f"ToyWorldConfig.object_size must be (lo, hi) px at 64 px with 4 <= lo <= hi <= 32, got {self.object_size}."
+            )
         for name, vocab, allowed in (("shapes", self.shapes, SHAPES), ("marks", self.marks, MARKS)):
             bad = [s for s in vocab if s not in allowed]
             if bad or (name == "shapes" and not vocab):
@@ -431,16 +445,28 @@ def _draw_layout(rng: np.random.Generator, cfg: ToyWorldConfig) -> tuple[Image.I
         hh = max(3, int(round(horizon * rng.uniform(0.25, 0.6))))
         hx = int(rng.integers(-hw // 3, S - 2 * hw // 3))
         d.pieslice((hx, horizon - hh, hx + hw - 1, horizon + hh - 1), 180, 360, fill=rgb)
-        regions.append({"name": "hill", "colour": name, "rgb": list(rgb),
-                        "box": [max(0, hx), horizon - hh, min(S, hx + hw), horizon]})
+        regions.append(
+            {
+                "name": "hill",
+                "colour": name,
+                "rgb": list(rgb),
+                "box": [max(0, hx), horizon - hh, min(S, hx + hw), horizon],
+            }
+        )
         if rng.random() < 0.5:  # a path from the bottom edge to the horizon
             name, rgb = _pick(rng, cfg.ground_colours, exclude=[bot_name])
             cx = S * rng.uniform(0.3, 0.7)
             wb, wt = S * rng.uniform(0.2, 0.35), S * 0.04
             pts = [(cx - wb / 2, S - 1), (cx + wb / 2, S - 1), (cx + wt / 2, horizon), (cx - wt / 2, horizon)]
             d.polygon(pts, fill=rgb)
-            regions.append({"name": "path", "colour": name, "rgb": list(rgb),
-                            "box": [max(0, int(cx - wb / 2)), horizon, min(S, int(math.ceil(cx + wb / 2)) + 1), S]})
+            regions.append(
+                {
+                    "name": "path",
+                    "colour": name,
+                    "rgb": list(rgb),
+                    "box": [max(0, int(cx - wb / 2)), horizon, min(S, int(math.ceil(cx + wb / 2)) + 1), S],
+                }
+            )
     layout = {"kind": "indoor" if indoor else "outdoor", "horizon": horizon, "regions": regions}
     return img, layout
 
@@ -481,8 +507,10 @@ def generate_scene(rng_or_seed: np.random.Generator | int, config: ToyWorldConfi
         for _attempt in range(100):
             x = int(rng.integers(1, S - side))
             y = int(rng.integers(1, S - side))
-            if all(x + side + gap <= px or px + ps + gap <= x or y + side + gap <= py or py + ps + gap <= y
-                   for px, py, ps in placed):
+            if all(
+                x + side + gap <= px or px + ps + gap <= x or y + side + gap <= py or py + ps + gap <= y
+                for px, py, ps in placed
+            ):
                 break
         else:
             continue  # no room left: fewer objects
@@ -494,7 +522,7 @@ def generate_scene(rng_or_seed: np.random.Generator | int, config: ToyWorldConfi
         X0, Y0 = max(0, x - ring), max(0, y - ring)
         X1, Y1 = min(S, x + side + ring), min(S, y + side + ring)
         outer = bg[Y0:Y1, X0:X1].reshape(-1, 3).sum(0)
-        inner = bg[y:y + side, x:x + side].reshape(-1, 3).sum(0)
+        inner = bg[y : y + side, x : x + side].reshape(-1, 3).sum(0)
         n_ring = (Y1 - Y0) * (X1 - X0) - side * side
         local = (outer - inner) / max(1, n_ring)
         ok = [n for n in colour_names if _rgb_dist(cfg.object_colours[n], local) >= cfg.min_contrast] or colour_names
@@ -518,11 +546,18 @@ def generate_scene(rng_or_seed: np.random.Generator | int, config: ToyWorldConfi
         box = (x + bx0, y + by0, x + bx1, y + by1)
         area = float((np.asarray(full) > 0).sum()) / (k * k)
         salience = _rgb_dist(rgb, local) / _MAX_DIST * math.sqrt(area)
-        objects.append(ToyObject(
-            shape=shape, colour=colour, rgb=tuple(rgb), box=box,
-            centre=((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0),
-            mark=mark, mark_rgb=None if mark_rgb is None else tuple(mark_rgb), salience=round(salience, 6),
-        ))
+        objects.append(
+            ToyObject(
+                shape=shape,
+                colour=colour,
+                rgb=tuple(rgb),
+                box=box,
+                centre=((box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0),
+                mark=mark,
+                mark_rgb=None if mark_rgb is None else tuple(mark_rgb),
+                salience=round(salience, 6),
+            )
+        )
     return ToyScene(image=img, objects=objects, layout=layout, seed=seed, config=cfg)
 
 
@@ -619,8 +654,14 @@ def scene_scanpaths(
         raise ValueError("scene_scanpaths needs a scene generated from an int seed (scene.seed is None).")
     out = []
     for k in range(viewers):
-        v = viewer_scanpath(scene, np.random.default_rng([scene.seed, k, 0]), config,
-                            image=image, id=f"{scene_id}-v{k}", extra={"scene": scene_id})
+        v = viewer_scanpath(
+            scene,
+            np.random.default_rng([scene.seed, k, 0]),
+            config,
+            image=image,
+            id=f"{scene_id}-v{k}",
+            extra={"scene": scene_id},
+        )
         out.append(v)
         out.append(random_scanpath(v, np.random.default_rng([scene.seed, k, 1])))
     return out
@@ -689,8 +730,13 @@ def write_split(
             f"exclusive). pixels_per_degree is a toy value: the image spans "
             f"{cfg.degrees_per_image:g} deg."
         ),
-        extra={"seed": seed, "n_scenes": n_scenes, "viewers_per_scene": viewers_per_scene,
-               "scene_seed_rule": f"seed * {_SEED_STRIDE} + index", "config": cfg.to_dict()},
+        extra={
+            "seed": seed,
+            "n_scenes": n_scenes,
+            "viewers_per_scene": viewers_per_scene,
+            "scene_seed_rule": f"seed * {_SEED_STRIDE} + index",
+            "config": cfg.to_dict(),
+        },
     )
     scan_path = write_scanpaths(out / "scanpaths.jsonl", scanpaths, info)
     return {
@@ -722,10 +768,22 @@ def write_world(
     seed = cfg.seed if seed is None else int(seed)
     out = Path(out_dir)
     return {
-        "train": write_split(out / "train", n_train, seed=2 * seed, config=cfg,
-                             viewers_per_scene=viewers_per_scene, name=f"toyworld-train-seed{seed}"),
-        "test": write_split(out / "test", n_test, seed=2 * seed + 1, config=cfg,
-                            viewers_per_scene=viewers_per_scene, name=f"toyworld-test-seed{seed}"),
+        "train": write_split(
+            out / "train",
+            n_train,
+            seed=2 * seed,
+            config=cfg,
+            viewers_per_scene=viewers_per_scene,
+            name=f"toyworld-train-seed{seed}",
+        ),
+        "test": write_split(
+            out / "test",
+            n_test,
+            seed=2 * seed + 1,
+            config=cfg,
+            viewers_per_scene=viewers_per_scene,
+            name=f"toyworld-test-seed{seed}",
+        ),
     }
 
 
@@ -794,8 +852,12 @@ def _scaled_box(box: Sequence[float], frame: tuple[int, int] | None, shape: tupl
     if frame is not None and (frame[0], frame[1]) != (w, h):
         sx, sy = w / frame[0], h / frame[1]
         x0, x1, y0, y1 = x0 * sx, x1 * sx, y0 * sy, y1 * sy
-    b = (max(0, int(math.floor(x0))), max(0, int(math.floor(y0))),
-         min(w, int(math.ceil(x1))), min(h, int(math.ceil(y1))))
+    b = (
+        max(0, int(math.floor(x0))),
+        max(0, int(math.floor(y0))),
+        min(w, int(math.ceil(x1))),
+        min(h, int(math.ceil(y1))),
+    )
     if b[2] <= b[0] or b[3] <= b[1]:
         raise ValueError(f"box {tuple(box)} is empty or outside the {w}x{h} image.")
     return b
@@ -808,7 +870,7 @@ def _best_shape(mask: np.ndarray, shapes: Sequence[str]) -> tuple[str | None, fl
     best, best_iou = None, -1.0
     side = max(h, w)
     for shape in shapes:
-        for horizontal in ((True, False) if shape == "bar" else (True,)):
+        for horizontal in (True, False) if shape == "bar" else (True,):
             tmpl = render_shape_mask(shape, side, horizontal=horizontal)
             tmpl = tmpl.crop(tmpl.getbbox())
             # stretching would make a bar's and a square's templates identical: penalise the

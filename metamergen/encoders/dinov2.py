@@ -8,7 +8,7 @@ saw" figure all call it, so pixels and fixations always meet on the same grid.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -62,15 +62,17 @@ def dinov2_processor(size: int = ENCODER_RESOLUTION) -> BitImageProcessor:
 def canvas_size(processor: BitImageProcessor) -> int:
     """The square canvas side (pixels) that ``processor`` produces; errors if it crops or is not square."""
     size = dict(processor.size or {})
-    if getattr(processor, "do_center_crop", False) or size.get("height") is None or size.get("height") != size.get("width"):
+    if (
+        getattr(processor, "do_center_crop", False)
+        or size.get("height") is None
+        or size.get("height") != size.get("width")
+    ):
         raise ValueError(
             f"The image processor must resize straight to a square with no centre crop (got size={size}, "
             f"do_center_crop={getattr(processor, 'do_center_crop', None)}); otherwise fixations would not map "
             "onto the tokens. Build it with metamergen.encoders.dinov2_processor(448)."
         )
     return int(size["height"])
-
-
 
 
 def patch_tokens(image_encoder: PreTrainedModel, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -100,12 +102,6 @@ def patch_tokens(image_encoder: PreTrainedModel, pixel_values: torch.Tensor) -> 
             "set correctly in the encoder's config?"
         )
     return tokens
-
-
-
-
-
-
 
 
 def encoder_canvas(

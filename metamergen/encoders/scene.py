@@ -13,8 +13,8 @@ grid order (row-major).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -148,9 +148,6 @@ def encode_foveal_crops(
         ``(len(fixations_xy), T, D)`` patch tokens of the cropped views.
     """
     crops = torch.stack(
-        [
-            foveal_crop(scene.pixel_values[i], xy, scene.frames[i], radius_px)
-            for i, xy in zip(scene_index, fixations_xy)
-        ]
+        [foveal_crop(scene.pixel_values[i], xy, scene.frames[i], radius_px) for i, xy in zip(scene_index, fixations_xy)]
     )
     return patch_tokens(image_encoder, crops.to(device=image_encoder.device, dtype=image_encoder.dtype))

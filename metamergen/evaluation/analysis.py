@@ -29,16 +29,17 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from metamergen.utils.io import atomic_write
 from metamergen.evaluation.registry import METRIC_INFO, metric_direction, metric_info
 from metamergen.evaluation.tables import TableError, pandas, read_table
+from metamergen.utils.io import atomic_write
 from metamergen.utils.plotting import figure_classes
 
 __all__ = [
@@ -198,8 +199,15 @@ class LogisticFit:
             "features": list(self.features),
             "standardized": self.standardized,
             "coefficients": [
-                {"term": t, "coef": float(c), "se": float(s), "z": float(z), "p": float(p), "odds_ratio": float(math.exp(c)),
-                 **({"mean": float(self.means[i - 1]), "sd": float(self.sds[i - 1])} if i else {})}
+                {
+                    "term": t,
+                    "coef": float(c),
+                    "se": float(s),
+                    "z": float(z),
+                    "p": float(p),
+                    "odds_ratio": float(math.exp(c)),
+                    **({"mean": float(self.means[i - 1]), "sd": float(self.sds[i - 1])} if i else {}),
+                }
                 for i, (t, c, s, z, p) in enumerate(zip(self.terms, self.coef, self.se, self.z, self.p))
             ],
             "loglik": self.loglik,
@@ -275,7 +283,7 @@ def logistic_regression(
     beta[0] = math.log(y.mean() / (1 - y.mean()))
     ll = _loglik(y, Z @ beta)
     converged, it = False, 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 - read after the loop: iterations used
         eta = Z @ beta
         p = _sigmoid(eta)
         w = np.clip(p * (1 - p), 1e-12, None)
@@ -314,9 +322,21 @@ def logistic_regression(
     ll0 = _null_loglik(y)
     z = beta / se
     return LogisticFit(
-        features=names, coef=beta, se=se, z=z, p=np.array([_pvalue(v) for v in z]), loglik=ll, loglik_null=ll0,
-        pseudo_r2=1 - ll / ll0, n=n, n_same=int(y.sum()), converged=converged, iterations=it,
-        standardized=standardize, means=means, sds=sds,
+        features=names,
+        coef=beta,
+        se=se,
+        z=z,
+        p=np.array([_pvalue(v) for v in z]),
+        loglik=ll,
+        loglik_null=ll0,
+        pseudo_r2=1 - ll / ll0,
+        n=n,
+        n_same=int(y.sum()),
+        converged=converged,
+        iterations=it,
+        standardized=standardize,
+        means=means,
+        sds=sds,
     )
 
 
@@ -415,8 +435,18 @@ def forward_stepwise(
         if alpha is not None and pval >= alpha:
             break
         i = f.terms.index(best)
-        steps.append(StepwiseStep(len(chosen) + 1, best, f.pseudo_r2, f.pseudo_r2 - current.pseudo_r2, lr, pval,
-                                  float(f.coef[i]), float(f.se[i])))
+        steps.append(
+            StepwiseStep(
+                len(chosen) + 1,
+                best,
+                f.pseudo_r2,
+                f.pseudo_r2 - current.pseudo_r2,
+                lr,
+                pval,
+                float(f.coef[i]),
+                float(f.se[i]),
+            )
+        )
         chosen.append(best)
         current = f
     full = fit(names)
@@ -430,8 +460,19 @@ def forward_stepwise(
 # ------------------------------------------------------------------------------ table analysis
 
 
-_SAME_WORDS = {"same": 1.0, "different": 0.0, "diff": 0.0, "true": 1.0, "false": 0.0, "yes": 1.0, "no": 0.0,
-               "1": 1.0, "0": 0.0, "1.0": 1.0, "0.0": 0.0}
+_SAME_WORDS = {
+    "same": 1.0,
+    "different": 0.0,
+    "diff": 0.0,
+    "true": 1.0,
+    "false": 0.0,
+    "yes": 1.0,
+    "no": 0.0,
+    "1": 1.0,
+    "0": 0.0,
+    "1.0": 1.0,
+    "0.0": 0.0,
+}
 
 
 def _responses(series) -> np.ndarray:
@@ -458,13 +499,21 @@ def _responses(series) -> np.ndarray:
     return y
 
 
-def _analyze_rows(X: np.ndarray, y: np.ndarray, features: list[str], n_bins: int, confidence: float,
-                  standardize: bool, alpha: float | None) -> dict[str, Any]:
+def _analyze_rows(
+    X: np.ndarray,
+    y: np.ndarray,
+    features: list[str],
+    n_bins: int,
+    confidence: float,
+    standardize: bool,
+    alpha: float | None,
+) -> dict[str, Any]:
     n_same = int(y.sum())
     out: dict[str, Any] = {"n": len(y), "n_same": n_same, "proportion_same": n_same / len(y) if len(y) else math.nan}
     out["proportion_same_ci"] = list(wilson_interval(n_same, len(y), confidence))
-    out["binned"] = {f: [asdict(b) for b in binned_proportions(X[:, i], y, n_bins, confidence)]
-                     for i, f in enumerate(features)}
+    out["binned"] = {
+        f: [asdict(b) for b in binned_proportions(X[:, i], y, n_bins, confidence)] for i, f in enumerate(features)
+    }
     fit = logistic_regression(X, y, features, standardize=standardize)
     out["logistic"] = fit.to_dict()
     out["stepwise"] = forward_stepwise(X, y, features, standardize=standardize, alpha=alpha).to_dict()
@@ -548,7 +597,7 @@ def _f(v: Any, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "–"
     if isinstance(v, float):
-        if v != 0 and abs(v) < 10 ** -digits:
+        if v != 0 and abs(v) < 10**-digits:
             return f"{v:.1e}"
         return f"{v:.{digits}f}"
     return str(v)
@@ -559,43 +608,71 @@ def _markdown_block(res: dict[str, Any], title: str, confidence: float) -> list[
     if "error" in res:
         return lines + [f"Not analysed ({res['n']} rows): {res['error']}", ""]
     lo, hi = res["proportion_same_ci"]
-    lines += [f"{res['n']} trials, {res['n_same']} \"same\" ({res['proportion_same']:.1%}, "
-              f"{confidence:.0%} Wilson CI {lo:.1%}–{hi:.1%}).", ""]
+    lines += [
+        f'{res["n"]} trials, {res["n_same"]} "same" ({res["proportion_same"]:.1%}, '
+        f"{confidence:.0%} Wilson CI {lo:.1%}–{hi:.1%}).",
+        "",
+    ]
     st = res["stepwise"]
-    lines += ["### Forward stepwise logistic regression (McFadden R²)", "",
-              "| step | feature | R² | ΔR² | LR χ² | p | β (per SD) | SE |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "### Forward stepwise logistic regression (McFadden R²)",
+        "",
+        "| step | feature | R² | ΔR² | LR χ² | p | β (per SD) | SE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for s in st["steps"]:
-        lines.append(f"| {s['step']} | {s['feature']} | {_f(s['pseudo_r2'])} | **{_f(s['delta_r2'])}** | "
-                     f"{_f(s['lr_stat'], 2)} | {_f(s['lr_pvalue'])} | {_f(s['coef'])} | {_f(s['se'])} |")
-    lines += ["", "Each feature alone (R² over the intercept) and uniquely (R² lost when dropped from the full model):", "",
-              "| feature | direction | R² alone | unique ΔR² |", "|---|---|---|---|"]
+        lines.append(
+            f"| {s['step']} | {s['feature']} | {_f(s['pseudo_r2'])} | **{_f(s['delta_r2'])}** | "
+            f"{_f(s['lr_stat'], 2)} | {_f(s['lr_pvalue'])} | {_f(s['coef'])} | {_f(s['se'])} |"
+        )
+    lines += [
+        "",
+        "Each feature alone (R² over the intercept) and uniquely (R² lost when dropped from the full model):",
+        "",
+        "| feature | direction | R² alone | unique ΔR² |",
+        "|---|---|---|---|",
+    ]
     for f in st["single_r2"]:
         lines.append(f"| {f} | {metric_direction(f)} | {_f(st['single_r2'][f])} | {_f(st['unique_r2'][f])} |")
     lg = res["logistic"]
-    lines += ["", f"### Logistic regression on all features (McFadden R² = {_f(lg['mcfadden_r2'])}, "
-              f"n = {lg['n']}{'' if lg['converged'] else ', NOT CONVERGED'})", "",
-              "| term | β | SE | z | p | odds ratio |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        f"### Logistic regression on all features (McFadden R² = {_f(lg['mcfadden_r2'])}, "
+        f"n = {lg['n']}{'' if lg['converged'] else ', NOT CONVERGED'})",
+        "",
+        "| term | β | SE | z | p | odds ratio |",
+        "|---|---|---|---|---|---|",
+    ]
     for c in lg["coefficients"]:
-        lines.append(f"| {c['term']} | {_f(c['coef'])} | {_f(c['se'])} | {_f(c['z'], 2)} | {_f(c['p'])} | {_f(c['odds_ratio'])} |")
-    lines += ["", "### Proportion \"same\" per quantile bin", ""]
+        lines.append(
+            f"| {c['term']} | {_f(c['coef'])} | {_f(c['se'])} | {_f(c['z'], 2)} | {_f(c['p'])} | {_f(c['odds_ratio'])} |"
+        )
+    lines += ["", '### Proportion "same" per quantile bin', ""]
     for f, bins in res["binned"].items():
-        lines += [f"**{f}** ({metric_direction(f)})", "", f"| bin | range | n | same | {confidence:.0%} CI |", "|---|---|---|---|---|"]
+        lines += [
+            f"**{f}** ({metric_direction(f)})",
+            "",
+            f"| bin | range | n | same | {confidence:.0%} CI |",
+            "|---|---|---|---|---|",
+        ]
         for b in bins:
-            lines.append(f"| {b['index'] + 1} | {_f(b['low'])}–{_f(b['high'])} | {b['n']} | {b['proportion']:.1%} | "
-                         f"{b['ci_low']:.1%}–{b['ci_high']:.1%} |")
+            lines.append(
+                f"| {b['index'] + 1} | {_f(b['low'])}–{_f(b['high'])} | {b['n']} | {b['proportion']:.1%} | "
+                f"{b['ci_low']:.1%}–{b['ci_high']:.1%} |"
+            )
         lines.append("")
     return lines
 
 
 def analysis_markdown(result: dict[str, Any], source: str = "") -> str:
     """A readable Markdown summary of :func:`analyze`'s result."""
-    lines = ["# Behavioural analysis: what predicts a \"same\" response", ""]
+    lines = ['# Behavioural analysis: what predicts a "same" response', ""]
     if source:
         lines += [f"Responses: `{source}`; response column `{result['response']}` (1 = same).", ""]
     lines += [
         f"Features: {', '.join(f'{f} ({d})' for f, d in result['directions'].items())}. "
         + ("Coefficients are per standard deviation of the feature (z-scored). " if result["standardized"] else "")
-        + "A negative β for a distance (or a positive β for a similarity) means: more similar → more \"same\".",
+        + 'A negative β for a distance (or a positive β for a similarity) means: more similar → more "same".',
         "",
     ]
     if result["rows_dropped"]:
@@ -625,8 +702,9 @@ def plot_binned(result: dict[str, Any], path: str | Path) -> Path:
             x = np.array([b["mean_feature"] for b in bins])
             p = np.array([b["proportion"] for b in bins])
             err = [p - np.array([b["ci_low"] for b in bins]), np.array([b["ci_high"] for b in bins]) - p]
-            ax.errorbar(x, p, yerr=err, marker="o", markersize=4, capsize=3, linestyle="-" if j == 0 else "--",
-                        label=label)
+            ax.errorbar(
+                x, p, yerr=err, marker="o", markersize=4, capsize=3, linestyle="-" if j == 0 else "--", label=label
+            )
         ax.set_xlabel(f"{metric_info(feat).label}\n({metric_direction(feat)})", fontsize=8)
         ax.set_ylabel('proportion "same"', fontsize=8)
         ax.set_ylim(-0.02, 1.02)

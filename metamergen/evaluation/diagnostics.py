@@ -9,12 +9,14 @@ noise. If the adapters carry the scene, the own-token estimate is closer.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from metamergen.defaults import PERIPHERAL_BLUR
 from metamergen.training.data import vae_pixels
 
 __all__ = ["conditioning_reconstruction"]
@@ -27,7 +29,7 @@ def conditioning_reconstruction(
     fixations: Sequence[Sequence[Sequence[float]]],
     *,
     timesteps: Sequence[int] = (500, 700, 900),
-    peripheral_blur: float = 0.25,
+    peripheral_blur: float = PERIPHERAL_BLUR,
     resolution: int | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:

@@ -28,8 +28,9 @@ import inspect
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,10 +38,9 @@ import torch.nn.functional as F
 from PIL import Image
 from transformers import PreTrainedModel
 
-from metamergen.utils.images import ImageInput, to_pil
 from metamergen.encoders.dinov2 import canvas_size, encoder_canvas, patch_tokens
 from metamergen.evaluation.registry import MODEL_METRICS, WEIGHT_FREE_METRICS
-from metamergen.foveation.frame import EncoderFrame
+from metamergen.utils.images import ImageInput, to_pil
 
 try:  # transformers >= 5: the PIL backend (no torchvision needed)
     from transformers import CLIPImageProcessorPil as _CLIPImageProcessor

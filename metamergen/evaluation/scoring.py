@@ -1,7 +1,7 @@
 """Score a study: compare every generation with its original scene (``metamergen score``).
 
 Reads the ``manifest.jsonl`` that :func:`metamergen.study.run_study` writes, scores each
-generation against its scene with the metrics of :mod:`metamergen.metrics`, and returns one row per
+generation against its scene with the metrics of :mod:`metamergen.evaluation.metrics`, and returns one row per
 image: the manifest's columns followed by one column per metric, named by the metric's ``name``::
 
     rows = score_manifest("outputs/study/manifest.jsonl", ["psnr", "ssim", "clip", "dreamsim"])
@@ -22,16 +22,17 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from metamergen.utils.io import atomic_write
 from metamergen.evaluation.metrics import METRICS, Metric, build_metrics
 from metamergen.evaluation.registry import DEFAULT_METRICS
 from metamergen.study.manifest import MANIFEST_COLUMNS, read_manifest
+from metamergen.utils.io import atomic_write
 
 __all__ = [
     "build_score_metrics",
@@ -98,7 +99,7 @@ def build_score_metrics(
     Parameters
     ----------
     names
-        Keys of :data:`metamergen.metrics.METRICS`; default :data:`DEFAULT_METRICS`.
+        Keys of :data:`metamergen.evaluation.metrics.METRICS`; default :data:`DEFAULT_METRICS`.
     device
         Where model metrics run (default: CUDA if available, else CPU).
     batch_size
@@ -136,7 +137,12 @@ def build_score_metrics(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     defaults: dict[str, dict[str, Any]] = {
         "clip": {"model": clip_model, "device": device, "batch_size": batch_size},
-        "dreamsim": {"device": device, "cache_dir": dreamsim_cache, "dreamsim_type": dreamsim_type, "batch_size": batch_size},
+        "dreamsim": {
+            "device": device,
+            "cache_dir": dreamsim_cache,
+            "dreamsim_type": dreamsim_type,
+            "batch_size": batch_size,
+        },
         "dino": {"pipe": pipe, "batch_size": batch_size},
     }
     options = dict(options or {})
@@ -153,7 +159,12 @@ def build_score_metrics(
             )
         if name == "dino" and kwargs.get("pipe") is None:
             kwargs.pop("pipe", None)
-        if name == "clip" and isinstance(kwargs.get("model"), torch.nn.Module) and not device_given and "device" not in options.get(name, {}):
+        if (
+            name == "clip"
+            and isinstance(kwargs.get("model"), torch.nn.Module)
+            and not device_given
+            and "device" not in options.get(name, {})
+        ):
             kwargs["device"] = None  # keep an instance where it is
         try:
             built.extend(build_metrics([name], **{name: kwargs} if kwargs else {}))
@@ -177,7 +188,7 @@ def score_manifest(
     manifest_path
         ``manifest.jsonl`` of a study; generation paths are relative to its folder.
     metrics
-        Metric names and/or built :class:`~metamergen.metrics.Metric` objects, in column order;
+        Metric names and/or built :class:`~metamergen.evaluation.metrics.Metric` objects, in column order;
         names are built with :func:`build_score_metrics` (``**metric_options`` go there). Default
         :data:`DEFAULT_METRICS`.
     batch_size
@@ -249,9 +260,7 @@ def _flat(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
 
 
-def write_score_table(
-    rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, format: str | None = None
-) -> Path:
+def write_score_table(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike, format: str | None = None) -> Path:
     """Write score rows as CSV or Parquet, atomically.
 
     Columns: the manifest's (:data:`~metamergen.study.MANIFEST_COLUMNS` order), any other keys,
@@ -302,13 +311,3 @@ def _csv_value(value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- command line
-
-
-
-
-
-
-
-
-
-

@@ -7,7 +7,8 @@ first, so that many renders of one scene do not pass for independent evidence.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -6,7 +6,7 @@ off-image fixations, the forced initial centre fixation, inconsistent records) i
 reason in a :class:`ConversionReport`.
 
 ``metamergen convert`` (see :func:`register_convert_command`) writes the result in the
-canonical JSON Lines format of :mod:`metamergen.data`.
+canonical JSON Lines format of :mod:`metamergen.fixations.io`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ import math
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from metamergen.fixations.records import OffImagePolicy, Scanpath, _check_policy, _size
 
@@ -199,8 +200,7 @@ def _load_records(records_or_path: Any, kind: str) -> tuple[list[Any], str]:
                 data = json.load(f)
         except json.JSONDecodeError as err:
             raise ValueError(
-                f"{path} is not valid JSON ({err}); {kind} fixation files are one JSON list of "
-                "records."
+                f"{path} is not valid JSON ({err}); {kind} fixation files are one JSON list of records."
             ) from None
         source = str(path)
     else:
@@ -242,17 +242,20 @@ def _convert_coco(
         for key in ("X", "Y", "T"):
             if key in rec and (isinstance(rec[key], (str, bytes, Mapping)) or not isinstance(rec[key], Sequence)):
                 raise ValueError(
-                    f"{source}: record {i} field {key!r} must be a list of numbers, got "
-                    f"{type(rec[key]).__name__}."
+                    f"{source}: record {i} field {key!r} must be a list of numbers, got {type(rec[key]).__name__}."
                 )
 
     # Guard against the 512x320 rescaled copies being converted as 1680x1050.
     coords = [
-        (x, y) for rec in records for x, y in zip(map(_number, rec["X"]), map(_number, rec["Y"]))
+        (x, y)
+        for rec in records
+        for x, y in zip(map(_number, rec["X"]), map(_number, rec["Y"]))
         if x is not None and y is not None
     ]
-    if (width, height) == (COCO_WIDTH, COCO_HEIGHT) and coords and all(
-        0 <= x <= _RESCALED[0] and 0 <= y <= _RESCALED[1] for x, y in coords
+    if (
+        (width, height) == (COCO_WIDTH, COCO_HEIGHT)
+        and coords
+        and all(0 <= x <= _RESCALED[0] and 0 <= y <= _RESCALED[1] for x, y in coords)
     ):
         _warn(
             report,
@@ -276,8 +279,7 @@ def _convert_coco(
             report.drop("length mismatch", where=where)
             continue
         points = [
-            (x, y, None if ts is None else ts[j], None, f"{where} fixation {j}")
-            for j, (x, y) in enumerate(zip(xs, ys))
+            (x, y, None if ts is None else ts[j], None, f"{where} fixation {j}") for j, (x, y) in enumerate(zip(xs, ys))
         ]
         if drop_initial_fixation and points:
             report.drop("initial centre fixation")
@@ -298,8 +300,17 @@ def _convert_coco(
             image = str(PurePosixPath(prefix) / name)
         base = "-".join(str(part) for part in (PurePosixPath(name).stem, subject, task) if part is not None)
         scanpath = _build(
-            points, width=width, height=height, off_image=off_image, report=report, where=where,
-            image=image, id=_unique(base, seen), subject=subject, task=task, condition=condition,
+            points,
+            width=width,
+            height=height,
+            off_image=off_image,
+            report=report,
+            where=where,
+            image=image,
+            id=_unique(base, seen),
+            subject=subject,
+            task=task,
+            condition=condition,
             extra=extra,
         )
         if scanpath is not None:
@@ -356,8 +367,13 @@ def convert_coco_freeview(
         If the input is not a list of records with the keys above.
     """
     return _convert_coco(
-        records_or_path, kind="COCO-FreeView", width=width, height=height,
-        drop_initial_fixation=drop_initial_fixation, off_image=off_image, image_prefix=image_prefix,
+        records_or_path,
+        kind="COCO-FreeView",
+        width=width,
+        height=height,
+        drop_initial_fixation=drop_initial_fixation,
+        off_image=off_image,
+        image_prefix=image_prefix,
     )
 
 
@@ -381,8 +397,13 @@ def convert_coco_search18(
     distributed in one folder per task).
     """
     return _convert_coco(
-        records_or_path, kind="COCO-Search18", width=width, height=height,
-        drop_initial_fixation=drop_initial_fixation, off_image=off_image, image_prefix=image_prefix,
+        records_or_path,
+        kind="COCO-Search18",
+        width=width,
+        height=height,
+        drop_initial_fixation=drop_initial_fixation,
+        off_image=off_image,
+        image_prefix=image_prefix,
     )
 
 
@@ -495,8 +516,14 @@ def convert_csv(
         width, height = size_of(image)
         base = "-".join(p for p in (PurePosixPath(image).stem, subject) if p is not None)
         scanpath = _build(
-            points, width=width, height=height, off_image=off_image, report=report,
-            where=f"image {image!r} subject {subject!r}", image=image, id=_unique(base, seen),
+            points,
+            width=width,
+            height=height,
+            off_image=off_image,
+            report=report,
+            where=f"image {image!r} subject {subject!r}",
+            image=image,
+            id=_unique(base, seen),
             subject=subject,
         )
         if scanpath is not None:
@@ -506,7 +533,3 @@ def convert_csv(
 
 #: Converters by the name ``metamergen convert`` takes.
 CONVERTERS = {"coco-freeview": convert_coco_freeview, "coco-search18": convert_coco_search18}
-
-
-
-

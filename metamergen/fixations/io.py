@@ -21,9 +21,10 @@ import numbers
 import os
 import warnings
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -98,10 +99,7 @@ class DatasetInfo:
         ppd = self.pixels_per_degree
         if ppd is not None:
             if isinstance(ppd, bool) or not isinstance(ppd, numbers.Real):
-                raise TypeError(
-                    f"DatasetInfo.pixels_per_degree must be a number, got {type(ppd).__name__} "
-                    f"{ppd!r}."
-                )
+                raise TypeError(f"DatasetInfo.pixels_per_degree must be a number, got {type(ppd).__name__} {ppd!r}.")
             if not (math.isfinite(float(ppd)) and float(ppd) > 0):
                 raise ValueError(
                     f"DatasetInfo.pixels_per_degree must be a finite number > 0, got {ppd!r}; "
@@ -126,8 +124,7 @@ class DatasetInfo:
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ValueError(
-                f"{where} has unknown keys {unknown}; allowed keys are {known}. Move other fields "
-                "under 'extra'."
+                f"{where} has unknown keys {unknown}; allowed keys are {known}. Move other fields under 'extra'."
             )
         try:
             return cls(**data)
@@ -158,9 +155,7 @@ class DatasetInfo:
         return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
-def write_scanpaths(
-    path: str | os.PathLike, scanpaths: Iterable[Scanpath], info: DatasetInfo | None = None
-) -> Path:
+def write_scanpaths(path: str | os.PathLike, scanpaths: Iterable[Scanpath], info: DatasetInfo | None = None) -> Path:
     """Write scanpaths as JSON Lines (one :meth:`Scanpath.to_dict` per line), atomically.
 
     Parameters
@@ -196,9 +191,7 @@ def write_scanpaths(
 def _count_off_image(record: dict[str, Any], scanpath: Scanpath) -> int:
     """Fixations of ``record`` outside its image (the record already built without error)."""
     w, h = scanpath.width, scanpath.height
-    return sum(
-        not (0 <= float(f["x"]) < w and 0 <= float(f["y"]) < h) for f in record["fixations"]
-    )
+    return sum(not (0 <= float(f["x"]) < w and 0 <= float(f["y"]) < h) for f in record["fixations"])
 
 
 def read_scanpaths(
@@ -258,8 +251,7 @@ def read_scanpaths(
                 message = f"{path}, line {lineno}: {reason}"
                 if strict:
                     raise ValueError(
-                        f"{message}. Fix or remove that line, or read with strict=False to skip "
-                        "bad lines."
+                        f"{message}. Fix or remove that line, or read with strict=False to skip bad lines."
                     ) from None
                 bad.append(lineno)
                 first_error = first_error or message
@@ -275,8 +267,7 @@ def read_scanpaths(
     if n_off:
         action = "dropped" if off_image == "drop" else "clipped to the image border"
         warnings.warn(
-            f"{path}: {action} {n_off} off-image fixations in {n_off_paths} scanpaths "
-            f"(off_image={off_image!r}).",
+            f"{path}: {action} {n_off} off-image fixations in {n_off_paths} scanpaths (off_image={off_image!r}).",
             UserWarning,
             stacklevel=2,
         )
@@ -304,16 +295,18 @@ def read_fixation_list(source: str | os.PathLike) -> np.ndarray:
             f"{path}, line {err.lineno}: not valid JSON ({err.msg}); expected a list of [x, y] pairs in image pixels."
         ) from None
     if not isinstance(data, list) or not all(
-        isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
+        isinstance(p, (list, tuple))
+        and len(p) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in p)
         for p in data
     ):
-        raise ValueError(f"{path}: expected a JSON list of [x, y] pairs (numbers, image pixels), e.g. [[120, 80], [300, 210]].")
+        raise ValueError(
+            f"{path}: expected a JSON list of [x, y] pairs (numbers, image pixels), e.g. [[120, 80], [300, 210]]."
+        )
     return np.asarray(data, dtype=np.float64).reshape(-1, 2)
 
 
-def load_scanpath_dataset(
-    path: str | os.PathLike, *, streaming: bool = False, **load_kwargs: Any
-) -> Any:
+def load_scanpath_dataset(path: str | os.PathLike, *, streaming: bool = False, **load_kwargs: Any) -> Any:
     """Open a scanpath JSON Lines file as a Hugging Face dataset.
 
     Calls ``datasets.load_dataset("json", data_files=str(path), split="train",
@@ -340,9 +333,7 @@ def load_scanpath_dataset(
             "load_scanpath_dataset needs the Hugging Face `datasets` package: pip install datasets "
             "(or use read_scanpaths, which needs nothing extra)."
         ) from err
-    return datasets.load_dataset(
-        "json", data_files=str(path), split="train", streaming=streaming, **load_kwargs
-    )
+    return datasets.load_dataset("json", data_files=str(path), split="train", streaming=streaming, **load_kwargs)
 
 
 def scanpath_from_row(row: dict[str, Any], *, off_image: OffImagePolicy = "drop") -> Scanpath:
@@ -359,9 +350,7 @@ def read_info(path_to_jsonl: str | os.PathLike) -> DatasetInfo | None:
     return DatasetInfo.read(sidecar) if sidecar.is_file() else None
 
 
-def resolve_image(
-    info: DatasetInfo | None, scanpath_image: str | None, jsonl_path: str | os.PathLike
-) -> Path:
+def resolve_image(info: DatasetInfo | None, scanpath_image: str | None, jsonl_path: str | os.PathLike) -> Path:
     """Path of the image a scanpath refers to.
 
     Parameters

@@ -26,8 +26,9 @@ import dataclasses
 import math
 import numbers
 import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -50,7 +51,15 @@ warns), ``"error"`` raises :class:`ValueError`.
 _POLICIES: tuple[str, ...] = ("drop", "clip", "error")
 _METADATA_FIELDS: tuple[str, ...] = ("id", "image", "subject", "task", "condition")
 _RECORD_KEYS: tuple[str, ...] = (
-    "id", "image", "width", "height", "subject", "task", "condition", "fixations", "extra",
+    "id",
+    "image",
+    "width",
+    "height",
+    "subject",
+    "task",
+    "condition",
+    "fixations",
+    "extra",
 )
 _FIXATION_KEYS: tuple[str, ...] = ("x", "y", "duration_ms", "onset_ms")
 _MAX_LISTED = 5  # offending fixations shown in an off_image="error" message
@@ -75,10 +84,7 @@ def _real(value: Any, name: str) -> float:
 def _size(value: Any, name: str) -> int:
     """Return an image side length in pixels as a positive int, or raise."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(
-            f"{name} must be a positive integer number of pixels, got "
-            f"{type(value).__name__} {value!r}."
-        )
+        raise TypeError(f"{name} must be a positive integer number of pixels, got {type(value).__name__} {value!r}.")
     if not isinstance(value, numbers.Integral):
         if not (math.isfinite(float(value)) and float(value).is_integer()):
             raise ValueError(
@@ -296,15 +302,11 @@ class Scanpath:
             if column is None:
                 continue
             if isinstance(column, (str, bytes)) or not hasattr(column, "__len__"):
-                raise TypeError(
-                    f"{name} must be a sequence of numbers, got {type(column).__name__} {column!r}."
-                )
+                raise TypeError(f"{name} must be a sequence of numbers, got {type(column).__name__} {column!r}.")
             lengths[name] = len(column)
         if len(set(lengths.values())) > 1:
             described = ", ".join(f"{name} has {n}" for name, n in lengths.items())
-            raise ValueError(
-                f"from_xy needs one value per fixation in every sequence, but {described}."
-            )
+            raise ValueError(f"from_xy needs one value per fixation in every sequence, but {described}.")
         fixations = []
         for i in range(lengths["x"]):
             try:
@@ -356,21 +358,13 @@ class Scanpath:
         if array.size == 0 and array.ndim == 1:
             array = array.reshape(0, 2)
         if array.ndim != 2 or array.shape[1] != 2:
-            raise ValueError(
-                f"points must have shape (N, 2) holding (x, y) pixels, got shape {array.shape}."
-            )
+            raise ValueError(f"points must have shape (N, 2) holding (x, y) pixels, got shape {array.shape}.")
         if array.size and array.dtype.kind not in "iuf":
-            raise TypeError(
-                f"points must be numeric (int or float), got dtype {array.dtype}."
-            )
-        return cls.from_xy(
-            array[:, 0], array[:, 1], width=width, height=height, off_image=off_image, **metadata
-        )
+            raise TypeError(f"points must be numeric (int or float), got dtype {array.dtype}.")
+        return cls.from_xy(array[:, 0], array[:, 1], width=width, height=height, off_image=off_image, **metadata)
 
     @classmethod
-    def from_dict(
-        cls, record: Mapping[str, Any], *, off_image: OffImagePolicy = "drop"
-    ) -> Scanpath:
+    def from_dict(cls, record: Mapping[str, Any], *, off_image: OffImagePolicy = "drop") -> Scanpath:
         """Build a scanpath from a record written by :meth:`to_dict` (one JSON Lines row).
 
         Optional keys may be missing or ``None`` (as ``datasets.load_dataset("json")`` fills
@@ -412,8 +406,7 @@ class Scanpath:
             unknown = sorted(str(key) for key in item if key not in _FIXATION_KEYS)
             if unknown:
                 raise ValueError(
-                    f"{where}: fixations[{i}] has unknown keys {unknown}; allowed keys are "
-                    f"{list(_FIXATION_KEYS)}."
+                    f"{where}: fixations[{i}] has unknown keys {unknown}; allowed keys are {list(_FIXATION_KEYS)}."
                 )
             for key in ("x", "y"):
                 if item.get(key) is None:
@@ -453,9 +446,7 @@ class Scanpath:
     def on_image(self) -> np.ndarray:
         """bool array of shape ``(N,)``: ``0 <= x < width`` and ``0 <= y < height``."""
         xy = self.xy
-        return (
-            (xy[:, 0] >= 0) & (xy[:, 0] < self.width) & (xy[:, 1] >= 0) & (xy[:, 1] < self.height)
-        )
+        return (xy[:, 0] >= 0) & (xy[:, 0] < self.width) & (xy[:, 1] >= 0) & (xy[:, 1] < self.height)
 
     def _describe(self) -> str:
         return f"scanpath id={self.id!r} image={self.image!r} ({self.width}x{self.height} px)"
@@ -517,9 +508,7 @@ class Scanpath:
         if n_off == 0:
             return self
         if policy == "error":
-            listed = [
-                (i, f.x, f.y) for i, f in enumerate(self.fixations) if not inside[i]
-            ][:_MAX_LISTED]
+            listed = [(i, f.x, f.y) for i, f in enumerate(self.fixations) if not inside[i]][:_MAX_LISTED]
             more = " ..." if n_off > _MAX_LISTED else ""
             raise ValueError(
                 f"{n_off} of {len(self)} fixations of {self._describe()} are off the image; "
@@ -533,15 +522,12 @@ class Scanpath:
             x_max = float(np.nextafter(float(self.width), 0.0))
             y_max = float(np.nextafter(float(self.height), 0.0))
             fixations = tuple(
-                f if keep else dataclasses.replace(
-                    f, x=min(max(f.x, 0.0), x_max), y=min(max(f.y, 0.0), y_max)
-                )
+                f if keep else dataclasses.replace(f, x=min(max(f.x, 0.0), x_max), y=min(max(f.y, 0.0), y_max))
                 for f, keep in zip(self.fixations, inside)
             )
             action = "clipped to the image border"
         warnings.warn(
-            f"{self._describe()}: {action} {n_off} of {len(self)} fixations outside the image "
-            f"(off_image={policy!r}).",
+            f"{self._describe()}: {action} {n_off} of {len(self)} fixations outside the image (off_image={policy!r}).",
             UserWarning,
             stacklevel=2,
         )
@@ -623,9 +609,7 @@ def random_fixations(
     return Scanpath(fixations, width, height, **metadata)
 
 
-def matched_random(
-    scanpath: Scanpath, *, generator: np.random.Generator | int | None = None
-) -> Scanpath:
+def matched_random(scanpath: Scanpath, *, generator: np.random.Generator | int | None = None) -> Scanpath:
     """Random-fixation control for ``scanpath`` (the paper's "random fixations" condition).
 
     Positions are uniform over ``[0, width) x [0, height)`` of the same image; the count and each
@@ -649,8 +633,7 @@ def matched_random(
         raise TypeError(f"scanpath must be a Scanpath, got {type(scanpath).__name__}.")
     points = random_fixations(len(scanpath), scanpath.width, scanpath.height, generator=generator)
     fixations = tuple(
-        dataclasses.replace(p, duration_ms=f.duration_ms, onset_ms=f.onset_ms)
-        for p, f in zip(points, scanpath)
+        dataclasses.replace(p, duration_ms=f.duration_ms, onset_ms=f.onset_ms) for p, f in zip(points, scanpath)
     )
     return dataclasses.replace(
         scanpath,

@@ -52,7 +52,9 @@ def token_mask(
     """
     if radius_deg is not None:
         if radius_px is not None:
-            raise ValueError("Give the foveal radius either in pixels (radius_px) or in degrees (radius_deg), not both.")
+            raise ValueError(
+                "Give the foveal radius either in pixels (radius_px) or in degrees (radius_deg), not both."
+            )
         if pixels_per_degree is None or not pixels_per_degree > 0:
             raise ValueError(
                 "radius_deg needs pixels_per_degree (> 0), a property of the experiment's display: "
@@ -82,9 +84,7 @@ def token_mask(
     return mask
 
 
-def random_patch_mask(
-    k: int, grid_size: int, *, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def random_patch_mask(k: int, grid_size: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
     """The paper's training-time fovea: ``k`` distinct patches drawn uniformly from the grid.
 
     Returns a ``(grid_size, grid_size)`` bool tensor with exactly ``min(k, grid_size**2)`` True cells.

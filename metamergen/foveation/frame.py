@@ -64,7 +64,9 @@ class EncoderFrame:
             raise ValueError(f"Image size must be positive, got {self.image_width}x{self.image_height}.")
         left, top, right, bottom = self.box
         if right <= left or bottom <= top:
-            raise ValueError(f"Empty box {self.box}: expected (left, top, right, bottom) with right > left, bottom > top.")
+            raise ValueError(
+                f"Empty box {self.box}: expected (left, top, right, bottom) with right > left, bottom > top."
+            )
         if self.size % self.patch_size:
             raise ValueError(
                 f"Canvas size {self.size} is not a multiple of the patch size {self.patch_size}; "
@@ -169,22 +171,4 @@ class EncoderFrame:
         return out
 
 
-
-
-
-
 # ----------------------------------------------------------------------------------- periphery
-
-
-
-
-
-
-
-
-
-
-
-
-
-

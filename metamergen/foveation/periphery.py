@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +44,7 @@ class GaussianBlur:
             raise ValueError(f"Gaussian sigma must be a finite number >= 0 canvas pixels, got {self.sigma!r}.")
 
 
-PeripheralBlur = Union[DownUpBlur, GaussianBlur]
+PeripheralBlur = DownUpBlur | GaussianBlur
 
 
 def resolve_blur(blur: float | PeripheralBlur) -> PeripheralBlur:

@@ -111,8 +111,8 @@ class GuidanceRule(ABC):
         self.scale = float(GUIDANCE_SCALES[self.name] if scale is None else scale)
         self.check_scale(self.scale)
 
-    def check_scale(self, scale: float) -> None:
-        """Raise :class:`ValueError` for a strength this rule does not take."""
+    def check_scale(self, scale: float) -> None:  # noqa: B027 - a hook; a rule without limits keeps it
+        """Raise :class:`ValueError` for a strength this rule does not take (default: any)."""
 
     @property
     def needs_unconditional(self) -> bool:

@@ -14,9 +14,10 @@ across a batch, diffusers issue #9813), so a batch may mix fixation lists and sc
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from metamergen.foveation.periphery import PeripheralBlur
 from metamergen.pipeline.guidance import GuidanceMethod, GuidanceRule, guidance_rule
 from metamergen.utils.images import ImageInput
 
-FixationInput = Union[Scanpath, np.ndarray, Sequence[Sequence[float]], None]
+FixationInput = Scanpath | np.ndarray | Sequence[Sequence[float]] | None
 
 #: Hub ids of the paper's frozen components.
 DEFAULT_BASE_MODEL = defaults.BASE_MODEL
@@ -52,6 +53,7 @@ from diffusers import DiffusionPipeline  # noqa: F401
 from metamergen.pipeline import MetamerGenPipeline  # noqa: F401
 """
 
+
 def output_size(width: int, height: int, native_size: int, multiple: int) -> tuple[int, int]:
     """``(height, width)`` of a generation for a ``width`` x ``height`` region: the same aspect ratio
     at ``native_size**2`` pixels (512^2 for SD1.5), rounded to multiples of ``multiple``."""
@@ -60,7 +62,13 @@ def output_size(width: int, height: int, native_size: int, multiple: int) -> tup
     return max(multiple, round(h / multiple) * multiple), max(multiple, round(w / multiple) * multiple)
 
 
-__all__ = ["DEFAULT_BASE_MODEL", "DEFAULT_IMAGE_ENCODER", "MetamerGenPipeline", "MetamerGenPipelineOutput", "output_size"]
+__all__ = [
+    "DEFAULT_BASE_MODEL",
+    "DEFAULT_IMAGE_ENCODER",
+    "MetamerGenPipeline",
+    "MetamerGenPipelineOutput",
+    "output_size",
+]
 
 
 @dataclass
@@ -339,9 +347,7 @@ class MetamerGenPipeline(DiffusionPipeline):
             return [arr]
         return list(fixations)
 
-    def _fixation_xy(
-        self, item: Any, frame_width: int, frame_height: int, off_image: OffImagePolicy
-    ) -> np.ndarray:
+    def _fixation_xy(self, item: Any, frame_width: int, frame_height: int, off_image: OffImagePolicy) -> np.ndarray:
         """One fixation list as ``(N, 2)`` image pixels, after the off-image policy."""
         if item is None:
             return np.zeros((0, 2))
@@ -422,9 +428,7 @@ class MetamerGenPipeline(DiffusionPipeline):
         """Output ``(height, width)`` in pixels: the encoded region's aspect ratio at the UNet's
         native area (512^2 for SD1.5), rounded to multiples of the VAE factor."""
         base = int(self.unet.config.sample_size) * self.vae_scale_factor
-        sizes = {
-            output_size(f.box[2] - f.box[0], f.box[3] - f.box[1], base, self.vae_scale_factor) for f in frames
-        }
+        sizes = {output_size(f.box[2] - f.box[0], f.box[3] - f.box[1], base, self.vae_scale_factor) for f in frames}
         if len(sizes) > 1:
             raise ValueError(
                 "The scenes in this batch have different aspect ratios, so they cannot share one latent "
@@ -448,7 +452,9 @@ class MetamerGenPipeline(DiffusionPipeline):
     ) -> GuidanceRule:
         """Check the call's arguments that need no scene; returns the guidance rule to use."""
         if foveal_scale < 0 or peripheral_scale < 0:
-            raise ValueError(f"Stream scales must be >= 0 (0 turns a stream off); got {foveal_scale}, {peripheral_scale}.")
+            raise ValueError(
+                f"Stream scales must be >= 0 (0 turns a stream off); got {foveal_scale}, {peripheral_scale}."
+            )
         if not self.adapters.is_installed(self.unet):
             raise RuntimeError(
                 "The UNet's cross-attention processors no longer use the MetamerGen adapters (something "

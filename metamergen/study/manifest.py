@@ -11,11 +11,14 @@ One process at a time per folder.
 """
 
 from __future__ import annotations
+
 import json
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
 from metamergen.utils.io import atomic_write
 
 __all__ = ["IMAGES_DIR", "MANIFEST_COLUMNS", "MANIFEST_NAME", "append_rows", "completed_image_ids", "read_manifest"]
@@ -82,7 +85,11 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
                 raise ValueError("expected a JSON object with at least 'image_id' and 'path'")
         except ValueError as err:
             if lineno == len(lines) and not text.endswith("\n"):
-                warnings.warn(f"{path}, line {lineno}: ignoring an incomplete last line (an interrupted write).", UserWarning, stacklevel=2)
+                warnings.warn(
+                    f"{path}, line {lineno}: ignoring an incomplete last line (an interrupted write).",
+                    UserWarning,
+                    stacklevel=2,
+                )
                 continue
             raise ValueError(f"{path}, line {lineno}: not a manifest row ({err}). Fix or remove that line.") from None
         rows.append(row)

@@ -42,15 +42,16 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from metamergen.fixations.records import Scanpath, matched_random
 from metamergen import defaults
 from metamergen.encoders.dinov2 import canvas_size
+from metamergen.fixations.records import Scanpath, matched_random
 from metamergen.pipeline.pipeline_metamergen import output_size
 from metamergen.study.manifest import IMAGES_DIR, MANIFEST_COLUMNS
 from metamergen.study.scenes import StudyScene
@@ -66,16 +67,6 @@ SKIPPED_PREFIX = "prefix longer than the fixation list"
 
 
 # --------------------------------------------------------------------------- scenes
-
-
-
-
-
-
-
-
-
-
 
 
 # --------------------------------------------------------------------------- plan
@@ -280,7 +271,9 @@ def plan_study(
         if settings.height is not None:
             height, width = int(settings.height), int(settings.width)
         elif native_size is None or size_multiple is None:
-            raise ValueError("plan_study needs the output size: pass pipe=..., or native_size and size_multiple, or settings.height/width.")
+            raise ValueError(
+                "plan_study needs the output size: pass pipe=..., or native_size and size_multiple, or settings.height/width."
+            )
         else:
             height, width = output_size(scene.width, scene.height, native_size, size_multiple)
         sources: list[tuple[str, str, Scanpath]] = [("viewer", sid, sp) for sid, sp in scene.lists]
@@ -299,30 +292,64 @@ def plan_study(
                     fov, per = settings.scales(condition)
                     for hypothesis in range(settings.hypotheses):
                         key = {
-                            "scene_id": scene.scene_id, "scanpath_id": sid, "fixation_source": source,
-                            "prefix": prefix, "fixations": fixations, "condition": condition,
-                            "hypothesis": hypothesis, "base_seed": settings.seed, "foveal_scale": fov,
-                            "peripheral_scale": per, "peripheral_blur": float(settings.peripheral_blur),
-                            "guidance": settings.guidance, "guidance_scale": guidance_scale,
-                            "steps": settings.steps, "height": height, "width": width,
-                            "model": model, "model_revision": model_revision, "dtype": dtype,
+                            "scene_id": scene.scene_id,
+                            "scanpath_id": sid,
+                            "fixation_source": source,
+                            "prefix": prefix,
+                            "fixations": fixations,
+                            "condition": condition,
+                            "hypothesis": hypothesis,
+                            "base_seed": settings.seed,
+                            "foveal_scale": fov,
+                            "peripheral_scale": per,
+                            "peripheral_blur": float(settings.peripheral_blur),
+                            "guidance": settings.guidance,
+                            "guidance_scale": guidance_scale,
+                            "steps": settings.steps,
+                            "height": height,
+                            "width": width,
+                            "model": model,
+                            "model_revision": model_revision,
+                            "dtype": dtype,
                         }
-                        image_id = "__".join((
-                            _slug(Path(scene.scene_id).with_suffix("").as_posix()),
-                            _slug(sid),
-                            f"{source}-{condition}-n{'all' if prefix is None else prefix}-h{hypothesis}-{digest(key)[:10]}",
-                        ))
-                        jobs.append(StudyJob(
-                            image_id=image_id, scene=str(scene.path), scene_id=scene.scene_id, scanpath_id=sid,
-                            subject=scanpath.subject, prefix=prefix, fixations=fixations, fixation_source=source,
-                            condition=condition, hypothesis=hypothesis,
-                            seed=derive_seed(settings.seed, image_id), foveal_scale=fov, peripheral_scale=per,
-                            peripheral_blur=float(settings.peripheral_blur), guidance=settings.guidance,
-                            guidance_scale=guidance_scale, steps=settings.steps, height=height, width=width,
-                            model=model, model_revision=model_revision, dtype=dtype, metamergen_version=__version__,
-                            encoder_canvas=encoder_canvas, encoder_patch=encoder_patch,
-                            scene_width=scene.width, scene_height=scene.height,
-                        ))
+                        image_id = "__".join(
+                            (
+                                _slug(Path(scene.scene_id).with_suffix("").as_posix()),
+                                _slug(sid),
+                                f"{source}-{condition}-n{'all' if prefix is None else prefix}-h{hypothesis}-{digest(key)[:10]}",
+                            )
+                        )
+                        jobs.append(
+                            StudyJob(
+                                image_id=image_id,
+                                scene=str(scene.path),
+                                scene_id=scene.scene_id,
+                                scanpath_id=sid,
+                                subject=scanpath.subject,
+                                prefix=prefix,
+                                fixations=fixations,
+                                fixation_source=source,
+                                condition=condition,
+                                hypothesis=hypothesis,
+                                seed=derive_seed(settings.seed, image_id),
+                                foveal_scale=fov,
+                                peripheral_scale=per,
+                                peripheral_blur=float(settings.peripheral_blur),
+                                guidance=settings.guidance,
+                                guidance_scale=guidance_scale,
+                                steps=settings.steps,
+                                height=height,
+                                width=width,
+                                model=model,
+                                model_revision=model_revision,
+                                dtype=dtype,
+                                metamergen_version=__version__,
+                                encoder_canvas=encoder_canvas,
+                                encoder_patch=encoder_patch,
+                                scene_width=scene.width,
+                                scene_height=scene.height,
+                            )
+                        )
     if skipped:
         if report is not None:
             report[SKIPPED_PREFIX] += skipped
@@ -342,30 +369,7 @@ def plan_study(
 # --------------------------------------------------------------------------- manifest
 
 
-
-
-
-
-
-
 # --------------------------------------------------------------------------- run
 
 
-
-
-
-
-
-
 # --------------------------------------------------------------------------- command line
-
-
-
-
-
-
-
-
-
-
-

@@ -1,13 +1,17 @@
 """Running a study plan: render what is not done yet, resumably."""
 
 from __future__ import annotations
+
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
 import numpy as np
 from PIL import Image
+
 from metamergen.fixations.records import Scanpath
 from metamergen.study.manifest import IMAGES_DIR, MANIFEST_NAME, append_rows, completed_image_ids
 from metamergen.study.plan import StudyJob
@@ -98,7 +102,9 @@ def run_study(
                             fixations=[
                                 Scanpath.from_points(
                                     np.asarray(j.fixations, dtype=np.float64).reshape(-1, 2),
-                                    width=image.width, height=image.height, off_image="error",
+                                    width=image.width,
+                                    height=image.height,
+                                    off_image="error",
                                 )
                                 for j in batch
                             ],

@@ -1,13 +1,17 @@
 """Study scenes: an image and the fixation lists recorded on it, checked before anything is rendered."""
 
 from __future__ import annotations
+
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
+
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
 from metamergen.fixations.io import read_fixation_list, read_info, read_scanpaths, resolve_image
 from metamergen.fixations.records import OffImagePolicy, Scanpath
 
@@ -65,7 +69,7 @@ def load_scanpath_scenes(
     Parameters
     ----------
     scanpaths
-        The ``.jsonl`` file (:func:`metamergen.data.read_scanpaths`); malformed lines raise with
+        The ``.jsonl`` file (:func:`metamergen.fixations.io.read_scanpaths`); malformed lines raise with
         their line number.
     image_root
         Folder the scanpaths' ``image`` fields are relative to. Default: the ``image_root`` of the
@@ -112,7 +116,11 @@ def load_scanpath_scenes(
                 )
             width, height = _image_size(image_path, where)
             entry = scenes[scanpath.image] = {
-                "path": image_path.resolve(), "width": width, "height": height, "lists": [], "lines": {},
+                "path": image_path.resolve(),
+                "width": width,
+                "height": height,
+                "lists": [],
+                "lines": {},
             }
         if (scanpath.width, scanpath.height) != (entry["width"], entry["height"]):
             raise ValueError(
@@ -163,5 +171,7 @@ def load_fixation_list_scene(
         points = np.asarray(fixations, dtype=np.float64).reshape(-1, 2) if len(fixations) else np.zeros((0, 2))
         default_id = "fixations"
     sid = scanpath_id or default_id
-    scanpath = Scanpath.from_points(points, width=width, height=height, off_image=off_image, image=image_path.name, id=sid)
+    scanpath = Scanpath.from_points(
+        points, width=width, height=height, off_image=off_image, image=image_path.name, id=sid
+    )
     return [StudyScene(image_path.name, image_path.resolve(), width, height, ((sid, scanpath),))]

@@ -2,7 +2,7 @@
 
 Every field has the paper's value where the paper gives one (from :mod:`metamergen.defaults`; see
 ``docs/design.md``); the rest are marked "not published" with the choice made. A config is plain data: ``TrainConfig.from_yaml`` reads
-it, ``apply_overrides`` changes dotted keys (``train.learning_rate=1e-5``), ``to_dict`` writes it
+it, ``apply_overrides`` changes dotted keys (``optim.learning_rate=1e-5``), ``to_dict`` writes it
 back next to the run so the run can be reproduced.
 """
 
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 

@@ -17,9 +17,10 @@ or raise when ``skip_bad_samples`` is off.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,8 @@ from PIL import Image
 
 from metamergen.encoders.dinov2 import BitImageProcessor, canvas_size, encoder_canvas
 from metamergen.fixations.records import Scanpath
-from metamergen.foveation.frame import EncoderFrame
 from metamergen.foveation.fovea import random_patch_mask, token_mask
+from metamergen.foveation.frame import EncoderFrame
 from metamergen.utils.seeds import derive_seed
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -208,7 +209,11 @@ class AdapterTrainingDataset(SampleSource):
         skip_bad_samples: bool = True,
     ) -> None:
         super().__init__(
-            items, fixation_counts=fixation_counts, blur_levels=blur_levels, seed=seed, skip_bad_samples=skip_bad_samples
+            items,
+            fixation_counts=fixation_counts,
+            blur_levels=blur_levels,
+            seed=seed,
+            skip_bad_samples=skip_bad_samples,
         )
         self.processor = processor
         self.canvas = canvas_size(processor)

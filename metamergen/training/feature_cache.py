@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -28,8 +29,8 @@ from safetensors.torch import save_file
 from metamergen.encoders.dinov2 import canvas_size, encoder_canvas, patch_tokens
 from metamergen.foveation.frame import EncoderFrame
 from metamergen.foveation.periphery import peripheral_image
-from metamergen.utils.io import atomic_write
 from metamergen.training.data import BadSampleError, SampleSource, TrainingItem, vae_pixels
+from metamergen.utils.io import atomic_write
 
 CACHE_FORMAT = 1
 INDEX_NAME = "cache.json"
@@ -153,7 +154,7 @@ def cache_features(
 
 class CachedFeatureDataset(SampleSource):
     """Training samples read from a feature cache, with the same randomness as
-    :class:`~metamergen.train_data.AdapterTrainingDataset` (masks and blur level from
+    :class:`~metamergen.training.data.AdapterTrainingDataset` (masks and blur level from
     (seed, epoch, index)); the trainer samples latents from the cached posterior.
 
     Each sample: ``latent_mean``/``latent_std`` ``(4, h, w)``, ``sharp`` ``(T, D)``,
@@ -171,7 +172,11 @@ class CachedFeatureDataset(SampleSource):
         skip_bad_samples: bool = True,
     ) -> None:
         super().__init__(
-            items, fixation_counts=fixation_counts, blur_levels=blur_levels, seed=seed, skip_bad_samples=skip_bad_samples
+            items,
+            fixation_counts=fixation_counts,
+            blur_levels=blur_levels,
+            seed=seed,
+            skip_bad_samples=skip_bad_samples,
         )
         self.cache_dir = Path(cache_dir)
         settings = json.loads((self.cache_dir / INDEX_NAME).read_text())

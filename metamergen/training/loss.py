@@ -18,8 +18,9 @@ uninterrupted run.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -91,7 +92,9 @@ def encode_batch(
             idx = (blur == s).nonzero().ravel().to(device)
             degraded[idx] = peripheral_image(canvas[idx], s)
         peripheral = patch_tokens(pipe.image_encoder, degraded)
-    return EncodedBatch(latents=latents, sharp=sharp, peripheral=peripheral, foveal_mask=batch["foveal_mask"].to(device))
+    return EncodedBatch(
+        latents=latents, sharp=sharp, peripheral=peripheral, foveal_mask=batch["foveal_mask"].to(device)
+    )
 
 
 def drop_conditions(

@@ -19,8 +19,9 @@ import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 import yaml
@@ -86,7 +87,11 @@ def load_training_pipeline(cfg: TrainConfig) -> MetamerGenPipeline:
         "resampler_heads": m.resampler_heads,
     }
     return MetamerGenPipeline.from_base_models(
-        m.base_model, m.image_encoder, m.adapters, encoder_resolution=m.encoder_resolution, adapter_config=adapter_config
+        m.base_model,
+        m.image_encoder,
+        m.adapters,
+        encoder_resolution=m.encoder_resolution,
+        adapter_config=adapter_config,
     )
 
 
@@ -142,10 +147,6 @@ def build_optimizer(params: Sequence[nn.Parameter], optim: OptimConfig) -> torch
     )
 
 
-
-
-
-
 def _add_lora(unet: nn.Module, cfg: TrainConfig) -> list[nn.Parameter]:
     """Attach a peft LoRA to the UNet's attention projections; returns its (fp32) parameters."""
     from diffusers.training_utils import cast_training_params
@@ -190,7 +191,9 @@ def _export(trained: MetamerGenPipeline, cfg: TrainConfig, output_dir: Path) -> 
         _add_lora(export.unet, cfg)
         set_peft_model_state_dict(export.unet, lora_state)
         layers = convert_state_dict_to_diffusers(lora_state)
-        _replace_dir(output_dir / "unet_lora", lambda d: StableDiffusionPipeline.save_lora_weights(d, unet_lora_layers=layers))
+        _replace_dir(
+            output_dir / "unet_lora", lambda d: StableDiffusionPipeline.save_lora_weights(d, unet_lora_layers=layers)
+        )
         export.unet.fuse_lora()
         export.unet.unload_lora()
     _replace_dir(output_dir / "pipeline", export.save_pretrained)
@@ -345,7 +348,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         empty_text = pipe.encode_prompt([""], accelerator.device)
     skipped: Counter = Counter()
     seen: list[int] = []
-    bar = tqdm(total=cfg.optim.max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train")
+    bar = tqdm(
+        total=cfg.optim.max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train"
+    )
     t_last, samples_since = time.perf_counter(), 0
     rank = accelerator.process_index
     while global_step < cfg.optim.max_steps:
@@ -389,7 +394,12 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
                 accelerator.log(logs, step=global_step)
                 bar.set_postfix(loss=f"{logs['loss']:.4f}")
             if cfg.run.checkpointing_steps and global_step % cfg.run.checkpointing_steps == 0:
-                state = {"global_step": global_step, "micro_step": micro_step, "epoch": epoch, "batch_in_epoch": batch_in_epoch}
+                state = {
+                    "global_step": global_step,
+                    "micro_step": micro_step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                }
                 save_checkpoint(accelerator, out, state, cfg.run.checkpoints_total_limit)
                 if cfg.run.stop_after_step is not None and global_step >= cfg.run.stop_after_step:
                     logger.info("Stopping after step %d as configured (run.stop_after_step).", global_step)
@@ -414,7 +424,9 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     if cfg.run.record_sample_ids:
         ranks_dir.mkdir(parents=True, exist_ok=True)
         (ranks_dir / f"rank-{rank}.json").write_text(
-            json.dumps({"rank": rank, "world_size": accelerator.num_processes, "indices": seen, "adapter_checksum": checksum})
+            json.dumps(
+                {"rank": rank, "world_size": accelerator.num_processes, "indices": seen, "adapter_checksum": checksum}
+            )
         )
     if ema is not None:
         ema.copy_to(pipe.adapters.parameters())
@@ -456,8 +468,6 @@ def _prepare_feature_cache(accelerator, pipe, items, cfg: TrainConfig, sampling:
     logger.info("Feature cache (process %d): %s", accelerator.process_index, dict(counts))
     accelerator.wait_for_everyone()
     return CachedFeatureDataset(cache_dir, items, **sampling)
-
-
 
 
 def _validate(accelerator, pipe, ema, cfg: TrainConfig, out: Path, step: int) -> None:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 from PIL import Image
@@ -11,7 +9,7 @@ from PIL import Image
 __all__ = ["ImageInput", "to_pil"]
 
 
-ImageInput = Union[Image.Image, np.ndarray, torch.Tensor]
+ImageInput = Image.Image | np.ndarray | torch.Tensor
 
 
 def to_pil(image: ImageInput) -> Image.Image:

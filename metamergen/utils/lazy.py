@@ -10,7 +10,8 @@ diffusers' ``_LazyModule``, because that one replaces the module object in ``sys
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 __all__ = ["lazy_exports"]
 

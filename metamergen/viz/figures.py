@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from metamergen.defaults import PERIPHERAL_BLUR
 from metamergen.encoders.dinov2 import IMAGENET_MEAN, IMAGENET_STD, dinov2_processor, encoder_canvas
 from metamergen.foveation.fovea import token_mask
 from metamergen.foveation.periphery import peripheral_image
@@ -42,7 +43,7 @@ def draw_scanpath(image: Image.Image, xy: np.ndarray, radius: float | None = Non
 def foveated_input(
     scene: Image.Image,
     fixations: np.ndarray,
-    peripheral_blur: float = 0.25,
+    peripheral_blur: float = PERIPHERAL_BLUR,
     condition: str = "both",
     *,
     size: int,

@@ -37,9 +37,10 @@ import json
 import math
 import re
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 from urllib.parse import quote
 
 import numpy as np
@@ -47,8 +48,8 @@ from PIL import Image, UnidentifiedImageError
 
 from metamergen import defaults
 from metamergen.evaluation.registry import METRIC_INFO, MetricInfo, metric_direction, metric_info
-from metamergen.evaluation.tables import TableError, pandas, read_table
 from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed, unit_means
+from metamergen.evaluation.tables import TableError, pandas, read_table
 from metamergen.utils.io import atomic_write
 from metamergen.utils.plotting import figure_classes
 
@@ -160,12 +161,6 @@ def _clean(table):
 # --------------------------------------------------------------------------------- statistics
 
 
-
-
-
-
-
-
 def summarize_scores(
     table,
     metrics: Sequence[str],
@@ -215,11 +210,34 @@ def summarize_scores(
                 means, n_boot=n_boot, confidence=confidence, seed=derive_cell_seed(seed, (metric, cond, src, pre))
             )
             rows.append(
-                dict(metric=metric, condition=cond, fixation_source=src, prefix=pre, mean=mean, ci_low=low,
-                     ci_high=high, n_units=len(means), n_images=int(finite.sum()), unit=unit)
+                dict(
+                    metric=metric,
+                    condition=cond,
+                    fixation_source=src,
+                    prefix=pre,
+                    mean=mean,
+                    ci_low=low,
+                    ci_high=high,
+                    n_units=len(means),
+                    n_images=int(finite.sum()),
+                    unit=unit,
+                )
             )
-    out = pd.DataFrame(rows, columns=["metric", "condition", "fixation_source", "prefix", "mean", "ci_low",
-                                      "ci_high", "n_units", "n_images", "unit"])
+    out = pd.DataFrame(
+        rows,
+        columns=[
+            "metric",
+            "condition",
+            "fixation_source",
+            "prefix",
+            "mean",
+            "ci_low",
+            "ci_high",
+            "n_units",
+            "n_images",
+            "unit",
+        ],
+    )
     if len(out):
         order = {m: i for i, m in enumerate(metrics)}
         out = _sorted_cells(out.assign(_m=out["metric"].map(order)), ["_m"]).drop(columns="_m")
@@ -236,7 +254,11 @@ def _sorted_cells(df, first: Sequence[str] = ()):
     ranks["_c0"], ranks["_c1"] = [r[0] for r in ranks["_c"]], [r[1] for r in ranks["_c"]]
     ranks["_s0"], ranks["_s1"] = [r[0] for r in ranks["_s"]], [r[1] for r in ranks["_s"]]
     cols = [*first, "_c0", "_c1", "_s0", "_s1", "_p"]
-    return ranks.sort_values(cols, kind="stable").drop(columns=["_c", "_s", "_p", "_c0", "_c1", "_s0", "_s1"]).reset_index(drop=True)
+    return (
+        ranks.sort_values(cols, kind="stable")
+        .drop(columns=["_c", "_s", "_p", "_c0", "_c1", "_s0", "_s1"])
+        .reset_index(drop=True)
+    )
 
 
 def _condition_rank(c: str) -> tuple[int, str]:
@@ -299,8 +321,18 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
         lo = np.nan_to_num(m - d["ci_low"].to_numpy(float), nan=0.0)
         hi = np.nan_to_num(d["ci_high"].to_numpy(float) - m, nan=0.0)
         ls, marker = styles[src]
-        ax.errorbar(x, m, yerr=[lo, hi], color=colors[cond], linestyle=ls, marker=marker, markersize=4.5,
-                    capsize=3, linewidth=1.5, label=f"{cond} · {src} fixations")
+        ax.errorbar(
+            x,
+            m,
+            yerr=[lo, hi],
+            color=colors[cond],
+            linestyle=ls,
+            marker=marker,
+            markersize=4.5,
+            capsize=3,
+            linewidth=1.5,
+            label=f"{cond} · {src} fixations",
+        )
     info = _info(metric)
     unit = s["unit"].iloc[0]
     n_units = int(s["n_units"].max())
@@ -350,7 +382,9 @@ def _parse_fixations(text: Any, where: str) -> np.ndarray:
     try:
         arr = np.asarray(json.loads(str(text)) if not isinstance(text, (list, np.ndarray)) else text, dtype=float)
     except (ValueError, TypeError) as err:
-        raise ReportError(f"Column 'fixations' of {where} is not a JSON list of [x, y]: {str(text)[:80]!r} ({err}).") from err
+        raise ReportError(
+            f"Column 'fixations' of {where} is not a JSON list of [x, y]: {str(text)[:80]!r} ({err})."
+        ) from err
     if arr.size == 0:
         return np.zeros((0, 2))
     if arr.ndim != 2 or arr.shape[1] < 2:
@@ -422,7 +456,9 @@ def _encoder_frame(row: Any) -> tuple[int, int, str]:
     return canvas, patch, ""
 
 
-def build_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256, scene_cache: dict | None = None) -> Image.Image:
+def build_sheet(
+    group, root: Path, metrics: Sequence[str], *, height: int = 256, scene_cache: dict | None = None
+) -> Image.Image:
     """One contact sheet for the rows of one (scene, scanpath, condition, source) group.
 
     One row per prefix (and per distinct fixation list / blur within it): the scene with the
@@ -434,8 +470,11 @@ def build_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256,
     first = group.iloc[0]
     cond = str(first["condition"])
     rows = []
-    g = group.assign(_order=group["_prefix"].map(_prefix_order), _fx=group["fixations"].astype(str),
-                     _blur=group["peripheral_blur"].astype(str))
+    g = group.assign(
+        _order=group["_prefix"].map(_prefix_order),
+        _fx=group["fixations"].astype(str),
+        _blur=group["peripheral_blur"].astype(str),
+    )
     sort_cols = ["_order", "_fx", "_blur"] + (["seed"] if "seed" in g.columns else []) + ["image_id"]
     g = g.sort_values(sort_cols, kind="stable")
     for (_, _, _, scene_path), sub in g.groupby(["_order", "_fx", "_blur", "scene"], sort=False, dropna=False):
@@ -471,8 +510,10 @@ def build_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256,
             panels.append(_open(_resolve(root, r["path"])))
             captions.append(_caption(r, metrics))
         rows.append(contact_sheet(panels, captions, height=height))
-    header = (f"scene {first['scene_id']} · scanpath {first['scanpath_id']} · condition {cond} · "
-              f"{first['fixation_source']} fixations")
+    header = (
+        f"scene {first['scene_id']} · scanpath {first['scanpath_id']} · condition {cond} · "
+        f"{first['fixation_source']} fixations"
+    )
     return _stack(rows, header)
 
 
@@ -503,15 +544,20 @@ def _href(path: str) -> str:
     return "/".join(quote(part) for part in path.split("/"))
 
 
-def _index_html(*, source: str, t, metrics, summary, figures, sheets, unit, n_boot, confidence, version,
-                skipped_sheets: int) -> str:
+def _index_html(
+    *, source: str, t, metrics, summary, figures, sheets, unit, n_boot, confidence, version, skipped_sheets: int
+) -> str:
     e = html.escape
-    out = ["<!doctype html>", '<html lang="en"><head><meta charset="utf-8">',
-           "<title>MetamerGen report</title>", f"<style>{_CSS}</style></head><body>",
-           "<h1>MetamerGen report</h1>",
-           f"<p>Score table <code>{e(source)}</code>: {len(t)} generated images, {t['scene_id'].nunique()} scenes, "
-           f"{t[['scene_id', 'scanpath_id']].drop_duplicates().shape[0]} scanpaths; metrics: "
-           f"{e(', '.join(metrics))}. metamergen {e(version)}.</p>"]
+    out = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>MetamerGen report</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>MetamerGen report</h1>",
+        f"<p>Score table <code>{e(source)}</code>: {len(t)} generated images, {t['scene_id'].nunique()} scenes, "
+        f"{t[['scene_id', 'scanpath_id']].drop_duplicates().shape[0]} scanpaths; metrics: "
+        f"{e(', '.join(metrics))}. metamergen {e(version)}.</p>",
+    ]
     out.append("<h2>Score vs number of fixations</h2>")
     out.append(
         f'<p class="note">Each point is the mean of per-{e(unit)} means (scores averaged within each {e(unit)} '
@@ -522,20 +568,32 @@ def _index_html(*, source: str, t, metrics, summary, figures, sheets, unit, n_bo
     )
     out.append('<div class="figs">')
     for metric, rel in figures:
-        out.append(f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(metric)}"></a>'
-                   f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))})</figcaption></figure>")
+        out.append(
+            f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(metric)}"></a>'
+            f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))})</figcaption></figure>"
+        )
     out.append("</div>")
     out.append("<h2>Mean scores per condition × fixation source × prefix</h2>")
-    out.append(f'<p class="note">mean [{confidence:.0%} CI]; n = {e(unit)}s / images. Also as '
-               f'<a href="summary.csv">summary.csv</a>.</p>')
-    out.append("<table><tr><th>condition</th><th>fixations</th><th>N</th>"
-               + "".join(f"<th>{e(_info(m).short)}<br><small>{'↑' if _info(m).higher_is_similar else '↓'} similar"
-                         f"</small></th>" for m in metrics) + "<th>n</th></tr>")
+    out.append(
+        f'<p class="note">mean [{confidence:.0%} CI]; n = {e(unit)}s / images. Also as '
+        f'<a href="summary.csv">summary.csv</a>.</p>'
+    )
+    out.append(
+        "<table><tr><th>condition</th><th>fixations</th><th>N</th>"
+        + "".join(
+            f"<th>{e(_info(m).short)}<br><small>{'↑' if _info(m).higher_is_similar else '↓'} similar</small></th>"
+            for m in metrics
+        )
+        + "<th>n</th></tr>"
+    )
     if len(summary):
         keys = _sorted_cells(summary[["condition", "fixation_source", "prefix"]].drop_duplicates())
         for _, k in keys.iterrows():
-            sel = summary[(summary["condition"] == k["condition"]) & (summary["fixation_source"] == k["fixation_source"])
-                          & (summary["prefix"] == k["prefix"])]
+            sel = summary[
+                (summary["condition"] == k["condition"])
+                & (summary["fixation_source"] == k["fixation_source"])
+                & (summary["prefix"] == k["prefix"])
+            ]
             cells, n = [], ""
             for m in metrics:
                 r = sel[sel["metric"] == m]
@@ -546,20 +604,24 @@ def _index_html(*, source: str, t, metrics, summary, figures, sheets, unit, n_bo
                 ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
                 cells.append(f"<td>{_fmt(r['mean'])}{ci}</td>")
                 n = f"{int(r['n_units'])} / {int(r['n_images'])}"
-            out.append(f'<tr><td class="k">{e(k["condition"])}</td><td class="k">{e(k["fixation_source"])}</td>'
-                       f'<td>{e(k["prefix"])}</td>{"".join(cells)}<td>{n}</td></tr>')
+            out.append(
+                f'<tr><td class="k">{e(k["condition"])}</td><td class="k">{e(k["fixation_source"])}</td>'
+                f"<td>{e(k['prefix'])}</td>{''.join(cells)}<td>{n}</td></tr>"
+            )
     out.append("</table>")
     out.append("<h2>Contact sheets</h2>")
     if sheets:
-        out.append('<p class="note">Per prefix N: the scene with the first N fixations, the foveated input computed '
-                   "without the model (sharp 14-px patches over the periphery the model saw), then the hypotheses "
-                   "with their scores.</p>")
+        out.append(
+            '<p class="note">Per prefix N: the scene with the first N fixations, the foveated input computed '
+            "without the model (sharp 14-px patches over the periphery the model saw), then the hypotheses "
+            "with their scores.</p>"
+        )
         by_scene: dict[str, list] = {}
         for key, rel in sheets:
             by_scene.setdefault(key[0], []).append((key, rel))
         for scene_id, items in by_scene.items():
-            out.append(f"<h3>scene {e(scene_id)}</h3><ul class=\"sheets\">")
-            for (s, sp, c, src), rel in items:
+            out.append(f'<h3>scene {e(scene_id)}</h3><ul class="sheets">')
+            for (_, sp, c, src), rel in items:
                 out.append(f'<li><a href="{_href(rel)}">scanpath {e(sp)} · {e(c)} · {e(src)} fixations</a></li>')
             out.append("</ul>")
     else:
@@ -658,8 +720,10 @@ def write_report(
     sheet_links, skipped = [], 0
     if sheets:
         keys = ["scene_id", "scanpath_id", "condition", "fixation_source"]
-        groups = sorted(t.groupby(keys, sort=False).groups.items(),
-                        key=lambda kv: (kv[0][0], kv[0][1], _condition_rank(kv[0][2]), _source_rank(kv[0][3])))
+        groups = sorted(
+            t.groupby(keys, sort=False).groups.items(),
+            key=lambda kv: (kv[0][0], kv[0][1], _condition_rank(kv[0][2]), _source_rank(kv[0][3])),
+        )
         if max_sheets is not None and len(groups) > max_sheets:
             skipped = len(groups) - max_sheets
             groups = groups[:max_sheets]
@@ -676,14 +740,18 @@ def write_report(
             result.sheets.append(atomic_write(out / rel, lambda p, im=sheet: im.save(p, format="PNG")))
             sheet_links.append((tuple(str(k) for k in key), rel))
 
-    page = _index_html(source=str(scores), t=t, metrics=chosen, summary=summary, figures=figure_links,
-                       sheets=sheet_links, unit=unit, n_boot=n_boot, confidence=confidence, version=__version__,
-                       skipped_sheets=skipped)
+    page = _index_html(
+        source=str(scores),
+        t=t,
+        metrics=chosen,
+        summary=summary,
+        figures=figure_links,
+        sheets=sheet_links,
+        unit=unit,
+        n_boot=n_boot,
+        confidence=confidence,
+        version=__version__,
+        skipped_sheets=skipped,
+    )
     atomic_write(result.index, lambda p: Path(p).write_text(page, encoding="utf-8"))
     return result
-
-
-
-
-
-
