@@ -291,3 +291,36 @@ def test_parquet_table_with_whole_scanpath_rows(tmp_path: Path):
     summary = pd.read_csv(tmp_path / "r" / "summary.csv", dtype={"prefix": str})
     assert sorted(summary["prefix"].unique()) == ["1", "all"]
     assert "all" in (tmp_path / "r" / "index.html").read_text() and len(res.sheets) == 8
+
+
+def test_baselines_appear_in_the_table_figures_and_summary_and_counts_are_per_cell(tmp_path: Path):
+    """baselines.csv next to the scores is read by default: grey rows in the table, lines in every
+    figure, baselines_summary.csv; the table's n is the cell's, not the last metric's."""
+    scores = make_study(tmp_path / "study", metrics=("ssim", "clip"))
+    table = pd.read_csv(scores)
+    table.loc[table.index[::2], "clip"] = np.nan  # a metric with values for half the images only
+    table.to_csv(scores, index=False)
+    base = pd.DataFrame(
+        [
+            dict(baseline="flat", scene=f"scenes/{sid}.png", scene_id=sid, peripheral_blur=None, ssim=0.9, clip=0.2)
+            for sid in SCENES
+        ]
+        + [
+            dict(
+                baseline="periphery", scene=f"scenes/{sid}.png", scene_id=sid, peripheral_blur=0.25, ssim=0.7, clip=0.5
+            )
+            for sid in SCENES
+        ]
+    )
+    base.to_csv(tmp_path / "study" / "baselines.csv", index=False)
+    write_report(scores, tmp_path / "r", n_boot=50, sheets=False)
+    summary = pd.read_csv(tmp_path / "r" / "baselines_summary.csv")
+    assert set(summary["baseline"]) == {"flat", "periphery"} and set(summary["n_units"]) == {2}
+    assert summary.set_index(["baseline", "metric"])["mean"][("flat", "ssim")] == pytest.approx(0.9)
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert page.count('<tr class="baseline">') == 2 and "flat image of the scene" in page and "s = 0.25" in page
+    assert "<td>2 / 4</td>" in page  # 2 scenes, 4 images per cell: the ssim count, not clip's
+    assert "(n 2 / 2)" in page  # clip says on how many images its mean rests
+    assert "Rendered by: tiny." in page
+    without = write_report(scores, tmp_path / "r2", n_boot=50, sheets=False, baselines=False)
+    assert not (without.out / "baselines_summary.csv").exists()

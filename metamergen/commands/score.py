@@ -39,6 +39,11 @@ def _add_score_arguments(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--device", default=None, help="torch device (default cuda if available, else cpu)")
     s.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32", help="dtype of --model")
+    s.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="do not score the baselines (a flat mean-colour image and the periphery input per scene) into baselines.csv",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,10 +99,17 @@ def run(args: argparse.Namespace) -> int:
         base = Path(args.manifest).resolve().parent
         for r in rows:
             r["path"] = os.path.relpath(base / r["path"], out.resolve().parent)
+        baselines_path = None
+        if not args.no_baselines:
+            from metamergen.evaluation.baselines import BASELINES_NAME, score_baselines
+
+            baselines_path = out.parent / BASELINES_NAME
+            write_score_table(score_baselines(load_manifest_rows(args.manifest), metrics), baselines_path, "csv")
         write_score_table(rows, out, args.format)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
         raise SystemExit(f"error: {err}") from None
-    print(f"Scored {len(rows)} image(s) with {', '.join(m.name for m in metrics)}; wrote {out}")
+    also = f" and the baselines to {baselines_path}" if baselines_path else ""
+    print(f"Scored {len(rows)} image(s) with {', '.join(m.name for m in metrics)}; wrote {out}{also}")
     return 0
 
 

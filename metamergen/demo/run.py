@@ -158,7 +158,9 @@ def run_demo(
     finished generations (the study is resumable).
     """
     from metamergen.demo.toyworld import read_objects
-    from metamergen.evaluation.scoring import score_manifest, write_score_table
+    from metamergen.evaluation.baselines import BASELINES_NAME, baseline_image, score_baselines
+    from metamergen.evaluation.metrics import build_metrics
+    from metamergen.evaluation.scoring import load_manifest_rows, score_manifest, write_score_table
     from metamergen.study.plan import StudySettings, plan_study
     from metamergen.study.run import run_study
     from metamergen.study.scenes import load_scanpath_scenes
@@ -184,11 +186,8 @@ def run_demo(
     t_render = time.time() - t_render
 
     ids = {job.image_id for job in jobs}  # the folder may hold other runs' images: score this run's only
-    rows = [
-        r
-        for r in score_manifest(out / "study" / "manifest.jsonl", ["ssim", "mse", "color_hist"])
-        if r["image_id"] in ids
-    ]
+    metrics = build_metrics(["ssim", "mse", "color_hist"])
+    rows = [r for r in score_manifest(out / "study" / "manifest.jsonl", metrics) if r["image_id"] in ids]
     records = read_objects(out / "scenes" / "objects.jsonl")
     for r in rows:
         rec = records[Path(r["scene"]).name]
@@ -196,6 +195,26 @@ def run_demo(
             gen = im.convert("RGB")
         r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=(rec["width"], rec["height"])))
     scores = write_score_table(rows, out / "scores.csv")
+    # the baselines a render must beat: the scene's mean colour, and the periphery input with no model
+    manifest_rows = [r for r in load_manifest_rows(out / "study" / "manifest.jsonl") if r["image_id"] in ids]
+    base_rows = score_baselines(manifest_rows, metrics)
+    for b in base_rows:
+        rec = records[Path(b["scene"]).name]
+        with Image.open(b["scene"]) as im:
+            image = baseline_image(
+                im.convert("RGB"),
+                b["baseline"],
+                **{k: b[k] for k in ("peripheral_blur", "encoder_canvas", "encoder_patch") if b[k] is not None},
+            )
+        size = (rec["width"], rec["height"])
+        b["objects_recovered"] = object_scores(image, rec["objects"], [], scene_size=size)["objects_recovered"]
+    baselines = write_score_table(base_rows, out / BASELINES_NAME)
+    ovo = own_vs_other(rows, out / "study")
+    note = (
+        f"A render is closer (pixel MSE) to its own scene than to each of the other {ovo['n_scenes'] - 1} scenes "
+        f"for {ovo['own_closest']:.0%} of renders (chance {ovo['chance']:.0%}); MSE to the own scene is "
+        f"{ovo['ratio']:.2f} of the MSE to the other scenes."
+    )
     report = write_report(
         scores,
         out / "report",
@@ -203,7 +222,8 @@ def run_demo(
         metrics=list(DEMO_METRICS),
         n_boot=n_boot,
         sheets=sheets,
-        max_sheets=2 * n_scenes,
+        baselines=baselines,
+        notes=[("Own scene vs other scenes", note)],
     )
     summary = {
         "model": str(model),
@@ -215,7 +235,7 @@ def run_demo(
             "hypotheses": hypotheses,
             "steps": steps,
         },
-        "own_vs_other": own_vs_other(rows, out / "study"),
+        "own_vs_other": ovo,
         "timings_s": {"render": round(t_render, 1), "total": round(time.time() - t0, 1)},
     }
     atomic_write(out / "demo_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))

@@ -2,7 +2,8 @@
 
 - :mod:`~metamergen.encoders.dinov2`: the processor, :func:`encoder_canvas` (the one image ->
   canvas path) and :func:`patch_tokens`;
-- :mod:`~metamergen.encoders.scene`: :class:`SceneEncoding`, encoded once per scene.
+- :mod:`~metamergen.encoders.scene`: :class:`SceneEncoding`, encoded once per scene;
+- :mod:`~metamergen.encoders.view`: :func:`foveated_input`, the encoder's input drawn as an image.
 """
 
 from metamergen.utils.lazy import lazy_exports
@@ -18,6 +19,7 @@ _EXPORTS = {
     "SceneEncoding": ".scene",
     "encode_foveal_crops": ".scene",
     "encode_scenes": ".scene",
+    "foveated_input": ".view",
 }
 
 __all__ = sorted(name for name, module in _EXPORTS.items() if module.startswith("."))

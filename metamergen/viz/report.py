@@ -47,6 +47,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from metamergen import defaults
+from metamergen.evaluation.baselines import BASELINES, BASELINES_NAME
 from metamergen.evaluation.registry import METRIC_INFO, MetricInfo, metric_direction, metric_info
 from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed, unit_means
 from metamergen.evaluation.tables import TableError, pandas, read_table
@@ -71,6 +72,7 @@ _CONDITION_COLORS = {"both": "#1b6ca8", "peripheral": "#d1495b", "foveal": "#2e9
 _SOURCE_STYLES = {"viewer": ("-", "o"), "random": ("--", "s")}
 _EXTRA_COLORS = ("#7b4fa0", "#e08e0b", "#555555", "#0f9d9a")
 _EXTRA_STYLES = ((":", "^"), ("-.", "D"), ((0, (1, 3)), "v"))
+_BASELINE_STYLES = ("--", ":", "-.")
 
 #: Columns needed for the figures and summary table.
 FIGURE_COLUMNS: tuple[str, ...] = ("image_id", "scene_id", "scanpath_id", "prefix", "condition", "fixation_source")
@@ -244,6 +246,46 @@ def summarize_scores(
     return out
 
 
+def summarize_baselines(
+    baselines,
+    metrics: Sequence[str],
+    *,
+    n_boot: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+):
+    """Mean score and bootstrap CI over scenes of each baseline (``metamergen score``'s ``baselines.csv``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric, baseline, label, mean, ci_low, ci_high, n_units``; one row per metric and
+        baseline (the periphery baseline once per ``peripheral_blur`` in the table).
+    """
+    pd = pandas()
+    _check_columns(baselines, ("baseline", "scene_id"), "the baseline table")
+    rows = []
+    blur = pd.to_numeric(baselines.get("peripheral_blur"), errors="coerce") if "peripheral_blur" in baselines else None
+    keys = baselines.assign(_blur=blur if blur is not None else np.nan)
+    for (kind, s), idx in keys.groupby(["baseline", "_blur"], sort=False, dropna=False).groups.items():
+        label = BASELINES.get(kind, kind) + (f", s = {s:g}" if kind == "periphery" and math.isfinite(s) else "")
+        for metric in metrics:
+            if metric not in baselines.columns:
+                continue
+            v = pd.to_numeric(baselines.loc[idx, metric], errors="coerce").to_numpy(dtype=np.float64)
+            means = unit_means(v, baselines.loc[idx, "scene_id"].astype(str).to_numpy())
+            if not len(means):
+                continue
+            mean, low, high = bootstrap_ci(
+                means, n_boot=n_boot, confidence=confidence, seed=derive_cell_seed(seed, (metric, "baseline", label))
+            )
+            rows.append(
+                dict(metric=metric, baseline=kind, label=label, mean=mean, ci_low=low, ci_high=high, n_units=len(means))
+            )
+    columns = ["metric", "baseline", "label", "mean", "ci_low", "ci_high", "n_units"]
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _sorted_cells(df, first: Sequence[str] = ()):
     """Sort by condition (both, peripheral, foveal, others), source (viewer, random, others), prefix."""
     ranks = df.assign(
@@ -293,8 +335,12 @@ def _styles(values: Sequence[str], known: dict, extra: Sequence) -> dict:
 UNIT_WORDS = {"scene": "scenes", "scanpath": "scanpaths", "image": "images"}
 
 
-def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0.95) -> Path:
-    """Draw one metric's score vs number of fixations (from :func:`summarize_scores`) to a PNG."""
+def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0.95, baselines=None) -> Path:
+    """Draw one metric's score vs number of fixations (from :func:`summarize_scores`) to a PNG.
+
+    ``baselines`` (from :func:`summarize_baselines`) are drawn as grey horizontal lines with their
+    intervals as bands, so that an effect can be read against what a render must beat.
+    """
     Figure, FigureCanvasAgg = _matplotlib()
     s = summary[summary["metric"] == metric]
     if not len(s):
@@ -333,6 +379,12 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
             linewidth=1.5,
             label=f"{cond} · {src} fixations",
         )
+    if baselines is not None and len(baselines):
+        for j, (_, b) in enumerate(baselines[baselines["metric"] == metric].iterrows()):
+            style = _BASELINE_STYLES[j % len(_BASELINE_STYLES)]
+            ax.axhline(b["mean"], color="#666666", linestyle=style, linewidth=1.2, label=f"baseline: {b['label']}")
+            if math.isfinite(b["ci_low"]):
+                ax.axhspan(b["ci_low"], b["ci_high"], color="#999999", alpha=0.15, linewidth=0)
     info = _info(metric)
     unit = s["unit"].iloc[0]
     n_units = int(s["n_units"].max())
@@ -345,7 +397,7 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
         fontsize=9,
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, ncol=2 if len(lines) > 3 else 1)
+    ax.legend(fontsize=7, frameon=False, ncol=2 if len(lines) > 3 else 1, loc="best")
     fig.tight_layout()
     return atomic_write(path, lambda p: fig.savefig(p, format="png"))
 
@@ -536,7 +588,9 @@ table { border-collapse: collapse; font-size: 0.85em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; white-space: nowrap; }
 th { background: #f4f4f4; } td.k { text-align: left; }
 .note { color: #555; font-size: 0.9em; max-width: 60em; }
-ul.sheets { columns: 2; font-size: 0.9em; }
+tr.baseline td { background: #f7f7f7; color: #555; }
+figure.sheet { margin: 0 0 1em 0; } figure.sheet img { max-width: 100%; border: 1px solid #eee; }
+figure.sheet figcaption { font-size: 0.85em; color: #555; }
 """
 
 
@@ -545,7 +599,20 @@ def _href(path: str) -> str:
 
 
 def _index_html(
-    *, source: str, t, metrics, summary, figures, sheets, unit, n_boot, confidence, version, skipped_sheets: int
+    *,
+    source: str,
+    t,
+    metrics,
+    summary,
+    figures,
+    sheets,
+    unit,
+    n_boot,
+    confidence,
+    version,
+    skipped_sheets: int,
+    baselines=None,
+    notes: Sequence[tuple[str, str]] = (),
 ) -> str:
     e = html.escape
     out = [
@@ -558,6 +625,11 @@ def _index_html(
         f"{t[['scene_id', 'scanpath_id']].drop_duplicates().shape[0]} scanpaths; metrics: "
         f"{e(', '.join(metrics))}. metamergen {e(version)}.</p>",
     ]
+    if "model" in t.columns:
+        models = sorted({str(m) for m in t["model"].dropna().unique()})
+        out.append(f"<p>Rendered by: {e('; '.join(models) or 'not recorded')}.</p>")
+    for title, text in notes:
+        out.append(f"<h2>{e(title)}</h2><p>{e(text)}</p>")
     out.append("<h2>Score vs number of fixations</h2>")
     out.append(
         f'<p class="note">Each point is the mean of per-{e(unit)} means (scores averaged within each {e(unit)} '
@@ -594,7 +666,28 @@ def _index_html(
                 & (summary["fixation_source"] == k["fixation_source"])
                 & (summary["prefix"] == k["prefix"])
             ]
-            cells, n = [], ""
+            cells = []
+            counts = sel[["n_units", "n_images"]].max() if len(sel) else None
+            n = f"{int(counts['n_units'])} / {int(counts['n_images'])}" if counts is not None else ""
+            for m in metrics:
+                r = sel[sel["metric"] == m]
+                if not len(r):
+                    cells.append("<td>–</td>")
+                    continue
+                r = r.iloc[0]
+                ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
+                fewer = ""  # a metric without a value for some images says on how many it rests
+                if (r["n_units"], r["n_images"]) != (counts["n_units"], counts["n_images"]):
+                    fewer = f" <small>(n {int(r['n_units'])} / {int(r['n_images'])})</small>"
+                cells.append(f"<td>{_fmt(r['mean'])}{ci}{fewer}</td>")
+            out.append(
+                f'<tr><td class="k">{e(k["condition"])}</td><td class="k">{e(k["fixation_source"])}</td>'
+                f"<td>{e(k['prefix'])}</td>{''.join(cells)}<td>{n}</td></tr>"
+            )
+    if baselines is not None and len(baselines):
+        for label in dict.fromkeys(baselines["label"]):
+            sel = baselines[baselines["label"] == label]
+            cells = []
             for m in metrics:
                 r = sel[sel["metric"] == m]
                 if not len(r):
@@ -603,12 +696,18 @@ def _index_html(
                 r = r.iloc[0]
                 ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
                 cells.append(f"<td>{_fmt(r['mean'])}{ci}</td>")
-                n = f"{int(r['n_units'])} / {int(r['n_images'])}"
+            n_scenes = int(sel["n_units"].max())
             out.append(
-                f'<tr><td class="k">{e(k["condition"])}</td><td class="k">{e(k["fixation_source"])}</td>'
-                f"<td>{e(k['prefix'])}</td>{''.join(cells)}<td>{n}</td></tr>"
+                f'<tr class="baseline"><td class="k">baseline</td><td class="k" colspan="2">{e(label)}</td>'
+                f"{''.join(cells)}<td>{n_scenes} scenes</td></tr>"
             )
     out.append("</table>")
+    if baselines is not None and len(baselines):
+        out.append(
+            '<p class="note">Baselines (grey rows, grey lines in the figures): a render must beat them for a '
+            "difference between conditions to be an effect of the model. Also as "
+            '<a href="baselines_summary.csv">baselines_summary.csv</a>.</p>'
+        )
     out.append("<h2>Contact sheets</h2>")
     if sheets:
         out.append(
@@ -620,10 +719,13 @@ def _index_html(
         for key, rel in sheets:
             by_scene.setdefault(key[0], []).append((key, rel))
         for scene_id, items in by_scene.items():
-            out.append(f'<h3>scene {e(scene_id)}</h3><ul class="sheets">')
+            out.append(f"<h3>scene {e(scene_id)}</h3>")
             for (_, sp, c, src), rel in items:
-                out.append(f'<li><a href="{_href(rel)}">scanpath {e(sp)} · {e(c)} · {e(src)} fixations</a></li>')
-            out.append("</ul>")
+                title = f"scanpath {sp} · {c} · {src} fixations"
+                out.append(
+                    f'<figure class="sheet"><figcaption>{e(title)}</figcaption>'
+                    f'<a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(title)}" loading="lazy"></a></figure>'
+                )
     else:
         out.append('<p class="note">No contact sheets were built.</p>')
     if skipped_sheets:
@@ -660,6 +762,8 @@ def write_report(
     sheets: bool = True,
     max_sheets: int | None = None,
     sheet_height: int = 256,
+    baselines: str | Path | bool = True,
+    notes: Sequence[tuple[str, str]] = (),
 ) -> ReportResult:
     """Build the report folder from a score table (see the module docstring for its layout).
 
@@ -683,6 +787,12 @@ def write_report(
         Bootstrap settings.
     sheets, max_sheets, sheet_height
         Build contact sheets; at most ``max_sheets`` of them (None: all); panel height in pixels.
+    baselines
+        The baseline table (``metamergen score`` writes ``baselines.csv`` next to the scores): a
+        path, ``True`` to use that file when it exists, ``False`` for none. Baselines appear in the
+        summary, the table and every figure.
+    notes
+        Extra ``(title, text)`` paragraphs for the page (the demo adds its own-vs-other check).
     """
     from metamergen import __version__
 
@@ -707,6 +817,13 @@ def write_report(
     _matplotlib()  # fail before writing anything if it is missing
 
     summary = summarize_scores(t, chosen, unit=unit, n_boot=n_boot, confidence=confidence, seed=seed)
+    base_summary = None
+    base_path = scores.parent / BASELINES_NAME if baselines is True else (Path(baselines) if baselines else None)
+    if base_path is not None and (baselines is not True or base_path.is_file()):
+        base_summary = summarize_baselines(
+            read_table(base_path), chosen, n_boot=n_boot, confidence=confidence, seed=seed
+        )
+        atomic_write(out / "baselines_summary.csv", lambda p: base_summary.to_csv(p, index=False))
     result = ReportResult(out=out, index=out / "index.html", summary_csv=out / "summary.csv", metrics=list(chosen))
     atomic_write(result.summary_csv, lambda p: summary.to_csv(p, index=False))
     figure_links = []
@@ -714,7 +831,7 @@ def write_report(
         if not (summary["metric"] == metric).any():
             continue
         rel = f"figures/{_safe(metric)}.png"
-        result.figures[metric] = plot_metric(summary, metric, out / rel, confidence=confidence)
+        result.figures[metric] = plot_metric(summary, metric, out / rel, confidence=confidence, baselines=base_summary)
         figure_links.append((metric, rel))
 
     sheet_links, skipped = [], 0
@@ -752,6 +869,8 @@ def write_report(
         confidence=confidence,
         version=__version__,
         skipped_sheets=skipped,
+        baselines=base_summary,
+        notes=notes,
     )
     atomic_write(result.index, lambda p: Path(p).write_text(page, encoding="utf-8"))
     return result
