@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -386,3 +387,24 @@ def test_off_image_clip_policy_and_fixation_list_loader(tmp_path):
     assert (jobs[0].height, jobs[0].width) == output_size(48, 32, 32, 2) == (26, 40)
     with pytest.raises(ValueError, match="output size"):
         plan_study([loaded], StudySettings(), model="m")
+
+
+def test_paired_noise_shares_one_seed_per_list_and_hypothesis_across_conditions_sources_and_prefixes(study):
+    """Common random numbers (the default): conditions, fixation sources and prefixes of one list and
+    hypothesis start from the same noise; hypotheses and lists differ. Independent noise: all differ."""
+    from collections import defaultdict
+
+    seeds = defaultdict(set)
+    for r in study["rows"]:
+        assert r["noise"] == "paired"
+        seeds[(r["scene_id"], r["scanpath_id"], r["hypothesis"])].add(r["seed"])
+    assert all(len(s) == 1 for s in seeds.values())
+    assert len({next(iter(s)) for s in seeds.values()}) == len(seeds)  # different lists / hypotheses differ
+    independent = plan_study(
+        study["scenes"], replace(SETTINGS, noise="independent"), model="tiny-random", report=Counter()
+    )
+    assert len({j.seed for j in independent}) == len(independent)
+    paired_ids = {r["image_id"] for r in study["rows"]}
+    assert not paired_ids & {j.image_id for j in independent}  # the noise mode is part of every image_id
+    with pytest.raises(ValueError, match="noise must be one of"):
+        replace(SETTINGS, noise="shared")

@@ -57,7 +57,14 @@ def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
         help="first-N fixation counts, comma-separated, 'all' = whole list (paper: 1,2,3,5,10; default all); longer than a list: skipped and counted",
     )
     g.add_argument("--hypotheses", type=int, default=1, help="images per list, prefix and condition (default 1)")
-    g.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it and the image_id")
+    g.add_argument("--seed", type=int, default=0, help="base seed; each image's seed derives from it (see --noise)")
+    g.add_argument(
+        "--noise",
+        choices=["paired", "independent"],
+        default="paired",
+        help="paired (default): one initial noise per scene, list and hypothesis, shared by every condition, "
+        "fixation source and prefix (common random numbers for paired comparisons); independent: one per image",
+    )
     g.add_argument(
         "--conditions", default="both", help="comma-separated subset of both,foveal,peripheral (default both)"
     )
@@ -151,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
             hypotheses=args.hypotheses,
             conditions=tuple(c.strip() for c in args.conditions.split(",") if c.strip()),
             random_control=args.random_control,
+            noise=args.noise,
             seed=args.seed,
             foveal_scale=args.foveal_scale,
             peripheral_scale=args.peripheral_scale,

@@ -19,6 +19,7 @@ _EXPORTS = {
     "load_fixation_list_scene": ".scenes",
     "load_scanpath_scenes": ".scenes",
     "CONDITIONS": ".plan",
+    "NOISE_MODES": ".plan",
     "SKIPPED_PREFIX": ".plan",
     "StudyJob": ".plan",
     "StudySettings": ".plan",

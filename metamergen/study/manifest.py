@@ -61,6 +61,7 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
     "metamergen_version",
     "encoder_canvas",
     "encoder_patch",
+    "noise",
 )
 
 

@@ -29,12 +29,16 @@ Identity and reproducibility
 Each image's ``image_id`` is derived from everything that determines its pixels (scene id, list id,
 fixation source, prefix, the fixations used, condition, hypothesis, base seed, scales, blur,
 guidance, steps, output size, model and revision), as a readable part plus a 10-hex-digit hash. The
-package version is recorded but not hashed. The image's own ``seed`` is a deterministic function of
-the base seed and its ``image_id``, and each image gets its own generator, so an image does not
-depend on which other images are in the study or in its batch: re-runs, subsets and extensions
-(more prefixes, more hypotheses) reproduce the same images. Because the seed follows the image_id,
-different conditions or sources of the same list and hypothesis use different noise (the design is
-unpaired).
+package version is recorded but not hashed. Each image gets its own generator, seeded by its
+``seed``, so an image does not depend on which other images are in the study or in its batch:
+re-runs, subsets and extensions (more prefixes, more hypotheses) reproduce the same images.
+
+**Common random numbers** (``noise="paired"``, the default): the ``seed`` is a function of the base
+seed, the scene, the list and the hypothesis only, so every condition, fixation source and prefix
+of one list and hypothesis starts from the same initial noise. Comparisons between them (both vs
+peripheral vs foveal, viewer vs random, N = 10 vs N = 1) are then paired: the noise cancels and
+only the conditioning differs. ``noise="independent"`` derives the seed from the ``image_id``
+instead (every image its own noise). The manifest records which.
 """
 
 from __future__ import annotations
@@ -57,10 +61,12 @@ from metamergen.study.manifest import IMAGES_DIR, MANIFEST_COLUMNS
 from metamergen.study.scenes import StudyScene
 from metamergen.utils.seeds import derive_seed, digest
 
-__all__ = ["CONDITIONS", "SKIPPED_PREFIX", "StudyJob", "StudySettings", "plan_study"]
+__all__ = ["CONDITIONS", "NOISE_MODES", "SKIPPED_PREFIX", "StudyJob", "StudySettings", "plan_study"]
 
 #: Conditions: which adapter streams a generation uses.
 CONDITIONS: tuple[str, ...] = ("both", "foveal", "peripheral")
+#: How initial noise is assigned (module docstring, "Common random numbers").
+NOISE_MODES: tuple[str, ...] = ("paired", "independent")
 
 #: Key of the plan report counting (list, source, prefix) combinations skipped as too long.
 SKIPPED_PREFIX = "prefix longer than the fixation list"
@@ -88,6 +94,9 @@ class StudySettings:
         Add the matched random-fixation control (same counts).
     seed
         Base seed of the study.
+    noise
+        ``"paired"`` (default): one initial noise per (scene, list, hypothesis), shared by every
+        condition, source and prefix (common random numbers); ``"independent"``: one per image.
     foveal_scale, peripheral_scale
         λ_f and λ_p for ``"both"`` (paper 1.2, 0.7); ``"foveal"`` zeroes λ_p, ``"peripheral"`` λ_f.
     peripheral_blur
@@ -106,6 +115,7 @@ class StudySettings:
     conditions: tuple[str, ...] = ("both",)
     random_control: bool = False
     seed: int = 0
+    noise: str = "paired"
     foveal_scale: float = defaults.FOVEAL_SCALE
     peripheral_scale: float = defaults.PERIPHERAL_SCALE
     peripheral_blur: float = defaults.PERIPHERAL_BLUR
@@ -148,6 +158,8 @@ class StudySettings:
             raise ValueError("Give both height and width (output pixels), or neither.")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an int, got {self.seed!r}.")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"noise must be one of {list(NOISE_MODES)}, got {self.noise!r}.")
 
     def scales(self, condition: str) -> tuple[float, float]:
         """``(foveal_scale, peripheral_scale)`` after ``condition`` is applied."""
@@ -188,6 +200,7 @@ class StudyJob:
     metamergen_version: str
     encoder_canvas: int | None = None
     encoder_patch: int | None = None
+    noise: str = "independent"
     scene_width: int = field(default=0, compare=False)
     scene_height: int = field(default=0, compare=False)
 
@@ -311,6 +324,7 @@ def plan_study(
                             "model": model,
                             "model_revision": model_revision,
                             "dtype": dtype,
+                            "noise": settings.noise,
                         }
                         image_id = "__".join(
                             (
@@ -331,7 +345,11 @@ def plan_study(
                                 fixation_source=source,
                                 condition=condition,
                                 hypothesis=hypothesis,
-                                seed=derive_seed(settings.seed, image_id),
+                                seed=(
+                                    derive_seed(settings.seed, "noise", scene.scene_id, sid, hypothesis)
+                                    if settings.noise == "paired"
+                                    else derive_seed(settings.seed, image_id)
+                                ),
                                 foveal_scale=fov,
                                 peripheral_scale=per,
                                 peripheral_blur=float(settings.peripheral_blur),
@@ -346,6 +364,7 @@ def plan_study(
                                 metamergen_version=__version__,
                                 encoder_canvas=encoder_canvas,
                                 encoder_patch=encoder_patch,
+                                noise=settings.noise,
                                 scene_width=scene.width,
                                 scene_height=scene.height,
                             )
