@@ -353,7 +353,7 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
     styles = _styles(sources, _SOURCE_STYLES, _EXTRA_STYLES)
     lines = [(c, src) for c in conditions for src in sources]
     width = 0.25 if len(prefixes) > 1 else 0.15
-    fig = Figure(figsize=(6.4, 4.4), dpi=150)
+    fig = Figure(figsize=(6.4, 5.6), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for k, (cond, src) in enumerate(lines):
@@ -397,7 +397,8 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
         fontsize=9,
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, frameon=False, ncol=2 if len(lines) > 3 else 1, loc="best")
+    # below the axes, so that no line or band (the baselines sit low or high) is hidden behind it
+    ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.tight_layout()
     return atomic_write(path, lambda p: fig.savefig(p, format="png"))
 
