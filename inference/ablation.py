@@ -4,15 +4,11 @@
     python inference/ablation.py --scenes 4 --hypotheses 1 --steps 4 --out /tmp/abl   # smoke run
 
 Renders (via :func:`metamergen.demo.run.run_demo`) every held-out scene for prefixes 1, 2, 3, 5, 10,
-both streams / peripheral only / foveal only, viewer and matched random fixations, scores them,
-and answers the paper's three questions with scene-level paired bootstrap intervals (95 %):
-
-1. **streams**: is similarity to the original ordered both >= peripheral-only > foveal-only?
-   (viewer fixations, all prefixes pooled; differences both - peripheral, peripheral - foveal);
-2. **fixations**: does similarity rise with the number of fixations? (both streams, viewer;
-   difference prefix 10 - prefix 1);
-3. **viewer vs random**: do viewer fixations recover more objects than random ones?
-   (both streams, all prefixes pooled; difference viewer - random).
+both streams / peripheral only / foveal only, viewer and matched random fixations (paired noise),
+scores them, and answers the questions of :mod:`metamergen.demo.effects` with scene-level paired
+bootstrap intervals (95 %): the fovea's gain on fixated objects, its growth with fixations, the
+periphery's layout and the whole-image ordering of the streams, viewer vs random fixations, and
+the renders against the flat-image and periphery-input baselines.
 
 Each difference is signed so that a positive value means "as the paper predicts", whatever the
 metric's direction. The table goes to ``<out>/ablation.md`` and ``<out>/ablation.json``. What comes
@@ -25,66 +21,23 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from metamergen.demo.run import DEMO_METRICS, DEMO_MODEL, run_demo  # noqa: E402
-from metamergen.evaluation.registry import METRIC_INFO  # noqa: E402
-from metamergen.evaluation.statistics import bootstrap_ci
+from metamergen.demo.effects import baseline_comparisons, demo_effects  # noqa: E402
+from metamergen.demo.run import DEMO_MODEL, run_demo  # noqa: E402
+from metamergen.evaluation.baselines import BASELINES_NAME  # noqa: E402
 from metamergen.evaluation.tables import read_table  # noqa: E402
 from metamergen.utils.io import atomic_write  # noqa: E402
 
-#: Measures of the ablation and whether higher means more similar / more recovered.
-HIGHER_IS_BETTER = {m: METRIC_INFO[m].higher_is_similar for m in DEMO_METRICS}
 
-
-def _scene_means(table, metric: str, **where: Any) -> dict[str, float]:
-    sub = table
-    for k, v in where.items():
-        sub = sub[sub[k].isin(v if isinstance(v, (list, tuple)) else [v])]
-    return sub.groupby("scene_id")[metric].mean().dropna().to_dict()
-
-
-def paired_difference(table, metric: str, a: dict, b: dict, *, n_boot: int, seed: int) -> dict:
-    """Mean over scenes of (a - b), signed so that positive = a more similar, with a bootstrap CI."""
-    ma, mb = _scene_means(table, metric, **a), _scene_means(table, metric, **b)
-    scenes = sorted(set(ma) & set(mb))
-    sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
-    diffs = [sign * (ma[s] - mb[s]) for s in scenes]
-    mean, low, high = bootstrap_ci(diffs, n_boot=n_boot, seed=seed)
-    return {
-        "mean": mean,
-        "low": low,
-        "high": high,
-        "n_scenes": len(scenes),
-        "a": float(np.mean([ma[s] for s in scenes])) if scenes else float("nan"),
-        "b": float(np.mean([mb[s] for s in scenes])) if scenes else float("nan"),
-    }
-
-
-def ablation_table(table, *, n_boot: int = 10000, seed: int = 0) -> list[dict]:
-    """The three questions (module docstring) for every measure; one row per (question, measure)."""
-    viewer = {"fixation_source": "viewer"}
-    questions = [
-        ("both > peripheral", {"condition": "both", **viewer}, {"condition": "peripheral", **viewer}),
-        ("peripheral > foveal", {"condition": "peripheral", **viewer}, {"condition": "foveal", **viewer}),
-        (
-            "10 fixations > 1",
-            {"condition": "both", "prefix": 10, **viewer},
-            {"condition": "both", "prefix": 1, **viewer},
-        ),
-        ("viewer > random", {"condition": "both", **viewer}, {"condition": "both", "fixation_source": "random"}),
-    ]
-    rows = []
-    for q, (name, a, b) in enumerate(questions):
-        for m, metric in enumerate(DEMO_METRICS):
-            d = paired_difference(table, metric, a, b, n_boot=n_boot, seed=seed + 100 * q + m)
-            verdict = "yes" if d["low"] > 0 else ("reversed" if d["high"] < 0 else "not resolved")
-            rows.append({"question": name, "measure": metric, **d, "verdict": verdict})
+def ablation_table(table, baselines=None, *, n_boot: int = 10000, seed: int = 0) -> list[dict]:
+    """The demo's paired effects (:func:`metamergen.demo.effects.demo_effects`) and, with the
+    baseline table, the renders against the baselines on MSE and SSIM."""
+    rows = demo_effects(table, n_boot=n_boot, seed=seed)
+    if baselines is not None:
+        rows += baseline_comparisons(table, baselines, {"mse": True, "ssim": False}, n_boot=n_boot, seed=seed)
     return rows
 
 
@@ -96,16 +49,17 @@ def _markdown(rows: list[dict], summary: dict) -> str:
         f"Own scene closest (pixel MSE) for {ovo['own_closest']:.0%} of generations (chance {ovo['chance']:.0%}); "
         f"MSE own / other = {ovo['ratio']:.3f}.",
         "",
-        "Differences are means over scenes of A - B, signed so that > 0 is the paper's prediction; "
-        "95 % scene-level bootstrap intervals.",
+        "Renders of one scene, scanpath and hypothesis share their initial noise, so differences are paired; "
+        "each is averaged within a scene, signed so that > 0 is the paper's prediction (A better than B), "
+        "with a 95 % scene-level bootstrap interval.",
         "",
-        "| question (A > B) | measure | A | B | difference [95 % CI] | holds? |",
-        "|---|---|---|---|---|---|",
+        "| question | measure | A | B | A | B | difference [95 % CI] | pairs | holds? |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['question']} | {r['measure']} | {r['a']:.3f} | {r['b']:.3f} | "
-            f"{r['mean']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}] | {r['verdict']} |"
+            f"| {r['question']} | {r['measure']} | {r['a']} | {r['b']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
+            f"{r['difference']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['n_pairs']} | {r['verdict']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -128,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         n_boot=min(args.n_boot, 2000),
         sheets=False,
     )
-    rows = ablation_table(read_table(result.scores), n_boot=args.n_boot)
+    baselines = read_table(result.scores.parent / BASELINES_NAME)
+    rows = ablation_table(read_table(result.scores), baselines, n_boot=args.n_boot)
     out = Path(args.out)
     md = _markdown(rows, result.summary)
     atomic_write(out / "ablation.md", lambda t: Path(t).write_text(md))

@@ -87,38 +87,46 @@ def test_own_vs_other_finds_each_generation_s_scene(tmp_path):
         own_vs_other(rows[:1], tmp_path)
 
 
-def test_ablation_table_signs_and_verdicts():
+def test_paired_effects_recover_known_differences_with_their_signs():
+    """demo_effects on a table with effects built in: the fovea lowers the fixated-object error by
+    0.02 at N = 1 and 0.05 at N = 10, the periphery halves the layout error, no viewer effect."""
     pd = pytest.importorskip("pandas")
-    ablation = _load_script("inference/ablation.py")
+    from metamergen.demo.effects import baseline_comparisons, demo_effects
+
     rng = np.random.default_rng(0)
     rows = []
     for s in range(12):
-        for cond, base in (("both", 0.8), ("peripheral", 0.6), ("foveal", 0.3)):
+        for h in range(2):
+            noise = rng.normal(0, 0.01)  # shared by the paired renders (common random numbers)
             for source in ("viewer", "random"):
                 for prefix in (1, 10):
-                    value = base + (0.1 if prefix == 10 else 0.0) + rng.normal(0, 0.02)
-                    rows.append(
-                        {
-                            "scene_id": f"s{s}",
-                            "condition": cond,
-                            "fixation_source": source,
-                            "prefix": prefix,
-                            "ssim": value,
-                            "mse": 1 - value,
-                            "color_hist": 0.5,
-                            "objects_recovered": value,
-                            "fixated_objects_recovered": value,
-                        }
-                    )
-    out = {(r["question"], r["measure"]): r for r in ablation.ablation_table(pd.DataFrame(rows), n_boot=500)}
-    # MSE is lower-is-better: its sign is flipped so both metrics agree
-    for measure in ("ssim", "mse"):
-        assert out[("both > peripheral", measure)]["verdict"] == "yes"
-        assert out[("both > peripheral", measure)]["mean"] == pytest.approx(0.2, abs=0.02)
-        assert out[("peripheral > foveal", measure)]["verdict"] == "yes"
-        assert out[("10 fixations > 1", measure)]["mean"] == pytest.approx(0.1, abs=0.02)
-    assert out[("viewer > random", "ssim")]["verdict"] == "not resolved"  # no viewer effect built in
-    assert out[("both > peripheral", "color_hist")]["mean"] == 0.0
+                    for cond in ("both", "peripheral", "foveal"):
+                        fov_gain = (0.05 if prefix == 10 else 0.02) if cond != "peripheral" else 0.0
+                        layout = 0.02 if cond != "foveal" else 0.04
+                        rows.append(
+                            dict(
+                                scene_id=f"s{s}",
+                                scanpath_id=f"s{s}-v",
+                                hypothesis=h,
+                                fixation_source=source,
+                                prefix=prefix,
+                                condition=cond,
+                                fixated_object_mse=0.1 - fov_gain + noise,
+                                layout_mse=layout + noise + rng.normal(0, 0.001),
+                                mse=0.03 + layout + noise,
+                                ssim=0.5,
+                            )
+                        )
+    table = pd.DataFrame(rows)
+    out = {r["question"][:2]: r for r in demo_effects(table, n_boot=500)}
+    assert out["1."]["verdict"] == "yes" and out["1."]["difference"] == pytest.approx(0.035, abs=1e-3)
+    assert out["2."]["verdict"] == "yes" and out["2."]["difference"] == pytest.approx(0.03, abs=1e-3)
+    layout = [r for r in demo_effects(table, n_boot=200) if r["measure"] == "layout_mse"][0]
+    assert layout["verdict"] == "yes" and layout["difference"] == pytest.approx(0.02, abs=1e-3)
+    assert out["4."]["verdict"] == "not resolved" and out["4."]["difference"] == pytest.approx(0.0, abs=1e-9)
+    base = pd.DataFrame([dict(baseline="flat", scene_id=f"s{s}", mse=0.2, ssim=0.6) for s in range(12)])
+    (vs_flat_mse, vs_flat_ssim) = baseline_comparisons(table, base, {"mse": True, "ssim": False}, n_boot=200)
+    assert vs_flat_mse["verdict"] == "yes" and vs_flat_ssim["verdict"] == "reversed"  # 0.5 < 0.6
 
 
 # ---------------------------------------------------------------------------------- build script

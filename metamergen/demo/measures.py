@@ -16,12 +16,14 @@ from PIL import Image
 
 from metamergen.evaluation.registry import MetricInfo, register_metric_info
 
-__all__ = ["TOY_METRICS", "object_scores", "own_vs_other"]
+__all__ = ["TOY_METRICS", "object_scores", "own_vs_other", "region_errors"]
 
-#: The toy-world object measures (columns :func:`object_scores` adds to a score table).
+#: The toy-world measures (columns :func:`object_scores` and :func:`region_errors` add to a score table).
 TOY_METRICS: dict[str, MetricInfo] = {
     "objects_recovered": MetricInfo("share of the scene's objects recovered (colour)", "Obj", True),
     "fixated_objects_recovered": MetricInfo("share of fixated objects recovered (colour)", "FixObj", True),
+    "fixated_object_mse": MetricInfo("MSE inside the fixated objects' boxes", "FixMSE", False),
+    "layout_mse": MetricInfo("MSE outside every object's box (the layout)", "LayMSE", False),
 }
 for _name, _info in TOY_METRICS.items():
     register_metric_info(_name, _info)
@@ -64,6 +66,57 @@ def object_scores(
     return {
         "objects_recovered": float(np.mean(matches)) if matches else math.nan,
         "fixated_objects_recovered": float(np.mean(hit)) if hit else math.nan,
+    }
+
+
+def region_errors(
+    generation: Image.Image,
+    scene: Image.Image,
+    objects: Sequence[Any],
+    fixations: Sequence[Sequence[float]],
+    *,
+    margin: float = 2.0,
+) -> dict[str, float]:
+    """Pixel errors of a generation where the toy world's ground truth says the fovea and the periphery act.
+
+    Parameters
+    ----------
+    generation
+        The rendered image (resized to the scene's size, bicubic, as the metrics do).
+    scene
+        The original scene image.
+    objects
+        The scene's :class:`~metamergen.demo.toyworld.ToyObject` list (boxes in scene pixels).
+    fixations
+        ``(x, y)`` in scene pixels; an object is fixated when a fixation lands within ``margin``
+        pixels of its box.
+
+    Returns
+    -------
+    dict
+        ``fixated_object_mse``: mean squared RGB error in [0, 1] units over the pixels of the
+        fixated objects' boxes (NaN when no object was fixated); ``layout_mse``: the same over the
+        pixels outside every object's box (the layout, which the periphery conveys).
+    """
+    from metamergen.demo.toyworld import in_box
+
+    o = np.asarray(scene.convert("RGB"), dtype=np.float64) / 255
+    g = generation.convert("RGB")
+    if g.size != scene.size:
+        g = g.resize(scene.size, Image.Resampling.BICUBIC)
+    err = ((np.asarray(g, dtype=np.float64) / 255 - o) ** 2).mean(axis=-1)
+    h, w = err.shape
+    fixated = np.zeros((h, w), bool)
+    any_object = np.zeros((h, w), bool)
+    for obj in objects:
+        x0, y0, x1, y1 = (int(round(v)) for v in obj.box)
+        region = (slice(max(0, y0), min(h, y1)), slice(max(0, x0), min(w, x1)))
+        any_object[region] = True
+        if any(in_box(x, y, obj.box, margin) for x, y in fixations):
+            fixated[region] = True
+    return {
+        "fixated_object_mse": float(err[fixated].mean()) if fixated.any() else math.nan,
+        "layout_mse": float(err[~any_object].mean()) if (~any_object).any() else math.nan,
     }
 
 

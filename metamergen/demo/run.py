@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from metamergen import defaults
-from metamergen.demo.measures import object_scores, own_vs_other
+from metamergen.demo.measures import object_scores, own_vs_other, region_errors
 from metamergen.utils.io import atomic_write
 
 if TYPE_CHECKING:
@@ -48,7 +48,15 @@ __all__ = [
 DEMO_MODEL = Path(__file__).resolve().parents[1] / "assets" / "demo_model"
 
 #: Scores of the demo: weight-free image metrics plus the object-level measures.
-DEMO_METRICS: tuple[str, ...] = ("ssim", "mse", "color_hist", "objects_recovered", "fixated_objects_recovered")
+DEMO_METRICS: tuple[str, ...] = (
+    "mse",
+    "ssim",
+    "fixated_object_mse",
+    "layout_mse",
+    "color_hist",
+    "objects_recovered",
+    "fixated_objects_recovered",
+)
 
 
 def _missing_model(path: Path) -> FileNotFoundError:
@@ -119,6 +127,21 @@ class DemoResult:
     summary: dict[str, Any]
 
 
+def _effect_notes(effects: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """One report paragraph per effect: means, paired difference with its interval, verdict."""
+    out = []
+    for e in effects:
+        out.append(
+            (
+                e["question"],
+                f"{e['measure']}: {e['a']} {e['mean_a']:.4f} vs {e['b']} {e['mean_b']:.4f}; paired difference "
+                f"{e['difference']:+.4f} [95 % CI {e['ci_low']:+.4f}, {e['ci_high']:+.4f}] over {e['n_scenes']} scenes "
+                f"({e['n_pairs']} pairs), > 0 = as the paper predicts: {e['verdict']}.",
+            )
+        )
+    return out
+
+
 def run_demo(
     out: str | Path = "outputs/demo",
     *,
@@ -157,10 +180,12 @@ def run_demo(
     ``out/demo_summary.json`` the settings, timings and :func:`own_vs_other`. Re-running skips
     finished generations (the study is resumable).
     """
+    from metamergen.demo.effects import baseline_comparisons, demo_effects
     from metamergen.demo.toyworld import read_objects
     from metamergen.evaluation.baselines import BASELINES_NAME, baseline_image, score_baselines
     from metamergen.evaluation.metrics import build_metrics
     from metamergen.evaluation.scoring import load_manifest_rows, score_manifest, write_score_table
+    from metamergen.evaluation.tables import read_table
     from metamergen.study.plan import StudySettings, plan_study
     from metamergen.study.run import run_study
     from metamergen.study.scenes import load_scanpath_scenes
@@ -194,6 +219,8 @@ def run_demo(
         with Image.open(out / "study" / r["path"]) as im:
             gen = im.convert("RGB")
         r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=(rec["width"], rec["height"])))
+        with Image.open(r["scene"]) as im:
+            r.update(region_errors(gen, im.convert("RGB"), rec["objects"], r["fixations"]))
     scores = write_score_table(rows, out / "scores.csv")
     # the baselines a render must beat: the scene's mean colour, and the periphery input with no model
     manifest_rows = [r for r in load_manifest_rows(out / "study" / "manifest.jsonl") if r["image_id"] in ids]
@@ -208,7 +235,13 @@ def run_demo(
             )
         size = (rec["width"], rec["height"])
         b["objects_recovered"] = object_scores(image, rec["objects"], [], scene_size=size)["objects_recovered"]
+        with Image.open(b["scene"]) as im:
+            b["layout_mse"] = region_errors(image, im.convert("RGB"), rec["objects"], [])["layout_mse"]
     baselines = write_score_table(base_rows, out / BASELINES_NAME)
+    effects = demo_effects(read_table(scores), n_boot=n_boot, seed=int(info["seed"]))
+    versus_baselines = baseline_comparisons(
+        read_table(scores), read_table(baselines), {"mse": True, "ssim": False}, n_boot=n_boot, seed=int(info["seed"])
+    )
     ovo = own_vs_other(rows, out / "study")
     note = (
         f"A render is closer (pixel MSE) to its own scene than to each of the other {ovo['n_scenes'] - 1} scenes "
@@ -223,7 +256,7 @@ def run_demo(
         n_boot=n_boot,
         sheets=sheets,
         baselines=baselines,
-        notes=[("Own scene vs other scenes", note)],
+        notes=[("Own scene vs other scenes", note), *((title, text) for title, text in _effect_notes(effects))],
     )
     summary = {
         "model": str(model),
@@ -236,6 +269,8 @@ def run_demo(
             "steps": steps,
         },
         "own_vs_other": ovo,
+        "effects": effects,
+        "versus_baselines": versus_baselines,
         "timings_s": {"render": round(t_render, 1), "total": round(time.time() - t0, 1)},
     }
     atomic_write(out / "demo_summary.json", lambda p: Path(p).write_text(json.dumps(summary, indent=2) + "\n"))

@@ -30,6 +30,7 @@ _EXPORTS = {
     "write_score_table": ".scoring",
     "bootstrap_ci": ".statistics",
     "derive_cell_seed": ".statistics",
+    "paired_difference": ".statistics",
     "unit_means": ".statistics",
     "TableError": ".tables",
     "read_table": ".tables",

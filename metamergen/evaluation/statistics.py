@@ -14,7 +14,7 @@ import numpy as np
 
 from metamergen.utils.seeds import derive_seed
 
-__all__ = ["bootstrap_ci", "derive_cell_seed", "unit_means"]
+__all__ = ["bootstrap_ci", "derive_cell_seed", "paired_difference", "unit_means"]
 
 
 def unit_means(values: Sequence[float], units: Sequence[Any]) -> np.ndarray:
@@ -69,3 +69,42 @@ def derive_cell_seed(seed: int, key: Sequence[str]) -> int:
     """The bootstrap seed of one table cell (metric, condition, source, prefix): a pure function of
     the report's ``seed`` and the cell, so a cell's interval does not depend on the other cells."""
     return derive_seed(int(seed), *key)
+
+
+def paired_difference(
+    a: Sequence[float],
+    b: Sequence[float],
+    units: Sequence[Any],
+    *,
+    n_boot: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Mean of the paired differences ``a - b`` with a bootstrap interval over units.
+
+    Pairs (one ``a``, one ``b``, same noise, same fixations but for what is compared) are first
+    averaged within each unit (scene), so every unit weighs the same; pairs with a non-finite side
+    are dropped.
+
+    Returns
+    -------
+    dict
+        ``mean_a``, ``mean_b`` (means of unit means), ``difference`` and its ``ci_low`` / ``ci_high``,
+        ``n_units``, ``n_pairs``.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    units = np.asarray([str(u) for u in units])
+    if not (len(a) == len(b) == len(units)):
+        raise ValueError(f"a, b and units must have one entry per pair, got {len(a)}, {len(b)}, {len(units)}.")
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b, units = a[ok], b[ok], units[ok]
+    diff, low, high = bootstrap_ci(unit_means(a - b, units), n_boot=n_boot, confidence=confidence, seed=seed)
+    return {
+        "mean_a": float(unit_means(a, units).mean()) if len(a) else math.nan,
+        "mean_b": float(unit_means(b, units).mean()) if len(b) else math.nan,
+        "difference": diff,
+        "ci_low": low,
+        "ci_high": high,
+        "n_units": int(len(np.unique(units))),
+        "n_pairs": int(len(a)),
+    }
