@@ -8,8 +8,12 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from metamergen import defaults
-from metamergen.commands._model import add_model_arguments, check_model_choice, load_pipeline_from_args
+from metamergen.commands._common import (
+    add_model_arguments,
+    add_sampling_arguments,
+    check_model_choice,
+    load_pipeline_from_args,
+)
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -72,48 +76,6 @@ def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
         "--random-control", action="store_true", help="also render matched random fixations (same counts, seeded)"
     )
     g.add_argument(
-        "--off-image",
-        choices=["drop", "clip", "error"],
-        default="drop",
-        help="fixations outside the image (default drop, with a warning count)",
-    )
-    g.add_argument(
-        "--foveal-scale",
-        type=float,
-        default=defaults.FOVEAL_SCALE,
-        help=f"λ_f for 'both' (paper {defaults.FOVEAL_SCALE})",
-    )
-    g.add_argument(
-        "--peripheral-scale",
-        type=float,
-        default=defaults.PERIPHERAL_SCALE,
-        help=f"λ_p for 'both' (paper {defaults.PERIPHERAL_SCALE})",
-    )
-    g.add_argument(
-        "--peripheral-blur",
-        type=float,
-        default=defaults.PERIPHERAL_BLUR,
-        help=f"down/up scale s in (0, 1] (default {defaults.PERIPHERAL_BLUR})",
-    )
-    g.add_argument(
-        "--steps",
-        type=int,
-        default=defaults.NUM_INFERENCE_STEPS,
-        help=f"DDIM steps (paper {defaults.NUM_INFERENCE_STEPS})",
-    )
-    g.add_argument(
-        "--guidance",
-        choices=["cfg++", "cfg"],
-        default=defaults.GUIDANCE,
-        help=f"sampler guidance (paper {defaults.GUIDANCE})",
-    )
-    g.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=None,
-        help=f"default {defaults.CFGPP_SCALE} for cfg++, {defaults.CFG_SCALE} for cfg",
-    )
-    g.add_argument(
         "--height",
         type=int,
         default=None,
@@ -122,6 +84,7 @@ def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, default=None, help="output width in pixels (with --height)")
     g.add_argument("--batch-size", type=int, default=4, help="images per pipeline call (default 4)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_sampling_arguments(g)
     add_model_arguments(g)
 
 

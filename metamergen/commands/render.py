@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from metamergen import defaults
-from metamergen.commands._model import add_model_arguments, load_pipeline_from_args
+from metamergen.commands._common import add_model_arguments, add_sampling_arguments, load_pipeline_from_args
 
 __all__ = ["add_parser", "parse_fixations", "run"]
 
@@ -25,45 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     r.add_argument("--out", required=True, help="output folder")
     add_model_arguments(r)
+    add_sampling_arguments(r)
     r.add_argument("--num-images", type=int, default=4, help="hypotheses to render (default 4)")
     r.add_argument("--seed", type=int, default=0, help="seed of the first hypothesis; hypothesis i uses seed + i")
-    r.add_argument(
-        "--steps",
-        type=int,
-        default=defaults.NUM_INFERENCE_STEPS,
-        help=f"DDIM steps (paper: {defaults.NUM_INFERENCE_STEPS})",
-    )
-    r.add_argument(
-        "--guidance",
-        choices=["cfg++", "cfg"],
-        default=defaults.GUIDANCE,
-        help=f"sampler guidance (paper: {defaults.GUIDANCE})",
-    )
-    r.add_argument(
-        "--guidance-scale",
-        type=float,
-        default=None,
-        help=f"default {defaults.CFGPP_SCALE} for cfg++, {defaults.CFG_SCALE} for cfg",
-    )
-    r.add_argument(
-        "--foveal-scale",
-        type=float,
-        default=defaults.FOVEAL_SCALE,
-        help=f"λ_f (paper: {defaults.FOVEAL_SCALE}; 0 = foveal stream off)",
-    )
-    r.add_argument(
-        "--peripheral-scale",
-        type=float,
-        default=defaults.PERIPHERAL_SCALE,
-        help=f"λ_p (paper: {defaults.PERIPHERAL_SCALE}; 0 = peripheral stream off)",
-    )
-    r.add_argument(
-        "--peripheral-blur",
-        type=float,
-        default=defaults.PERIPHERAL_BLUR,
-        help=f"down/up scale s in (0, 1] (paper figures: {defaults.PERIPHERAL_BLUR})",
-    )
-    r.add_argument("--off-image", choices=["drop", "clip", "error"], default="drop", help="fixations outside the image")
     r.set_defaults(func=run)
     return r
 

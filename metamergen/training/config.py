@@ -90,6 +90,7 @@ class OptimConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    #: Gradient clipping (not published; a common IP-Adapter training choice).
     max_grad_norm: float = 1.0
     lr_scheduler: str = "constant_with_warmup"
     lr_warmup_steps: int = 500

@@ -1,4 +1,4 @@
-"""The model-choice flags every rendering command shares, and loading the model they name."""
+"""The flags several commands share: which model to load, and how to sample (one definition each)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from metamergen import defaults
 
-__all__ = ["add_model_arguments", "check_model_choice", "load_pipeline_from_args"]
+__all__ = ["add_model_arguments", "add_sampling_arguments", "check_model_choice", "load_pipeline_from_args"]
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,3 +72,51 @@ def load_pipeline_from_args(args: argparse.Namespace) -> tuple[Any, str, str | N
         dtype=args.dtype,
     )
     return loaded.pipe, loaded.description, loaded.revision
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--steps``, ``--guidance``, ``--guidance-scale``, ``--foveal-scale``, ``--peripheral-scale``,
+    ``--peripheral-blur`` and ``--off-image``, with the paper's defaults (:mod:`metamergen.defaults`)."""
+    p = parser.add_argument_group("sampling")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=defaults.NUM_INFERENCE_STEPS,
+        help=f"DDIM steps (paper {defaults.NUM_INFERENCE_STEPS})",
+    )
+    p.add_argument(
+        "--guidance",
+        choices=["cfg++", "cfg"],
+        default=defaults.GUIDANCE,
+        help=f"sampler guidance (paper {defaults.GUIDANCE})",
+    )
+    p.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"default {defaults.CFGPP_SCALE} for cfg++ (range [0, 1]), {defaults.CFG_SCALE} for cfg",
+    )
+    p.add_argument(
+        "--foveal-scale",
+        type=float,
+        default=defaults.FOVEAL_SCALE,
+        help=f"λ_f (paper {defaults.FOVEAL_SCALE}; 0 = foveal stream off)",
+    )
+    p.add_argument(
+        "--peripheral-scale",
+        type=float,
+        default=defaults.PERIPHERAL_SCALE,
+        help=f"λ_p (paper {defaults.PERIPHERAL_SCALE}; 0 = peripheral stream off)",
+    )
+    p.add_argument(
+        "--peripheral-blur",
+        type=float,
+        default=defaults.PERIPHERAL_BLUR,
+        help=f"down/up scale s in (0, 1] (paper figures: {defaults.PERIPHERAL_BLUR})",
+    )
+    p.add_argument(
+        "--off-image",
+        choices=["drop", "clip", "error"],
+        default="drop",
+        help="fixations outside the image: drop (default, with a warning count), clip or error",
+    )
