@@ -14,7 +14,12 @@ Stages (all seeded; the seeds and step counts are written to ``build_info.json``
 
 The exported model is an ordinary :class:`~metamergen.MetamerGenPipeline` folder. Each stage's
 output lands in ``--work`` and is reused by a later run with ``--resume-stages`` (for instance
-to retrain only the adapters).
+to retrain only the adapters). ``--base-from <demo model>`` takes the VAE, text encoder and UNet
+of an existing demo model instead of stages 2-3 (they are frozen during stage 4, so this retrains
+exactly what the paper trains); the image encoder and the adapters are built fresh from the seed
+and the model config (``--model-option key=value`` changes a :class:`DemoModelConfig` field).
+
+    python training/build_demo_model.py --base-from metamergen/assets/demo_model --model-option encoder_position_scale=20
 """
 
 from __future__ import annotations
@@ -87,11 +92,15 @@ def build(
     steps: dict[str, int] | None = None,
     resume_stages: Sequence[str] = (),
     overrides: Sequence[str] = (),
+    base_from: str | Path | None = None,
+    model_options: dict | None = None,
 ) -> Path:
     """Run every stage (module docstring) and write the model to ``out``; returns ``out``.
 
     ``steps`` overrides entries of :data:`FULL` (or :data:`QUICK` with ``quick``); ``overrides``
-    are ``section.key=value`` overrides of the adapter-training config.
+    are ``section.key=value`` overrides of the adapter-training config; ``base_from`` a demo model
+    whose frozen VAE, text encoder and UNet replace stages 2-3; ``model_options`` overrides fields
+    of :class:`DemoModelConfig` (with ``base_from``, only those of the parts built fresh).
     """
     steps = {**(QUICK if quick else FULL), **(steps or {})}
     resume = set(resume_stages)
@@ -106,6 +115,32 @@ def build(
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     model_cfg = DemoModelConfig()
+    base_info = None
+    if base_from is not None:
+        base_info = json.loads((Path(base_from) / "build_info.json").read_text())
+        model_cfg = DemoModelConfig.from_dict(base_info["model"])
+        if int(base_info["seed"]) != seed:
+            raise ValueError(
+                f"--base-from {base_from} was built with seed {base_info['seed']}; pass --seed {base_info['seed']}."
+            )
+    if model_options:
+        unknown = set(model_options) - set(model_cfg.to_dict())
+        if unknown:
+            raise ValueError(f"Unknown model option(s) {sorted(unknown)}; valid: {sorted(model_cfg.to_dict())}.")
+        frozen = {
+            "image_size",
+            "vae_channels",
+            "unet_channels",
+            "unet_layers_per_block",
+            "cross_attention_dim",
+            "text_layers",
+            "text_max_length",
+        }
+        if base_from is not None and set(model_options) & frozen:
+            raise ValueError(
+                f"{sorted(set(model_options) & frozen)} belong to the reused base; drop --base-from to change them."
+            )
+        model_cfg = DemoModelConfig.from_dict({**model_cfg.to_dict(), **model_options})
     world_cfg = ToyWorldConfig(size=model_cfg.image_size, seed=seed)
     info: dict = {
         "steps": steps,
@@ -128,7 +163,9 @@ def build(
 
     t0 = time.time()
     vae_dir = work / "vae"
-    if "vae" in resume and vae_dir.exists():
+    if base_from is not None:
+        vae = None  # the reused base's VAE goes in with the base below
+    elif "vae" in resume and vae_dir.exists():
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(vae_dir)
@@ -141,7 +178,25 @@ def build(
 
     t0 = time.time()
     base_dir = work / "base"
-    if not ("base" in resume and (base_dir / "model_index.json").exists()):
+    if base_from is not None:
+        src = MetamerGenPipeline.from_pretrained(base_from)
+        torch.manual_seed(seed + 2)  # the same seed stage 3 builds the encoder and adapters with
+        base = assemble_pipeline(
+            vae=src.vae,
+            text_encoder=src.text_encoder,
+            tokenizer=src.tokenizer,
+            unet=src.unet,
+            image_encoder=build_image_encoder(model_cfg),
+            config=model_cfg,
+        )
+        base.save_pretrained(base_dir)
+        info["base_from"] = {
+            "path": str(base_from),
+            "git_commit": base_info.get("git_commit"),
+            "steps": base_info.get("steps"),
+            "results": {k: v for k, v in base_info.get("results", {}).items() if k in ("vae", "base")},
+        }
+    elif not ("base" in resume and (base_dir / "model_index.json").exists()):
         torch.manual_seed(seed + 1)
         tokenizer = build_tokenizer(model_cfg.text_max_length)
         text_encoder = build_text_encoder(tokenizer, model_cfg)
@@ -216,8 +271,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     for key in FULL:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help=f"override {key}")
+    p.add_argument("--base-from", default=None, help="reuse this demo model's VAE, text encoder and UNet (stages 2-3)")
+    p.add_argument(
+        "--model-option", action="append", default=[], metavar="KEY=VALUE", help="override a DemoModelConfig field"
+    )
     p.add_argument("override", nargs="*", help="adapter-training config overrides, section.key=value")
     args = p.parse_args(argv)
+    import yaml
+
+    model_options = {}
+    for item in args.model_option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--model-option takes KEY=VALUE, got {item!r}")
+        model_options[key] = yaml.safe_load(value)
     steps = {k: getattr(args, k) for k in FULL if getattr(args, k) is not None}
     build(
         args.out,
@@ -227,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         steps=steps,
         resume_stages=args.resume_stages or (),
         overrides=args.override,
+        base_from=args.base_from,
+        model_options=model_options,
     )
     return 0
 

@@ -97,6 +97,9 @@ class DemoModelConfig:
     encoder_resolution: int = 112
     encoder_width: int = 96
     encoder_layers: int = 2
+    #: Factor on the random encoder's patch position embeddings (1 = as initialised). A trained
+    #: DINOv2's tokens say both what a patch shows and where it is; a random one's mostly what.
+    encoder_position_scale: float = 1.0
     num_tokens: int = 16
     resampler_hidden_dim: int = 64
 
@@ -172,8 +175,9 @@ def build_unet(config: DemoModelConfig) -> UNet2DConditionModel:
 
 
 def build_image_encoder(config: DemoModelConfig) -> Dinov2WithRegistersModel:
-    """A random DINOv2 with registers (patch 14, ``encoder_resolution / 14`` tokens a side)."""
-    return Dinov2WithRegistersModel(
+    """A random DINOv2 with registers (patch 14, ``encoder_resolution / 14`` tokens a side), its
+    patch position embeddings multiplied by ``config.encoder_position_scale``."""
+    encoder = Dinov2WithRegistersModel(
         Dinov2WithRegistersConfig(
             image_size=config.encoder_resolution,
             patch_size=14,
@@ -184,6 +188,10 @@ def build_image_encoder(config: DemoModelConfig) -> Dinov2WithRegistersModel:
             num_register_tokens=4,
         )
     ).eval()
+    if config.encoder_position_scale != 1.0:
+        with torch.no_grad():  # index 0 is the CLS token's embedding; the rest are the patches'
+            encoder.embeddings.position_embeddings[:, 1:] *= float(config.encoder_position_scale)
+    return encoder
 
 
 def fresh_adapters(unet: UNet2DConditionModel, config: DemoModelConfig) -> MetamerGenAdapters:
