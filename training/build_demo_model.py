@@ -9,13 +9,16 @@ Stages (all seeded; the seeds and step counts are written to ``build_info.json``
 2. **vae**: a small VAE trained to reconstruct the train scenes (:func:`metamergen.demo.toymodel.train_vae`);
 3. **base**: a small UNet and its text encoder trained text-to-image on scene captions
    (:func:`metamergen.demo.toymodel.train_base_unet`), the toy counterpart of Stable Diffusion;
-4. **adapters**: the project's own trainer (``training/train.py``'s loop) on the frozen base with
+4. **encoder**: the toy DINOv2, trained self-supervised on the train scenes so that each patch
+   token says what its patch shows and where it is (:func:`metamergen.demo.toymodel.train_image_encoder`),
+   then frozen, as DINOv2 is;
+5. **adapters**: the project's own trainer (``training/train.py``'s loop) on the frozen base with
    ``configs/demo_toyworld.yaml``: random fixations and blur levels, as the paper.
 
 The exported model is an ordinary :class:`~metamergen.MetamerGenPipeline` folder. Each stage's
 output lands in ``--work`` and is reused by a later run with ``--resume-stages`` (for instance
 to retrain only the adapters). ``--base-from <demo model>`` takes the VAE, text encoder and UNet
-of an existing demo model instead of stages 2-3 (they are frozen during stage 4, so this retrains
+of an existing demo model instead of stages 2-3 (they are frozen during stage 5, so this retrains
 exactly what the paper trains); the image encoder and the adapters are built fresh from the seed
 and the model config (``--model-option key=value`` changes a :class:`DemoModelConfig` field).
 
@@ -51,6 +54,7 @@ from metamergen.demo.toymodel import (
     images_to_tensor,
     scene_caption,
     train_base_unet,
+    train_image_encoder,
     train_vae,
 )
 from metamergen.demo.toyworld import ToyWorldConfig, read_objects, write_world  # noqa: E402
@@ -66,8 +70,15 @@ DEFAULT_OUT = REPO / "metamergen" / "assets" / "demo_model"
 FP16_COMPONENTS = ("vae", "unet", "adapters")
 
 #: Step counts of the full build and of ``--quick`` (CI smoke test).
-FULL = {"n_train": 2000, "n_test": 200, "vae_steps": 1500, "base_steps": 2500, "adapter_steps": 1500}
-QUICK = {"n_train": 16, "n_test": 4, "vae_steps": 2, "base_steps": 2, "adapter_steps": 2}
+FULL = {
+    "n_train": 2000,
+    "n_test": 200,
+    "vae_steps": 1500,
+    "base_steps": 2500,
+    "encoder_steps": 1500,
+    "adapter_steps": 1500,
+}
+QUICK = {"n_train": 16, "n_test": 4, "vae_steps": 2, "base_steps": 2, "encoder_steps": 2, "adapter_steps": 2}
 
 
 def _load_train_split(world: Path) -> tuple[list, list[str], list]:
@@ -83,6 +94,19 @@ def _load_train_split(world: Path) -> tuple[list, list[str], list]:
     return images, captions, boxes
 
 
+def _reused(model: str | Path, stage: str, seed: int) -> dict:
+    """Provenance of a stage reused from another demo model; refuses one built from another seed."""
+    other = json.loads((Path(model) / "build_info.json").read_text())
+    if int(other["seed"]) != seed:
+        raise ValueError(f"{model} was built with seed {other['seed']}; pass --seed {other['seed']}.")
+    return {
+        "git_commit": other.get("git_commit"),
+        "steps": other.get("steps"),
+        "results": other.get("results", {}).get(stage),
+        "world": other.get("world"),
+    }
+
+
 def build(
     out: str | Path = DEFAULT_OUT,
     *,
@@ -93,18 +117,20 @@ def build(
     resume_stages: Sequence[str] = (),
     overrides: Sequence[str] = (),
     base_from: str | Path | None = None,
+    vae_from: str | Path | None = None,
     model_options: dict | None = None,
 ) -> Path:
     """Run every stage (module docstring) and write the model to ``out``; returns ``out``.
 
     ``steps`` overrides entries of :data:`FULL` (or :data:`QUICK` with ``quick``); ``overrides``
     are ``section.key=value`` overrides of the adapter-training config; ``base_from`` a demo model
-    whose frozen VAE, text encoder and UNet replace stages 2-3; ``model_options`` overrides fields
+    whose frozen VAE, text encoder and UNet replace stages 2-3; ``vae_from`` a demo model whose VAE
+    replaces stage 2 (its world config and seed must match); ``model_options`` overrides fields
     of :class:`DemoModelConfig` (with ``base_from``, only those of the parts built fresh).
     """
     steps = {**(QUICK if quick else FULL), **(steps or {})}
     resume = set(resume_stages)
-    for stage, needs in (("vae", "world"), ("base", "vae")):
+    for stage, needs in (("vae", "world"), ("base", "vae"), ("encoder", "world")):
         if stage in resume and needs not in resume:
             raise ValueError(
                 f"--resume-stages {stage} needs {needs} too: a stage is only reused with the ones it was built on."
@@ -123,6 +149,8 @@ def build(
             raise ValueError(
                 f"--base-from {base_from} was built with seed {base_info['seed']}; pass --seed {base_info['seed']}."
             )
+    if base_from is not None and vae_from is not None:
+        raise ValueError("--base-from already brings a VAE; drop --vae-from.")
     if model_options:
         unknown = set(model_options) - set(model_cfg.to_dict())
         if unknown:
@@ -130,6 +158,7 @@ def build(
         frozen = {
             "image_size",
             "vae_channels",
+            "latent_channels",
             "unet_channels",
             "unet_layers_per_block",
             "cross_attention_dim",
@@ -165,6 +194,17 @@ def build(
     vae_dir = work / "vae"
     if base_from is not None:
         vae = None  # the reused base's VAE goes in with the base below
+    elif vae_from is not None:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(Path(vae_from) / "vae", torch_dtype=torch.float32)
+        info["vae_from"] = {"path": str(vae_from), **_reused(vae_from, "vae", seed)}
+        if info["vae_from"]["world"] != world_cfg.to_dict():
+            raise ValueError(f"--vae-from {vae_from} was trained on another toy world; drop --vae-from.")
+        if tuple(vae.config.block_out_channels) != tuple(model_cfg.vae_channels) or int(
+            vae.config.latent_channels
+        ) != int(model_cfg.latent_channels):
+            raise ValueError(f"--vae-from {vae_from} has another VAE shape than the model config; drop --vae-from.")
     elif "vae" in resume and vae_dir.exists():
         from diffusers import AutoencoderKL
 
@@ -218,6 +258,27 @@ def build(
     info["timings_s"]["base"] = round(time.time() - t0, 1)
 
     t0 = time.time()
+    encoder_dir = work / "image_encoder"
+    if "encoder" in resume and (encoder_dir / "config.json").exists():
+        encoder = type(build_image_encoder(model_cfg)).from_pretrained(encoder_dir)
+    else:
+        torch.manual_seed(seed + 2)  # the encoder's initial weights: the ones assemble_pipeline drew
+        encoder = build_image_encoder(model_cfg)
+        info["results"]["encoder"] = train_image_encoder(
+            encoder, images, steps=steps["encoder_steps"], seed=seed + 3, progress=True
+        )
+        encoder.save_pretrained(encoder_dir)
+    base = MetamerGenPipeline.from_pretrained(base_dir)
+    base.register_modules(image_encoder=encoder)
+    base.save_pretrained(base_dir)
+    info["timings_s"]["encoder"] = round(time.time() - t0, 1)
+
+    t0 = time.time()
+    if not {"vae", "base", "encoder"} <= resume or base_from is not None:
+        # the cache holds the VAE's latents and the encoder's tokens, and the checkpoints adapters
+        # trained on them: both are stale once a stage before this one was rebuilt
+        shutil.rmtree(work / "feature_cache", ignore_errors=True)
+        shutil.rmtree(work / "adapters_run", ignore_errors=True)
     cfg = TrainConfig.from_yaml(
         REPO / "configs" / "demo_toyworld.yaml",
         [
@@ -266,12 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--resume-stages",
         nargs="*",
-        choices=["world", "vae", "base"],
+        choices=["world", "vae", "base", "encoder"],
         help="reuse these stages' outputs from --work instead of retraining them",
     )
     for key in FULL:
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None, help=f"override {key}")
     p.add_argument("--base-from", default=None, help="reuse this demo model's VAE, text encoder and UNet (stages 2-3)")
+    p.add_argument("--vae-from", default=None, help="reuse this demo model's VAE (stage 2; same seed and world)")
     p.add_argument(
         "--model-option", action="append", default=[], metavar="KEY=VALUE", help="override a DemoModelConfig field"
     )
@@ -295,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         resume_stages=args.resume_stages or (),
         overrides=args.override,
         base_from=args.base_from,
+        vae_from=args.vae_from,
         model_options=model_options,
     )
     return 0

@@ -7,22 +7,26 @@ long before the adapters. The bundled demo model follows that recipe at toy scal
    reconstruct toy scenes; its ``scaling_factor`` is then set to ``1 / std`` of the training
    latents, as SD's was.
 2. :func:`train_base_unet` trains a small UNet *with its text encoder* on scene captions
-   (:func:`scene_caption`, e.g. ``"cream wall, soil floor, tile door: blue cross, yellow circle"``),
-   dropping the caption for 10 % of samples so that the empty prompt is the unconditional model.
-   The caption is what makes the UNet *listen* through cross-attention, as SD's does; the
-   adapters later speak to it through the same attention layers.
-3. The adapters are trained by the project's own ``training/train.py`` on the frozen result
-   (``configs/demo_toyworld.yaml``); ``training/build_demo_model.py`` runs all three stages.
+   (:func:`scene_caption`, e.g. ``"horizon 5, cream wall, soil floor, tile door 2,3: blue cross 6,1"``:
+   what is in the scene and in which cell of an 8 x 8 grid), dropping the caption for 10 % of
+   samples so that the empty prompt is the unconditional model. The caption is what makes the
+   UNet *listen* through cross-attention, as SD's does; the adapters later speak to it through the
+   same attention layers.
+3. :func:`train_image_encoder` trains the small DINOv2 self-supervised on the same scenes, so that
+   each patch token says what its patch shows and where it is (a pretrained DINOv2's two
+   properties that a random one lacks), then freezes it.
+4. The adapters are trained by the project's own ``training/train.py`` on the frozen result
+   (``configs/demo_toyworld.yaml``); ``training/build_demo_model.py`` runs all the stages.
 
 Why stage 2 needs captions: adapters trained on a UNet that only ever saw a constant context
 learn to lower the noise-prediction loss, yet reconstruct a scene equally well from its own
-tokens and from another scene's (what the project's first learning test found): such a UNet never learned to take content
-from cross-attention, and the frozen layers after it cannot start to.
+tokens and from another scene's (what the project's first learning test found): such a UNet never
+learned to take content from cross-attention, and the frozen layers after it cannot start to.
+Why the captions say *where*: a base whose captions named objects but not places learned to put
+them anywhere, and adapters trained on it carried the scene's colours but not its layout (renders
+scored worse than a flat image of the scene's mean colour).
 
-The image encoder is a small DINOv2-with-registers with *random, frozen* weights (no pretrained
-DINOv2 can be downloaded here, and training one is out of scope): its patch tokens are a fixed
-random nonlinear code of each 14-px patch, which keeps colour and shape information for the
-resamplers to learn from. Everything is built from configs; every random draw is seeded.
+Everything is built from configs; every random draw is seeded.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from transformers import (
 )
 
 from metamergen.adapters.model import MetamerGenAdapters
+from metamergen.defaults import BLUR_LEVELS
 from metamergen.encoders.dinov2 import dinov2_processor
 from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
 from metamergen.testing import byte_level_tokenizer, sd15_ddim_scheduler
@@ -68,6 +73,7 @@ __all__ = [
     "train_vae",
     "encode_latents",
     "train_base_unet",
+    "train_image_encoder",
 ]
 
 
@@ -81,7 +87,7 @@ class DemoModelConfig:
     VAE                 SD1.5, factor 8             3 levels (32, 64, 64), factor 4
     UNet                SD1.5, cross-attn 768       2 levels (64, 128), cross-attn 64
     text encoder        CLIP ViT-L/14 text          byte-level, 2 layers, width 64
-    DINOv2              ViT-B/14-reg, 448 px        random, 2 layers, width 96, 112 px
+    DINOv2              ViT-B/14-reg, 448 px        toy-trained, 2 layers, width 96, 112 px
     token grid          32 x 32                     8 x 8 (8 scene px per patch)
     resamplers          32 tokens, 768 wide         16 tokens, 64 wide, depth 4
     ==================  ==========================  ==================================
@@ -89,11 +95,12 @@ class DemoModelConfig:
 
     image_size: int = 64
     vae_channels: tuple[int, ...] = (32, 64, 64)
+    latent_channels: int = 4
     unet_channels: tuple[int, ...] = (64, 128)
     unet_layers_per_block: int = 1
     cross_attention_dim: int = 64
     text_layers: int = 2
-    text_max_length: int = 128
+    text_max_length: int = 192
     encoder_resolution: int = 112
     encoder_width: int = 96
     encoder_layers: int = 2
@@ -142,7 +149,7 @@ def build_text_encoder(tokenizer: CLIPTokenizer, config: DemoModelConfig) -> CLI
 
 
 def build_vae(config: DemoModelConfig) -> AutoencoderKL:
-    """The demo VAE: ``len(vae_channels)`` levels, 4 latent channels."""
+    """The demo VAE: ``len(vae_channels)`` levels, ``latent_channels`` latent channels."""
     n = len(config.vae_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -151,7 +158,7 @@ def build_vae(config: DemoModelConfig) -> AutoencoderKL:
         up_block_types=("UpDecoderBlock2D",) * n,
         block_out_channels=tuple(config.vae_channels),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=config.latent_channels,
         norm_num_groups=16,
         sample_size=config.image_size,
     )
@@ -162,8 +169,8 @@ def build_unet(config: DemoModelConfig) -> UNet2DConditionModel:
     n = len(config.unet_channels)
     return UNet2DConditionModel(
         sample_size=config.latent_size,
-        in_channels=4,
-        out_channels=4,
+        in_channels=config.latent_channels,
+        out_channels=config.latent_channels,
         block_out_channels=tuple(config.unet_channels),
         layers_per_block=config.unet_layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * n,
@@ -240,19 +247,37 @@ def assemble_pipeline(
 # ---------------------------------------------------------------------------------- captions
 
 
-def scene_caption(layout: Mapping[str, Any], objects: Sequence[Any]) -> str:
-    """A short caption: the layout regions' colours and names, then each object's colour and shape.
+def _cell(box: Sequence[float], size: int, grid: int) -> str:
+    """``"col,row"`` of a box's centre on a ``grid`` x ``grid`` partition of a ``size``-px scene."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return f"{min(grid - 1, int(cx * grid / size))},{min(grid - 1, int(cy * grid / size))}"
+
+
+def scene_caption(layout: Mapping[str, Any], objects: Sequence[Any], *, size: int = 64, grid: int = 8) -> str:
+    """A short caption: the horizon, the layout regions and each object, with where they are.
 
     ``objects`` are :class:`~metamergen.demo.toyworld.ToyObject` or their dicts (``objects.jsonl``).
-    Example: ``"cream wall, soil floor, tile door: blue cross, yellow circle"``.
-    """
-    regions = ", ".join(f"{r['colour']} {r['name']}" for r in layout["regions"])
+    Places are ``col,row`` cells of a ``grid`` x ``grid`` partition of the ``size``-px scene
+    (8 x 8 is the demo encoder's patch grid). Example:
+    ``"horizon 5, cream wall, soil floor, tile door 2,3: blue cross 6,1, yellow circle 3,3"``.
 
-    def field(o: Any, k: str) -> str:
+    Why places: SD knows "on the left" from its captions, and that is what lets image adapters
+    steer *where* things go; a base trained on captions without places learns to put objects
+    anywhere, and the adapters trained on it cannot move them.
+    """
+    regions = []
+    for r in layout["regions"]:
+        big = r["name"] in ("wall", "floor", "sky", "ground")
+        regions.append(f"{r['colour']} {r['name']}" + ("" if big else f" {_cell(r['box'], size, grid)}"))
+    horizon = min(grid - 1, int(layout["horizon"] * grid / size))
+
+    def field(o: Any, k: str) -> Any:
         return o[k] if isinstance(o, Mapping) else getattr(o, k)
 
-    things = ", ".join(f"{field(o, 'colour')} {field(o, 'shape')}" for o in objects)
-    return f"{regions}: {things}"
+    things = ", ".join(
+        f"{field(o, 'colour')} {field(o, 'shape')} {_cell(field(o, 'box'), size, grid)}" for o in objects
+    )
+    return f"horizon {horizon}, " + ", ".join(regions) + f": {things}"
 
 
 # ---------------------------------------------------------------------------------- training
@@ -439,6 +464,103 @@ def train_base_unet(
     unet.eval()
     text_encoder.eval()
     return {"loss": float(np.mean(recent))}
+
+
+def train_image_encoder(
+    encoder: Dinov2WithRegistersModel,
+    images: Sequence[Image.Image],
+    *,
+    steps: int,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    blur_levels: Sequence[float] = BLUR_LEVELS,
+    position_weight: float = 0.1,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train the demo's DINOv2 in place so that each patch token says what its patch shows and where.
+
+    A pretrained DINOv2's patch tokens describe their patch and its surroundings and carry their
+    place in the grid; a randomly initialised one's carry colour but hardly position (a linear
+    probe finds the patch index of 7 % of sharp tokens), so foveal tokens could not tell the
+    adapters *where* the fixated detail belongs. This self-supervised stand-in for DINOv2's
+    pretraining gives the same two properties, and the encoder is frozen afterwards, as DINOv2 is.
+
+    Each step takes ``batch_size`` scenes through the pipeline's own canvas path
+    (:func:`~metamergen.encoders.dinov2.encoder_canvas`), degrades each canvas by a random level of
+    ``blur_levels`` or keeps it sharp (half the samples: the foveal stream reads sharp tokens), and
+    asks two linear heads on every patch token for (a) the canvas pixels of its patch (2x
+    average-pooled) and of its 3 x 3 patch neighbourhood (6x pooled), MSE, and (b) its patch index,
+    cross-entropy weighted by ``position_weight``. The heads are thrown away.
+
+    Returns ``{"pixel_mse": ..., "position_accuracy": ...}`` over the last 50 steps.
+    """
+    from metamergen.encoders.dinov2 import encoder_canvas, patch_tokens
+    from metamergen.foveation.periphery import peripheral_image
+
+    patch = int(encoder.config.patch_size)
+    processor = dinov2_processor(int(encoder.config.image_size))
+    canvas, _ = encoder_canvas(processor, list(images), patch_size=patch)
+    side = canvas.shape[-1] // patch
+    n_tokens, width = side * side, int(encoder.config.hidden_size)
+    own_dim = 3 * (patch // 2) ** 2
+    heads = torch.nn.ModuleDict(
+        {
+            "own": torch.nn.Linear(width, own_dim),
+            "near": torch.nn.Linear(width, own_dim),
+            "pos": torch.nn.Linear(width, n_tokens),
+        }
+    )
+
+    def targets(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # (B, 3, S, S) canvas -> per patch, its own pixels and its 3 x 3 neighbourhood's, (B, T, own_dim) each
+        half, B = patch // 2, x.shape[0]
+        x2 = F.avg_pool2d(x, 2)
+        own = F.unfold(x2, half, stride=half).transpose(1, 2)
+        padded = F.pad(x2, (half,) * 4, mode="replicate")
+        near = F.unfold(padded, 3 * half, stride=half)  # (B, 3 * (3 half)^2, T)
+        near = near.view(B, 3, 3 * half, 3 * half, n_tokens).permute(0, 4, 1, 2, 3).flatten(0, 1)
+        near = F.avg_pool2d(near, 3).reshape(B, n_tokens, own_dim)
+        return own, near
+
+    g = torch.Generator().manual_seed(seed)
+    params = list(encoder.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=1e-2)
+    sched = _cosine_schedule(opt, steps)
+    encoder.train()
+    positions = torch.arange(n_tokens).repeat(batch_size)
+    recent: list[tuple[float, float]] = []
+    bar = tqdm(range(steps), desc="image encoder", disable=not progress)
+    for step in bar:
+        idx = torch.randint(0, len(canvas), (batch_size,), generator=g)
+        levels = torch.randint(0, len(blur_levels) * 2, (batch_size,), generator=g).tolist()
+        x = torch.stack(
+            [
+                canvas[i] if lv >= len(blur_levels) else peripheral_image(canvas[i : i + 1], blur_levels[lv])[0]
+                for i, lv in zip(idx.tolist(), levels)
+            ]
+        )
+        tokens = patch_tokens(encoder, x)
+        own, near = targets(x)
+        pixel = F.mse_loss(heads["own"](tokens), own) + F.mse_loss(heads["near"](tokens), near)
+        logits = heads["pos"](tokens).flatten(0, 1)
+        loss = pixel + position_weight * F.cross_entropy(logits, positions)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        acc = (logits.argmax(-1) == positions).float().mean().item()
+        recent = (recent + [(pixel.item(), acc)])[-50:]
+        if step % 50 == 0:
+            bar.set_postfix(
+                pixel=f"{np.mean([r[0] for r in recent]):.4f}", pos=f"{np.mean([r[1] for r in recent]):.2f}"
+            )
+    encoder.eval().requires_grad_(False)
+    return {
+        "pixel_mse": float(np.mean([r[0] for r in recent])),
+        "position_accuracy": float(np.mean([r[1] for r in recent])),
+    }
 
 
 def build_tokenizer(max_length: int = 128) -> CLIPTokenizer:
