@@ -107,6 +107,17 @@ def test_a_cache_built_differently_is_refused(tmp_path: Path):
         CachedFeatureDataset(tmp_path, items_for(tmp_path / "i", 1), fixation_counts=[1], blur_levels=[0.5])
 
 
+def test_a_cache_built_with_other_encoder_weights_is_refused(tmp_path: Path):
+    """Same config and path, retrained weights (a rebuilt model saved into the same folder)."""
+    pipe = tiny_pipeline()
+    check_cache(tmp_path, cache_settings(pipe, 32, LEVELS, torch.float16))
+    check_cache(tmp_path, cache_settings(pipe, 32, LEVELS, torch.float16))  # unchanged: accepted
+    with torch.no_grad():
+        next(pipe.image_encoder.parameters()).add_(1e-3)
+    with pytest.raises(ValueError, match="weights"):
+        check_cache(tmp_path, cache_settings(pipe, 32, LEVELS, torch.float16))
+
+
 def test_training_from_the_cache(tmp_path: Path):
     from accelerate.state import AcceleratorState
 

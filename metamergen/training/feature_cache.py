@@ -16,6 +16,7 @@ skips files that exist (it can be interrupted and rerun) and writes each file at
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -35,11 +36,27 @@ from metamergen.utils.io import atomic_write
 CACHE_FORMAT = 1
 INDEX_NAME = "cache.json"
 
-__all__ = ["CachedFeatureDataset", "cache_features", "cache_settings", "check_cache"]
+__all__ = ["CachedFeatureDataset", "cache_features", "cache_settings", "check_cache", "weights_digest"]
+
+
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the modules' state dicts (names, dtypes, shapes, bytes), in order.
+
+    A folder path names a model but not its weights: a demo rebuilt into the same folder, or a
+    fine-tuned encoder saved over the old one, must not train on the old one's cached features.
+    """
+    h = hashlib.sha256()
+    for module in modules:
+        for name, t in module.state_dict().items():
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def cache_settings(pipe: Any, resolution: int, blur_levels: Sequence[float], dtype: torch.dtype) -> dict[str, Any]:
-    """What a cache depends on; training refuses a cache built with different settings."""
+    """What a cache depends on, the encoders' weights included; training refuses a cache built
+    with different settings."""
     return {
         "format": CACHE_FORMAT,
         "resolution": int(resolution),
@@ -49,6 +66,7 @@ def cache_settings(pipe: Any, resolution: int, blur_levels: Sequence[float], dty
         "image_encoder": pipe.image_encoder.config._name_or_path or type(pipe.image_encoder).__name__,
         "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
         "dtype": str(dtype).replace("torch.", ""),
+        "weights": weights_digest(pipe.vae, pipe.image_encoder),
     }
 
 
@@ -60,7 +78,7 @@ def check_cache(cache_dir: str | Path, settings: dict[str, Any]) -> None:
         diff = {k: (found.get(k), v) for k, v in settings.items() if found.get(k) != v}
         if diff:
             raise ValueError(
-                f"The feature cache in {cache_dir} was built with other settings ({diff}, as cached vs now). "
+                f"The feature cache in {cache_dir} was built with other settings or weights ({diff}, as cached vs now). "
                 "Use a new data.feature_cache folder, or delete this one."
             )
     else:
