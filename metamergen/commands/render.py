@@ -62,19 +62,19 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import torch
-    from PIL import Image, UnidentifiedImageError
 
     from metamergen import __version__
     from metamergen.encoders.dinov2 import canvas_size
+    from metamergen.utils.images import ImageLoadError, load_image
     from metamergen.utils.io import atomic_write
     from metamergen.viz.figures import contact_sheet, draw_scanpath, foveated_input
 
     try:
-        image = Image.open(args.image).convert("RGB")
+        image = load_image(args.image)
     except FileNotFoundError:
         raise SystemExit(f"error: no image at {args.image}.") from None
-    except UnidentifiedImageError:
-        raise SystemExit(f"error: {args.image} is not an image file Pillow can read.") from None
+    except ImageLoadError as err:
+        raise SystemExit(f"error: {err}") from None
     from metamergen.fixations.records import Scanpath
 
     scanpath = Scanpath.from_points(

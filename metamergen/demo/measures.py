@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from metamergen.evaluation.registry import MetricInfo, register_metric_info
+from metamergen.utils.images import load_image
 
 __all__ = ["TOY_METRICS", "object_scores", "own_vs_other", "region_errors"]
 
@@ -146,12 +147,11 @@ def own_vs_other(rows: Sequence[Mapping[str, Any]], root: str | Path) -> dict[st
     scenes = sorted({str(r["scene"]) for r in rows})
     if len(scenes) < 2:
         raise ValueError("own_vs_other needs generations of at least two scenes.")
-    originals = [Image.open(s if Path(s).is_absolute() else root / s).convert("RGB") for s in scenes]
+    originals = [load_image(s if Path(s).is_absolute() else root / s) for s in scenes]
     mse = MSE()
     own, other, closest = [], [], []
     for r in rows:
-        with Image.open(root / r["path"]) as im:
-            generation = im.convert("RGB")
+        generation = load_image(root / r["path"])
         d = dict(zip(scenes, mse(originals, [generation] * len(scenes)).tolist()))
         own.append(d[str(r["scene"])])
         other.append(float(np.mean([v for s, v in d.items() if s != str(r["scene"])])))

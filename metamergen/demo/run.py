@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from PIL import Image
-
 from metamergen import defaults
 from metamergen.demo.measures import object_scores, own_vs_other, region_errors
+from metamergen.utils.images import load_image
 from metamergen.utils.io import atomic_write
 
 if TYPE_CHECKING:
@@ -228,27 +227,24 @@ def run_demo(
     records = read_objects(out / "scenes" / "objects.jsonl")
     for r in rows:
         rec = records[Path(r["scene"]).name]
-        with Image.open(out / "study" / r["path"]) as im:
-            gen = im.convert("RGB")
+        gen = load_image(out / "study" / r["path"])
         r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=(rec["width"], rec["height"])))
-        with Image.open(r["scene"]) as im:
-            r.update(region_errors(gen, im.convert("RGB"), rec["objects"], r["fixations"]))
+        r.update(region_errors(gen, load_image(r["scene"]), rec["objects"], r["fixations"]))
     scores = write_score_table(rows, out / "scores.csv")
     # the baselines a render must beat: the scene's mean colour, and the periphery input with no model
     manifest_rows = [r for r in load_manifest_rows(out / "study" / "manifest.jsonl") if r["image_id"] in ids]
     base_rows = score_baselines(manifest_rows, metrics)
     for b in base_rows:
         rec = records[Path(b["scene"]).name]
-        with Image.open(b["scene"]) as im:
-            image = baseline_image(
-                im.convert("RGB"),
-                b["baseline"],
-                **{k: b[k] for k in ("peripheral_blur", "encoder_canvas", "encoder_patch") if b[k] is not None},
-            )
+        scene = load_image(b["scene"])
+        image = baseline_image(
+            scene,
+            b["baseline"],
+            **{k: b[k] for k in ("peripheral_blur", "encoder_canvas", "encoder_patch") if b[k] is not None},
+        )
         size = (rec["width"], rec["height"])
         b["objects_recovered"] = object_scores(image, rec["objects"], [], scene_size=size)["objects_recovered"]
-        with Image.open(b["scene"]) as im:
-            b["layout_mse"] = region_errors(image, im.convert("RGB"), rec["objects"], [])["layout_mse"]
+        b["layout_mse"] = region_errors(image, scene, rec["objects"], [])["layout_mse"]
     baselines = write_score_table(base_rows, out / BASELINES_NAME)
     effects = demo_effects(read_table(scores), n_boot=n_boot, seed=int(info["seed"]))
     versus_baselines = baseline_comparisons(

@@ -23,6 +23,7 @@ from PIL import Image
 
 from metamergen import defaults
 from metamergen.encoders.view import foveated_input
+from metamergen.utils.images import load_image
 
 __all__ = ["BASELINES", "BASELINES_NAME", "baseline_image", "score_baselines"]
 
@@ -110,8 +111,7 @@ def score_baselines(
         path = Path(case["scene"])
         path = path if path.is_absolute() else root / path
         if case["scene"] not in scenes:
-            with Image.open(path) as im:
-                scenes[case["scene"]] = im.convert("RGB")
+            scenes[case["scene"]] = load_image(path)
         scene = scenes[case["scene"]]
         image = baseline_image(
             scene,

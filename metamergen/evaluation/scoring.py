@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from metamergen.evaluation.metrics import METRICS, Metric, build_metrics
 from metamergen.evaluation.registry import DEFAULT_METRICS
@@ -242,11 +242,9 @@ def score_manifest(
 
 
 def _load_rgb(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path} is not an image file Pillow can read ({err}).") from None
+    from metamergen.utils.images import load_image
+
+    return load_image(path)  # its ImageLoadError is a ValueError naming the file
 
 
 def _table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from metamergen.fixations.io import read_fixation_list, read_info, read_scanpaths, resolve_image
 from metamergen.fixations.records import OffImagePolicy, Scanpath
@@ -42,13 +41,14 @@ class StudyScene:
 
 
 def _image_size(path: Path, what: str) -> tuple[int, int]:
+    from metamergen.utils.images import ImageLoadError, load_image
+
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no image at {path}.")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{what}: {path} is not an image file Pillow can read ({err}).") from None
+    try:  # decoded whole: a truncated file must stop the study before anything is written
+        return load_image(path).size
+    except ImageLoadError as err:
+        raise ValueError(f"{what}: {err}") from None
 
 
 def _line_numbers(path: Path) -> list[int]:

@@ -85,9 +85,10 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def open_rgb(path: Path) -> Image.Image:
-    """The image file at ``path`` as RGB, read whole (the file is closed afterwards)."""
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    """The image file at ``path`` as RGB, read whole (:func:`metamergen.utils.images.load_image`)."""
+    from metamergen.utils.images import load_image
+
+    return load_image(path)
 
 
 def vae_pixels(image: Image.Image, resolution: int) -> torch.Tensor:

@@ -1,24 +1,149 @@
-"""Images in, RGB out: the one conversion from the image types the API accepts to RGB PIL."""
+"""Images in, RGB out: the one loader for image files and the one conversion of in-memory images.
+
+Every image the toolkit reads (scenes, generations, training images, uploads) goes through
+:func:`load_image` or :func:`to_pil`, so every command treats an unusual file the same way:
+
+==========================  ===================================================================
+file                        what MetamerGen does
+==========================  ===================================================================
+8-bit RGB / grey / palette  converted to RGB as is
+16-bit (``I;16``, ``I``)    scaled to 8 bits (``value / 257``); a plain ``convert("RGB")``
+                            clips everything above 255 to white
+32-bit float (``F``)        values in [0, 1] scaled by 255, otherwise taken as 0..255 (clipped)
+with transparency           composited on :data:`BACKGROUND` (mid-grey, the colour the encoder
+(RGBA, LA, palette+tRNS)    canvas pads with), with a warning: the colour hidden under
+                            transparent pixels is never used
+CMYK, YCbCr, LAB            Pillow's conversion to RGB
+EXIF orientation tag        **not applied**: pixels stay in the stored frame, the frame COCO's
+                            annotations and the common eye-tracking datasets use for their
+                            coordinates; a warning names the file when the tag says "rotated"
+truncated, empty, not an    :class:`ImageLoadError` naming the file (the whole image is
+image                       decoded up front, so a broken file fails before anything is written)
+==========================  ===================================================================
+"""
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-__all__ = ["ImageInput", "to_pil"]
+__all__ = ["BACKGROUND", "ImageInput", "ImageLoadError", "load_image", "rgb", "to_pil"]
 
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor
 
+#: Background that transparent pixels are composited on: the encoder canvas's padding colour.
+BACKGROUND: tuple[int, int, int] = (128, 128, 128)
+
+#: EXIF tag 0x0112 (Orientation); 1 is "as stored".
+_ORIENTATION = 0x0112
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be decoded (truncated, empty, not an image, unsupported)."""
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
+def rgb(image: Image.Image, *, name: str = "image", background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """One PIL image of any mode as 8-bit RGB, by the rules of the module docstring.
+
+    Parameters
+    ----------
+    image
+        A decoded PIL image.
+    name
+        How warnings refer to it (a file path, usually).
+    background
+        RGB colour that transparent pixels are composited on.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image.copy()
+    if mode.startswith("I;16") or mode == "I":
+        arr = np.asarray(image, dtype=np.float64)
+        if mode == "I" and arr.max(initial=0) <= 255:
+            scaled = arr  # a 32-bit container holding 8-bit values
+        else:
+            scaled = arr / 257.0
+        grey = np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode == "F":
+        arr = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if arr.max(initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)).convert("RGB")
+    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info)
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        alpha = np.asarray(rgba)[..., 3]
+        if (alpha < 255).any():
+            _warn(
+                f"{name} has transparent pixels ({(alpha < 255).mean():.0%}); they are composited on "
+                f"RGB {background}, not read as the colour stored under them."
+            )
+        flat = Image.new("RGBA", rgba.size, (*background, 255))
+        return Image.alpha_composite(flat, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike, *, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Open and fully decode an image file as 8-bit RGB (module docstring for every case).
+
+    Parameters
+    ----------
+    path
+        The image file.
+    background
+        RGB colour that transparent pixels are composited on.
+
+    Returns
+    -------
+    PIL.Image.Image
+        RGB, in the file's stored pixel frame (EXIF orientation not applied).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ImageLoadError
+        The file exists but cannot be decoded completely.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No image file {path}: check the path (and --image-root, if the command has one).")
+    if os.path.getsize(path) == 0:
+        raise ImageLoadError(f"{path} is empty (0 bytes): re-copy or re-export it, or remove it from the list.")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode everything now: a truncated file fails here, not halfway through a study
+            orientation = im.getexif().get(_ORIENTATION, 1)
+            out = rgb(im, name=path, background=background)
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(f"{path} is not an image Pillow can read: re-export it as PNG or JPEG.") from e
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's errors for truncated/corrupt data
+        raise ImageLoadError(f"{path} cannot be decoded ({e}): the file is truncated or corrupt; re-export it.") from e
+    if orientation not in (1, None):
+        _warn(
+            f"{path} has EXIF orientation {orientation}: MetamerGen uses the stored pixels, unrotated "
+            "(the frame fixation datasets use); rotate the file itself if your fixations are in the rotated frame."
+        )
+    return out
+
 
 def to_pil(image: ImageInput) -> Image.Image:
-    """Convert one image to an RGB PIL image.
+    """Convert one in-memory image to an RGB PIL image.
 
-    Accepts a PIL image, a ``(H, W, 3)`` uint8 array, or a ``(3, H, W)`` float tensor/array in [0, 1].
+    Accepts a PIL image of any mode (converted by :func:`rgb`), a ``(H, W, 3)`` uint8 array, or a
+    ``(3, H, W)`` float tensor/array in [0, 1].
     """
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return rgb(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().float().numpy()
     if isinstance(image, np.ndarray):

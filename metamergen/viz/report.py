@@ -44,7 +44,7 @@ from typing import Any
 from urllib.parse import quote
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from metamergen import defaults
 from metamergen.evaluation.baselines import BASELINES, BASELINES_NAME
@@ -470,11 +470,12 @@ def _check_files(t, root: Path) -> None:
 
 
 def _open(path: Path) -> Image.Image:
+    from metamergen.utils.images import ImageLoadError, load_image
+
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ReportError(f"Could not read the image {path}: {err}") from err
+        return load_image(path)
+    except (ImageLoadError, FileNotFoundError) as err:
+        raise ReportError(str(err)) from err
 
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
