@@ -54,16 +54,57 @@ def test_render_writes_images_sheet_and_record_reproducibly(tmp_path: Path, caps
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
 
 
-def test_render_errors_are_clear(tmp_path: Path):
-    with pytest.raises(SystemExit, match="no image at"):
-        main(["render", "--tiny", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="--model"):
-        main(["render", "--image", str(SCENE), "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match=r"\(x, y\) pairs"):
-        main(["render", "--tiny", "--image", str(SCENE), "--fixations", "1;2", "--out", str(tmp_path)])
-    with pytest.raises(SystemExit, match="x,y;x,y"):
-        main(["render", "--tiny", "--image", str(SCENE), "--fixations", "1,a", "--out", str(tmp_path)])
+def _error(capsys, argv: list[str]) -> tuple[int, str]:
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    return code, err[-1] if err else ""
+
+
+def test_render_errors_are_clear(tmp_path: Path, capsys):
+    code, err = _error(capsys, ["render", "--tiny", "--image", str(tmp_path / "missing.png"), "--out", str(tmp_path)])
+    assert code == 2 and "no image at" in err and err.startswith("metamergen render: error")
+    code, err = _error(capsys, ["render", "--image", str(SCENE), "--out", str(tmp_path)])
+    assert code == 2 and "--model" in err
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage errors keep argparse's exit code
+        main(["render", "--no-such-flag"])
+    assert exit_info.value.code == 2
+    code, err = _error(
+        capsys, ["render", "--tiny", "--image", str(SCENE), "--fixations", "1;2", "--out", str(tmp_path)]
+    )
+    assert code == 2 and "(x, y) pairs" in err
+    code, err = _error(
+        capsys, ["render", "--tiny", "--image", str(SCENE), "--fixations", "1,a", "--out", str(tmp_path)]
+    )
+    assert code == 2 and "x,y;x,y" in err
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_errors_interrupts_and_failures_have_one_line_and_an_exit_code(tmp_path: Path, capsys, monkeypatch):
+    import metamergen.commands.render as render
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code, err = _error(capsys, ["render", "--tiny", "--image", str(bad), "--out", str(tmp_path / "o")])
+    assert code == 2 and str(bad) in err and "Traceback" not in err
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(render, "run", interrupted)
+    code, err = _error(capsys, ["render", "--tiny", "--image", str(SCENE), "--out", str(tmp_path / "o")])
+    assert code == 130 and "run the same command again to resume" in err
+
+    def broken(args):
+        raise RuntimeError("CUDA error: device-side assert\ntriggered")
+
+    monkeypatch.setattr(render, "run", broken)
+    code, err = _error(capsys, ["render", "--tiny", "--image", str(SCENE), "--out", str(tmp_path / "o")])
+    assert code == 1 and err.endswith("(run with --debug for the traceback)") and "device-side assert triggered" in err
+    with pytest.raises(RuntimeError):
+        main(["--debug", "render", "--tiny", "--image", str(SCENE), "--out", str(tmp_path / "o")])
+    monkeypatch.setenv("METAMERGEN_DEBUG", "1")
+    with pytest.raises(RuntimeError):
+        main(["render", "--tiny", "--image", str(SCENE), "--out", str(tmp_path / "o")])
 
 
 def test_study_chain_generate_score_report(tmp_path: Path, capsys):

@@ -21,7 +21,7 @@ import argparse
 import importlib
 from collections.abc import Sequence
 
-__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+__all__ = ["DEBUG_ENV", "SUBCOMMANDS", "build_parser", "main"]
 
 #: Subcommand modules of this package, in ``--help`` order (the command to try first comes first).
 SUBCOMMANDS: tuple[str, ...] = (
@@ -44,13 +44,68 @@ def build_parser() -> argparse.ArgumentParser:
         description="MetamerGen: render what a viewer could believe they saw after a few fixations "
         "(Raina et al., ICLR 2026, arXiv 2601.11675).",
     )
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks instead of one-line errors (or METAMERGEN_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
         importlib.import_module(f"{__name__}.{name}").add_parser(sub)
     return parser
 
 
+#: Exit codes: 0 done, 1 an unexpected failure, 2 a usage or input error (argparse's code), 130
+#: interrupted (the shell's code for Ctrl-C).
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: Set to 1 for full tracebacks (the same as ``--debug``).
+DEBUG_ENV = "METAMERGEN_DEBUG"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``metamergen`` console script."""
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Entry point of the ``metamergen`` console script.
+
+    Errors in the input (a missing file, a bad value, an unreadable image) print one line naming
+    what is wrong and exit with 2; anything unexpected prints one line and exits with 1; Ctrl-C
+    exits with 130 and says how to resume. ``--debug`` (or ``METAMERGEN_DEBUG=1``) re-raises with
+    the full traceback instead.
+    """
+    import os
+    import sys
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    prog = f"metamergen {args.command}"
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(
+            f"{prog}: interrupted. Finished outputs are complete; run the same command again to resume.",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except SystemExit as e:  # handlers raise SystemExit("error: ...") for bad input
+        if debug or e.code is None or isinstance(e.code, int):
+            raise
+        message = _one_line(e.code)
+        print(f"{prog}: {message if message.startswith('error') else 'error: ' + message}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the last line of defence of a command-line tool
+        if debug:
+            raise
+        print(
+            f"{prog}: failed: {type(e).__name__}: {_one_line(e)} (run with --debug for the traceback)", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    return EXIT_OK if code is None else int(code)
