@@ -18,12 +18,69 @@ def setup():
     return sched, x, eu, ec
 
 
-@pytest.mark.parametrize("i", [0, 5, 9])  # first, middle and last step (final alpha)
+@pytest.mark.parametrize("i", [0, 5, 8])  # first, middle and last-but-one step
 def test_cfgpp_without_guidance_gap_is_plain_ddim(i):
     sched, x, eu, _ = setup()
     t = sched.timesteps[i]
     expected = sched.step(eu, t, x, eta=0.0).prev_sample
     assert torch.allclose(cfgpp_ddim_step(sched, eu, eu, t, x, 0.6), expected, atol=1e-5)
+
+
+def test_cfgpp_last_step_returns_the_clean_estimate():
+    """CFG++'s Algorithm 1 returns x0 at the last step; DDIM with SD1.5's schedule (set_alpha_to_one
+    False) would return sqrt(a_0) * x0 + sqrt(1 - a_0) * eps_u, about 3 % of eps_u added back."""
+    sched, x, eu, ec = setup()
+    t = sched.timesteps[-1]
+    guided = eu + 0.6 * (ec - eu)
+    x0 = sched.step(guided, t, x, eta=0.0).pred_original_sample
+    out = cfgpp_ddim_step(sched, eu, ec, t, x, 0.6)
+    assert torch.allclose(out, x0, atol=1e-5)
+    a_final = sched.final_alpha_cumprod
+    renoised = a_final.sqrt() * x0 + (1 - a_final).sqrt() * eu
+    assert (out - renoised).abs().max() > 1e-2
+
+
+def reference_cfgpp(sched, eps_fn, x, lam):
+    """CFG++ (Chung et al. 2024), Algorithm 1 (DDIM), written from the paper: denoise with the guided
+    eps, renoise with the unconditional one, return the last x0. x0 comes from diffusers' own DDIM."""
+    step = sched.config.num_train_timesteps // sched.num_inference_steps
+    x0 = None
+    for t in sched.timesteps:
+        eu, ec = eps_fn(x, t)
+        x0 = sched.step(eu + lam * (ec - eu), t, x, eta=0.0).pred_original_sample
+        a_prev = sched.alphas_cumprod[int(t) - step] if int(t) - step >= 0 else None
+        if a_prev is None:
+            return x0
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eu
+    return x0
+
+
+def test_a_cfgpp_sampling_loop_follows_the_reference_algorithm():
+    from metamergen.pipeline.guidance import CFGPlusPlus
+
+    sched, x, _, _ = setup()
+    w = torch.randn(4, 4, generator=torch.Generator().manual_seed(3)) * 0.1
+
+    def eps_fn(x, t):  # a smooth stand-in for the UNet's two predictions
+        eu = torch.tanh(torch.einsum("bchw,cd->bdhw", x, w)) + 0.001 * float(t)
+        return eu, eu + 0.3 * torch.sin(x)
+
+    rule, latents = CFGPlusPlus(0.6), x.clone()
+    for t in sched.timesteps:
+        eu, ec = eps_fn(latents, t)
+        latents = rule.step(sched, eu, ec, t, latents)
+    assert torch.allclose(latents, reference_cfgpp(sched, eps_fn, x, 0.6), atol=1e-5)
+
+
+def test_a_cfgpp_strength_out_of_range_shows_both_ways_of_writing_guidance():
+    from metamergen.pipeline.guidance import guidance_rule
+
+    with pytest.raises(ValueError) as err:
+        guidance_rule("cfg++", 7.5)
+    message = str(err.value)
+    assert "guidance='cfg', guidance_scale=7.5" in message  # SD-style code, ported
+    assert "guidance_scale=0.6" in message and "[0, 1]" in message  # the paper's sampler
+    assert "\n" not in message
 
 
 def test_cfgpp_denoises_with_guided_eps_and_renoises_with_unconditional():

@@ -10,7 +10,12 @@ Both combine an unconditional noise prediction ``eps_u`` and a conditional one `
       x_prev = sqrt(a_prev) * x0 + sqrt(1 - a_prev) * eps_u
 
   which keeps the trajectory on the data manifold at small guidance (l = 0.6 is CFG++'s own
-  choice for SD1.5 text-to-image, comparable to CFG 7.5).
+  choice for SD1.5 text-to-image, comparable to CFG 7.5). The last step returns ``x0`` itself, as
+  CFG++'s reference algorithm (Chung et al. 2024, Algorithm 1) does.
+
+The two strengths are on different scales: SD code's ``guidance_scale=7.5`` is
+``guidance="cfg", guidance_scale=7.5`` here; the paper's sampler takes ``guidance="cfg++"`` with a
+λ in [0, 1] (default 0.6).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "GuidanceMethod",
     "GuidanceRule",
     "cfgpp_ddim_step",
+    "cfgpp_scale_error",
     "guidance_rule",
     "needs_unconditional",
 ]
@@ -68,7 +74,10 @@ def cfgpp_ddim_step(
     Returns
     -------
     torch.Tensor
-        ``x_{t-1}``, same shape and dtype as ``sample``.
+        ``x_{t-1}``, same shape and dtype as ``sample``; at the last step (``t`` minus the step size
+        below 0) the clean estimate ``x0`` itself, as CFG++'s reference algorithm returns, not
+        DDIM's ``sqrt(a_final) * x0 + sqrt(1 - a_final) * eps_u`` (with SD1.5's schedule
+        ``a_final = alphas_cumprod[0]``, which would add back about 3 % of ``eps_u``).
     """
     if not isinstance(scheduler, DDIMScheduler):
         raise TypeError(
@@ -81,10 +90,12 @@ def cfgpp_ddim_step(
     prev_t = t - scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     alphas = scheduler.alphas_cumprod
     a_t = alphas[t]
-    a_prev = alphas[prev_t] if prev_t >= 0 else scheduler.final_alpha_cumprod
     x, eu, ec = sample.float(), eps_uncond.float(), eps_cond.float()
     eps = eu + scale * (ec - eu)
     x0 = (x - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    if prev_t < 0:  # the last step: CFG++ returns the clean estimate
+        return x0.to(sample.dtype)
+    a_prev = alphas[prev_t]
     return (a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eu).to(sample.dtype)
 
 
@@ -173,13 +184,20 @@ class CFGPlusPlus(GuidanceRule):
 
     def check_scale(self, scale: float) -> None:
         if not 0 <= scale <= 1:
-            raise ValueError(
-                f"CFG++ takes a guidance_scale in [0, 1] (0.6 is comparable to CFG 7.5), got {scale}; "
-                "for classic guidance pass guidance='cfg'."
-            )
+            raise ValueError(cfgpp_scale_error(scale))
 
     def step(self, scheduler, eps_uncond, eps_cond, timestep, sample, **step_kwargs):
         return cfgpp_ddim_step(scheduler, eps_uncond, eps_cond, timestep, sample, self.scale)
+
+
+def cfgpp_scale_error(scale: float) -> str:
+    """The message for a CFG++ strength outside [0, 1]: both ways of writing guidance."""
+    return (
+        f"guidance_scale={scale} is outside [0, 1], the range of CFG++'s λ (guidance='cfg++', the paper's sampler "
+        f"and the default; λ = 0.6 is about as strong as CFG 7.5). For Stable-Diffusion-style guidance pass "
+        f"guidance='cfg', guidance_scale={scale}; to keep the paper's sampler pass a λ in [0, 1], e.g. "
+        "guidance_scale=0.6."
+    )
 
 
 #: Guidance rules by name.
