@@ -242,8 +242,6 @@ def test_bad_inputs_raise_clear_errors(pipe):
         pipe(scene, [[1, 1]], generator=gens(0, 1), num_inference_steps=1)
     with pytest.raises(ValueError, match="image=... .* scene="):
         pipe(fixations=[[1, 1]])
-    with pytest.raises(NotImplementedError, match="drop the"):
-        pipe.enable_attention_slicing()
     with pytest.raises(ValueError, match="different aspect"):
         pipe([make_scene(90, 60), make_scene(60, 60)], [[[1, 1]], [[1, 1]]], num_inference_steps=1)
 

@@ -17,6 +17,11 @@ run outside the UNet, once per sample rather than once per denoising step: the U
 
 A stream whose scale is 0 is skipped by the processor (stream off); to drop a stream's *condition*
 (training dropout, the unconditional branch of guidance) feed the resampler zero tokens instead.
+
+Anything that replaces the UNet's processors (``set_default_attn_processor``, ``set_attn_processor``,
+``fuse_qkv_projections``, attention slicing) removes the adapters' processors. :meth:`~MetamerGenAdapters.applied`
+puts them back into the cross-attention layers for the duration of a ``with`` block and restores the
+UNet's own processors afterwards; the pipeline renders inside it, so such swaps are transparent.
 """
 
 from __future__ import annotations
@@ -201,11 +206,24 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         foveal_scale: float = 1.0,
         peripheral_scale: float = 1.0,
         attention: AttentionBackend = "sdpa",
+        keep_other_processors: bool = False,
     ) -> None:
         """Put the decoupled cross-attention processors into ``unet``, sharing this module's K/V.
 
-        Self-attention layers get the plain processor of the same backend. Call again after
-        anything that replaces the UNet's processors (the pipeline does so for xformers).
+        Parameters
+        ----------
+        unet
+            The UNet these adapters were built for.
+        foveal_scale, peripheral_scale
+            The stream scales the new processors start with.
+        attention
+            Backend of the cross-attention processors: ``"sdpa"`` or ``"xformers"``.
+        keep_other_processors
+            False (default): self-attention layers get the plain processor of the same backend.
+            True: they keep the processor they have (e.g. sliced or fused attention set by the user).
+
+        Call again after anything that replaces the UNet's processors (the pipeline does so for
+        xformers and attention slicing, and renders inside :meth:`applied`).
         """
         names = [n for n, _, _ in cross_attention_layers(unet)]
         if names != list(self.config.layer_names):
@@ -214,29 +232,28 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 f"({len(self.config.layer_names)} expected, {len(names)} found). Build adapters with "
                 "MetamerGenAdapters.from_unet(unet) or load the ones trained for this UNet."
             )
-        if attention == "xformers":
-            ip_cls, plain_cls = IPAdapterXFormersAttnProcessor, XFormersAttnProcessor
-        elif attention == "sdpa":
-            ip_cls, plain_cls = IPAdapterAttnProcessor2_0, AttnProcessor2_0
-        else:
-            raise ValueError(f"Unknown attention backend {attention!r}; choose 'sdpa' or 'xformers'.")
+        ip_cls, plain_cls = _processor_classes(attention)
         index = {n: i for i, n in enumerate(names)}
+        current = unet.attn_processors
         processors = {}
-        for name in unet.attn_processors:
-            if name not in index:
-                processors[name] = plain_cls()
-                continue
-            i = index[name]
-            proc = ip_cls(
-                hidden_size=self.config.hidden_sizes[i],
-                cross_attention_dim=self.config.cross_attention_dim,
-                num_tokens=[self.config.num_tokens] * 2,
-                scale=[float(foveal_scale), float(peripheral_scale)],
-            )
-            proc.to_k_ip = nn.ModuleList([self.to_k_foveal[i], self.to_k_peripheral[i]])
-            proc.to_v_ip = nn.ModuleList([self.to_v_foveal[i], self.to_v_peripheral[i]])
-            processors[name] = proc
+        for name in current:
+            if name in index:
+                processors[name] = self._cross_processor(index[name], ip_cls, foveal_scale, peripheral_scale)
+            else:
+                processors[name] = current[name] if keep_other_processors else plain_cls()
         unet.set_attn_processor(processors)
+
+    def _cross_processor(self, i: int, ip_cls: type, foveal_scale: float, peripheral_scale: float) -> nn.Module:
+        """Layer ``i``'s two-stream processor around this module's K/V."""
+        proc = ip_cls(
+            hidden_size=self.config.hidden_sizes[i],
+            cross_attention_dim=self.config.cross_attention_dim,
+            num_tokens=[self.config.num_tokens] * 2,
+            scale=[float(foveal_scale), float(peripheral_scale)],
+        )
+        proc.to_k_ip = nn.ModuleList([self.to_k_foveal[i], self.to_k_peripheral[i]])
+        proc.to_v_ip = nn.ModuleList([self.to_v_foveal[i], self.to_v_peripheral[i]])
+        return proc
 
     def uninstall(self, unet: nn.Module) -> None:
         """Give ``unet`` plain processors again (e.g. before saving it without orphan adapter weights)."""
@@ -277,6 +294,62 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         finally:
             for name, scale in zip(self.config.layer_names, before):
                 procs[name].scale = scale
+
+    @contextmanager
+    def applied(
+        self,
+        unet: nn.Module,
+        foveal: float,
+        peripheral: float,
+        *,
+        attention: AttentionBackend | None = None,
+    ) -> Iterator[None]:
+        """The adapters' processors in every cross-attention layer at scales (λ_f, λ_p) for a ``with``
+        block; afterwards ``unet`` has exactly the processors it had before.
+
+        When the adapters are installed this only sets and restores the scales (:meth:`scaled`).
+        Otherwise (the user called ``set_default_attn_processor``, ``set_attn_processor``,
+        ``fuse_qkv_projections`` or attention slicing) the cross-attention layers get the adapters'
+        processors for the block, the other layers keep the user's, and the user's processors are
+        put back after it, also on error, as diffusers' PAG pipelines do.
+
+        Parameters
+        ----------
+        unet
+            The UNet these adapters were built for.
+        foveal, peripheral
+            λ_f and λ_p; 0 switches a stream off.
+        attention
+            Backend of the temporary cross-attention processors; ``None`` takes xformers where the
+            layer's current processor is an xformers one, else SDPA.
+        """
+        if self.is_installed(unet):
+            with self.scaled(unet, foveal, peripheral):
+                yield
+            return
+        before = unet.attn_processors
+        if attention is None:
+            xformers = any(isinstance(before.get(n), _XFORMERS) for n in self.config.layer_names)
+            attention = "xformers" if xformers else "sdpa"
+        self.install(
+            unet, foveal_scale=foveal, peripheral_scale=peripheral, attention=attention, keep_other_processors=True
+        )
+        try:
+            yield
+        finally:
+            unet.set_attn_processor(dict(before))  # set_attn_processor pops from the dict it is given
+
+
+_XFORMERS = (XFormersAttnProcessor, IPAdapterXFormersAttnProcessor)
+
+
+def _processor_classes(attention: str) -> tuple[type, type]:
+    """``(two-stream cross-attention processor, plain processor)`` of a backend."""
+    if attention == "xformers":
+        return IPAdapterXFormersAttnProcessor, XFormersAttnProcessor
+    if attention == "sdpa":
+        return IPAdapterAttnProcessor2_0, AttnProcessor2_0
+    raise ValueError(f"Unknown attention backend {attention!r}; choose 'sdpa' or 'xformers'.")
 
 
 # saved folders record the public package, not this file (diffusers reads the class's module)

@@ -16,6 +16,7 @@ _EXPORTS = {
     "FixationInput": ".pipeline_metamergen",
     "MetamerGenPipeline": ".pipeline_metamergen",
     "MetamerGenPipelineOutput": ".pipeline_metamergen",
+    "StepEndCallback": ".pipeline_metamergen",
     "output_size": ".pipeline_metamergen",
     "CFG": ".guidance",
     "GUIDANCE_RULES": ".guidance",
@@ -23,6 +24,7 @@ _EXPORTS = {
     "GuidanceMethod": ".guidance",
     "GuidanceRule": ".guidance",
     "cfgpp_ddim_step": ".guidance",
+    "cfgpp_scale_error": ".guidance",
     "guidance_rule": ".guidance",
     "needs_unconditional": ".guidance",
     # diffusers' loader looks base classes up by name in the module a saved folder records

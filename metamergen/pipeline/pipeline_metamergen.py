@@ -14,7 +14,7 @@ across a batch, diffusers issue #9813), so a batch may mix fixation lists and sc
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
@@ -29,7 +30,7 @@ from PIL import Image
 from transformers import AutoModel, CLIPTextModel, CLIPTokenizer, PreTrainedModel
 
 from metamergen import defaults
-from metamergen.adapters.model import MetamerGenAdapters
+from metamergen.adapters.model import STREAMS, MetamerGenAdapters
 from metamergen.encoders.dinov2 import BitImageProcessor, canvas_size, dinov2_processor
 from metamergen.encoders.scene import SceneEncoding, encode_foveal_crops, encode_scenes
 from metamergen.fixations.records import OffImagePolicy, Scanpath
@@ -40,6 +41,8 @@ from metamergen.pipeline.guidance import GuidanceMethod, GuidanceRule, guidance_
 from metamergen.utils.images import ImageInput
 
 FixationInput = Scanpath | np.ndarray | Sequence[Sequence[float]] | None
+#: ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs) -> dict`` (diffusers' form).
+StepEndCallback = Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]] | PipelineCallback | MultiPipelineCallbacks
 
 #: Hub ids of the paper's frozen components.
 DEFAULT_BASE_MODEL = defaults.BASE_MODEL
@@ -67,6 +70,7 @@ __all__ = [
     "DEFAULT_IMAGE_ENCODER",
     "MetamerGenPipeline",
     "MetamerGenPipelineOutput",
+    "StepEndCallback",
     "output_size",
 ]
 
@@ -106,22 +110,39 @@ class MetamerGenPipeline(DiffusionPipeline):
     adapters
         The trained part: :class:`~metamergen.adapters.MetamerGenAdapters`. Installed into the
         UNet's cross-attention on construction.
+
+    Any component may be ``None`` (as in diffusers' SD pipelines: ``from_pretrained(folder,
+    vae=None, unet=None, ...)``) for partial use: :meth:`encode_prompt` needs only the tokenizer and
+    text encoder, :meth:`encode_scene` only the image encoder and feature extractor. Rendering needs
+    the UNet, scheduler and adapters; it also needs the VAE unless ``output_type="latent"``, the text
+    components unless ``prompt_embeds`` and ``negative_prompt_embeds`` are given, and the image
+    encoder unless ``scene=`` is given. The five that may be missing from a saved folder are listed
+    in ``_optional_components``.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
     # the resamplers run outside any offloaded forward; the adapters are small, keep them on device
     _exclude_from_cpu_offload = ["adapters"]
+    _optional_components = ["vae", "text_encoder", "tokenizer", "image_encoder", "feature_extractor"]
+    #: Loop state a ``callback_on_step_end`` may read and replace (see :meth:`denoise`).
+    _callback_tensor_inputs = [
+        "latents",
+        "prompt_embeds",
+        "negative_prompt_embeds",
+        "foveal_embeds",
+        "peripheral_embeds",
+    ]
 
     def __init__(
         self,
-        vae: AutoencoderKL,
-        text_encoder: CLIPTextModel,
-        tokenizer: CLIPTokenizer,
-        unet: UNet2DConditionModel,
-        scheduler: DDIMScheduler,
-        image_encoder: PreTrainedModel,
-        feature_extractor: BitImageProcessor,
-        adapters: MetamerGenAdapters,
+        vae: AutoencoderKL | None,
+        text_encoder: CLIPTextModel | None,
+        tokenizer: CLIPTokenizer | None,
+        unet: UNet2DConditionModel | None,
+        scheduler: DDIMScheduler | None,
+        image_encoder: PreTrainedModel | None,
+        feature_extractor: BitImageProcessor | None,
+        adapters: MetamerGenAdapters | None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -134,10 +155,43 @@ class MetamerGenPipeline(DiffusionPipeline):
             feature_extractor=feature_extractor,
             adapters=adapters,
         )
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        # as diffusers' SD pipelines: without a VAE, assume SD's factor 8
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 8
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self._attention_backend = "sdpa"
-        self.adapters.install(self.unet)
+        self._interrupt = False
+        self._guidance_rule: GuidanceRule | None = None
+        self._num_timesteps = 0
+        if unet is not None and adapters is not None:
+            adapters.install(unet)
+
+    # ------------------------------------------------------------------ call state (diffusers' properties)
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. in ``callback_on_step_end``) to skip the remaining
+        denoising steps; the current latents are then decoded, as in diffusers."""
+        return self._interrupt
+
+    @property
+    def guidance_rule(self) -> GuidanceRule | None:
+        """The running (or last) call's guidance rule; a callback may change its ``scale``."""
+        return self._guidance_rule
+
+    @property
+    def guidance_scale(self) -> float | None:
+        """The running (or last) call's guidance strength (CFG++'s λ or CFG's w)."""
+        return None if self._guidance_rule is None else self._guidance_rule.scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        """Whether the UNet batch holds the unconditional half (always under CFG++)."""
+        return self._guidance_rule is not None and self._guidance_rule.needs_unconditional
+
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps of the running (or last) call."""
+        return self._num_timesteps
 
     # ------------------------------------------------------------------ loading
 
@@ -249,11 +303,14 @@ class MetamerGenPipeline(DiffusionPipeline):
         diffusers can load it too: ``DiffusionPipeline.from_pretrained(folder, custom_pipeline=folder,
         trust_remote_code=True)`` (the ``metamergen`` package must be installed).
         """
-        self.adapters.uninstall(self.unet)
+        before = self.unet.attn_processors if self.unet is not None else None
+        if before is not None and self.adapters is not None:
+            self.adapters.uninstall(self.unet)
         try:
             super().save_pretrained(save_directory, **kwargs)
         finally:
-            self.adapters.install(self.unet, attention=self._attention_backend)
+            if before is not None:  # exactly the processors it had (the adapters', or the user's own)
+                self.unet.set_attn_processor(dict(before))
         (Path(save_directory) / "pipeline.py").write_text(_DIFFUSERS_SHIM)
 
     def prepare_for_adapter_training(self) -> list[torch.nn.Parameter]:
@@ -285,11 +342,20 @@ class MetamerGenPipeline(DiffusionPipeline):
         self.adapters.install(self.unet, attention="sdpa")
 
     def enable_attention_slicing(self, slice_size: str | int | None = "auto") -> None:
-        """Not supported: diffusers' sliced processors would replace the adapter processors."""
-        raise NotImplementedError(
-            "Attention slicing replaces the UNet's attention processors and would silently drop the "
-            "foveal/peripheral adapters. Use SDPA (default) or enable_xformers_memory_efficient_attention()."
-        )
+        """Slice the UNet's self-attention (diffusers' ``SlicedAttnProcessor``) to save memory; the
+        cross-attention layers keep the adapters' two-stream processor, unsliced.
+
+        diffusers' own slicing would replace every processor, including the adapters'; here the
+        adapters are reinstalled into the cross-attention layers afterwards (and every render
+        installs them for its duration anyway, see :meth:`MetamerGenAdapters.applied`). Their
+        attention matrix is ``queries x (77 + 2 x 32)`` keys against self-attention's
+        ``queries x queries``, so slicing them would save little. With PyTorch 2's SDPA (the default)
+        slicing is rarely needed and slows sampling; see ``docs/design.md`` ("Library pitfalls") for
+        the memory alternatives. ``slice_size=None`` turns slicing off.
+        """
+        super().enable_attention_slicing(slice_size)
+        if self.unet is not None and self.adapters is not None:
+            self.adapters.install(self.unet, attention=self._attention_backend, keep_other_processors=True)
 
     # ------------------------------------------------------------------ conditioning
 
@@ -311,6 +377,11 @@ class MetamerGenPipeline(DiffusionPipeline):
         Exactly two DINOv2 forward passes (sharp, peripheral) per call, whatever is rendered from
         the result. See :func:`metamergen.encoders.encode_scenes` for the arguments.
         """
+        if self.image_encoder is None or self.feature_extractor is None:
+            raise ValueError(
+                "This pipeline was built without an image encoder or feature extractor, so it cannot encode "
+                "scenes: load one that has them, or pass scene= encoded by such a pipeline (pipe.encode_scene)."
+            )
         images = list(image) if isinstance(image, (list, tuple)) else [image]
         boxes = None
         if box is not None:
@@ -412,9 +483,33 @@ class MetamerGenPipeline(DiffusionPipeline):
             )
         return torch.from_numpy(np.stack(masks)), xys, list(scene_index)
 
-    def encode_prompt(self, prompt: str | Sequence[str], device: torch.device) -> torch.Tensor:
-        """CLIP text embeddings ``(len(prompt), 77, cross_attention_dim)`` (the paper uses "")."""
+    def encode_prompt(self, prompt: str | Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """CLIP text embeddings, one row per prompt (the paper uses ``""``).
+
+        Needs only the tokenizer and the text encoder, so a text-only pipeline
+        (``MetamerGenPipeline.from_pretrained(folder, unet=None, vae=None, image_encoder=None, adapters=None)``)
+        can precompute ``prompt_embeds`` / ``negative_prompt_embeds`` for another.
+
+        Parameters
+        ----------
+        prompt
+            One string or a list of them.
+        device
+            Where to run the text encoder; default the pipeline's execution device.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(len(prompt), tokenizer.model_max_length, cross_attention_dim)``, the text encoder's dtype.
+        """
+        if self.tokenizer is None or self.text_encoder is None:
+            raise ValueError(
+                "This pipeline was built without a tokenizer or text encoder, so it cannot encode prompts: "
+                "pass prompt_embeds= and negative_prompt_embeds= (e.g. from pipe.encode_prompt of a pipeline that has them)."
+            )
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts must be strings, got {[type(p).__name__ for p in prompts]}.")
         ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -422,6 +517,7 @@ class MetamerGenPipeline(DiffusionPipeline):
             truncation=True,
             return_tensors="pt",
         ).input_ids
+        device = self._execution_device if device is None else device
         return self.text_encoder(ids.to(device))[0]
 
     def _default_size(self, frames: Sequence[Any]) -> tuple[int, int]:
@@ -449,18 +545,40 @@ class MetamerGenPipeline(DiffusionPipeline):
         guidance_scale: float | None,
         num_images_per_prompt: int,
         num_inference_steps: int,
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        drop_streams: Sequence[str] = (),
+        output_type: str = "pil",
+        callback_on_step_end_tensor_inputs: Sequence[str] | None = None,
     ) -> GuidanceRule:
         """Check the call's arguments that need no scene; returns the guidance rule to use."""
+        missing = [n for n in ("unet", "scheduler", "adapters") if getattr(self, n, None) is None]
+        if output_type != "latent" and self.vae is None:
+            missing.append("vae (or pass output_type='latent')")
+        if missing:
+            raise ValueError(
+                f"Rendering needs components this pipeline was built without: {', '.join(missing)}. "
+                "Load the pipeline with them (a component set to None is for text-only or encoder-only use)."
+            )
         if foveal_scale < 0 or peripheral_scale < 0:
             raise ValueError(
                 f"Stream scales must be >= 0 (0 turns a stream off); got {foveal_scale}, {peripheral_scale}."
             )
-        if not self.adapters.is_installed(self.unet):
-            raise RuntimeError(
-                "The UNet's cross-attention processors no longer use the MetamerGen adapters (something "
-                "called set_attn_processor, set_default_attn_processor or attention slicing). Reinstall them "
-                "with pipe.adapters.install(pipe.unet)."
-            )
+        unknown = [s for s in drop_streams if s not in STREAMS]
+        if isinstance(drop_streams, str) or unknown:
+            raise ValueError(f"drop_streams must be a list of stream names from {list(STREAMS)}, got {drop_streams!r}.")
+        if prompt is not None and prompt_embeds is not None:
+            raise ValueError("Pass prompt or prompt_embeds, not both.")
+        if negative_prompt is not None and negative_prompt_embeds is not None:
+            raise ValueError("Pass negative_prompt or negative_prompt_embeds, not both.")
+        if callback_on_step_end_tensor_inputs is not None:
+            bad = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if bad:
+                raise ValueError(
+                    f"callback_on_step_end_tensor_inputs may name only {self._callback_tensor_inputs}; got {bad}."
+                )
         if num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be >= 1, got {num_images_per_prompt}.")
         if num_inference_steps < 1:
@@ -525,17 +643,22 @@ class MetamerGenPipeline(DiffusionPipeline):
         foveal_tokens: torch.Tensor,
         peripheral_tokens: torch.Tensor,
         *,
-        prompt: str | Sequence[str],
-        negative_prompt: str,
+        prompt: str | Sequence[str] | None,
+        negative_prompt: str | Sequence[str] | None,
         num_images_per_prompt: int,
         active: tuple[bool, bool],
         unconditional: bool,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The UNet's ``encoder_hidden_states``: ``(text, [foveal, peripheral])`` for every image.
 
         The resamplers run here, once per call rather than once per step. With ``unconditional``
         the batch is ``[unconditional; conditional]``: the unconditional half drops both streams
-        the way training drops them (zero tokens into each resampler) and uses ``negative_prompt``.
+        the way training drops them (zero tokens into each resampler) and uses ``negative_prompt``
+        (or ``negative_prompt_embeds``). Prompts and embeddings are given once for every fixation
+        list or once per list (``None``: the empty prompt, the paper's), then repeated
+        ``num_images_per_prompt`` times.
         """
         device, unet_dtype = foveal_tokens.device, self.unet.dtype
         k = num_images_per_prompt
@@ -543,17 +666,50 @@ class MetamerGenPipeline(DiffusionPipeline):
         n = n_lists * k
         cond = self.adapters.project(foveal_tokens, peripheral_tokens, active=active)
         cond = [t.repeat_interleave(k, dim=0).to(unet_dtype) for t in cond]
-        prompts = [prompt] * n_lists if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != n_lists:
-            raise ValueError(f"Got {len(prompts)} prompts for {n_lists} fixation lists.")
-        text = self.encode_prompt(prompts, device).repeat_interleave(k, dim=0).to(unet_dtype)
+        text = self._text_embeds(prompt, prompt_embeds, n_lists, k, device, "prompt")
         if not unconditional:
             return text, cond
         zeros = torch.zeros_like(foveal_tokens[:1])
         uncond = self.adapters.project(zeros, zeros, active=active)
         uncond = [t.to(unet_dtype).expand(n, -1, -1) for t in uncond]
-        text_u = self.encode_prompt([negative_prompt], device).to(unet_dtype).expand(n, -1, -1)
+        text_u = self._text_embeds(negative_prompt, negative_prompt_embeds, n_lists, k, device, "negative_prompt")
+        if text_u.shape[1:] != text.shape[1:]:
+            raise ValueError(
+                f"negative_prompt_embeds {tuple(text_u.shape)} and prompt_embeds {tuple(text.shape)} must have the "
+                "same tokens and width (they are batched together); encode both with the same text encoder."
+            )
         return torch.cat([text_u, text]), [torch.cat([u, c]) for u, c in zip(uncond, cond)]
+
+    def _text_embeds(
+        self,
+        prompt: str | Sequence[str] | None,
+        embeds: torch.Tensor | None,
+        n_lists: int,
+        k: int,
+        device: torch.device,
+        what: str,
+    ) -> torch.Tensor:
+        """``(n_lists * k, L, D)`` text embeddings in the UNet's dtype from a prompt (one for all
+        lists or one per list) or precomputed embeddings (one row, or one per list)."""
+        n = n_lists * k
+        if embeds is None:
+            if prompt is None or isinstance(prompt, str):
+                return self.encode_prompt([prompt or ""], device).to(self.unet.dtype).expand(n, -1, -1)
+            prompts = list(prompt)
+            if len(prompts) != n_lists:
+                raise ValueError(
+                    f"Got {len(prompts)} {what}s for {n_lists} fixation lists: pass one string for all, or one per list."
+                )
+            return self.encode_prompt(prompts, device).to(self.unet.dtype).repeat_interleave(k, dim=0)
+        name = f"{what}_embeds"
+        width = self.unet.config.cross_attention_dim
+        if embeds.ndim != 3 or embeds.shape[0] not in (1, n_lists) or embeds.shape[-1] != width:
+            raise ValueError(
+                f"{name} must be (1 or {n_lists} fixation lists, tokens, {width}), got {tuple(embeds.shape)}; "
+                "make them with pipe.encode_prompt(...) of this model."
+            )
+        embeds = embeds.to(device=device, dtype=self.unet.dtype)
+        return embeds.expand(n, -1, -1) if embeds.shape[0] == 1 else embeds.repeat_interleave(k, dim=0)
 
     def prepare_latents(
         self,
@@ -588,22 +744,87 @@ class MetamerGenPipeline(DiffusionPipeline):
         peripheral_scale: float,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> torch.Tensor:
         """The DDIM loop: UNet with the adapters at (λ_f, λ_p), one guidance ``rule`` step per timestep.
 
         ``hidden`` is :meth:`prepare_conditioning`'s output (doubled when ``rule`` needs the
-        unconditional prediction). The stream scales are restored afterwards.
+        unconditional prediction). The loop runs inside :meth:`MetamerGenAdapters.applied`: the
+        stream scales, and the UNet's own attention processors if the adapters' had been swapped
+        out, are restored afterwards.
+
+        After each step ``callback_on_step_end(self, i, t, callback_kwargs)`` (diffusers' contract)
+        gets the tensors named in ``callback_on_step_end_tensor_inputs``: ``latents`` (x_{t-1}, just
+        computed), ``prompt_embeds`` and ``negative_prompt_embeds`` (the text of the conditional and
+        unconditional halves, ``(N, L, D)``; the latter ``None`` without an unconditional pass),
+        ``foveal_embeds`` and ``peripheral_embeds`` (the conditional resampler outputs,
+        ``(N, tokens, D)``). It must return a dict; tensors it returns under those names replace the
+        loop's (same shapes), from the next step on. Setting ``pipe._interrupt = True`` skips the
+        remaining steps.
         """
         self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
         doubled = rule.needs_unconditional
-        with self.adapters.scaled(self.unet, foveal_scale, peripheral_scale):
-            for t in self.progress_bar(self.scheduler.timesteps):
+        with self.adapters.applied(self.unet, foveal_scale, peripheral_scale):
+            for i, t in enumerate(self.progress_bar(timesteps)):
+                if self.interrupt:
+                    continue
                 model_in = torch.cat([latents, latents]) if doubled else latents
                 model_in = self.scheduler.scale_model_input(model_in, t)
                 eps = self.unet(model_in, t, encoder_hidden_states=hidden).sample
                 eps_u, eps_c = eps.chunk(2) if doubled else (None, eps)
                 latents = rule.step(self.scheduler, eps_u, eps_c, t, latents, eta=eta, generator=generator)
+                if callback_on_step_end is not None:
+                    latents, hidden = self._step_end(
+                        callback_on_step_end, callback_on_step_end_tensor_inputs, i, t, latents, hidden, doubled
+                    )
         return latents
+
+    def _step_end(
+        self,
+        callback: StepEndCallback,
+        names: Sequence[str],
+        i: int,
+        t: torch.Tensor,
+        latents: torch.Tensor,
+        hidden: tuple[torch.Tensor, list[torch.Tensor]],
+        doubled: bool,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, list[torch.Tensor]]]:
+        """Run ``callback`` on the loop state and take back what it returns (see :meth:`denoise`)."""
+        n = latents.shape[0]
+        text, (fov, per) = hidden
+        cond = slice(n, None) if doubled else slice(None)
+        state = {
+            "latents": latents,
+            "prompt_embeds": text[cond],
+            "negative_prompt_embeds": text[:n] if doubled else None,
+            "foveal_embeds": fov[cond],
+            "peripheral_embeds": per[cond],
+        }
+        out = callback(self, i, t, {k: state[k] for k in names})
+        if not isinstance(out, dict):
+            raise TypeError(
+                f"callback_on_step_end must return a dict (the callback_kwargs it was given, possibly changed); "
+                f"got {type(out).__name__}."
+            )
+        for key, value in out.items():
+            if key in state and state[key] is not None and value is not None and value.shape != state[key].shape:
+                raise ValueError(
+                    f"callback_on_step_end returned {key} of shape {tuple(value.shape)}; it must keep "
+                    f"{tuple(state[key].shape)}."
+                )
+        latents = out.get("latents", latents)
+        if not any(k in out for k in ("prompt_embeds", "negative_prompt_embeds", "foveal_embeds", "peripheral_embeds")):
+            return latents, hidden
+        new = {k: (state[k] if out.get(k) is None else out[k].to(text.dtype)) for k in state if k != "latents"}
+        if not doubled:
+            return latents, (new["prompt_embeds"], [new["foveal_embeds"], new["peripheral_embeds"]])
+        return latents, (
+            torch.cat([new["negative_prompt_embeds"], new["prompt_embeds"]]),
+            [torch.cat([fov[:n], new["foveal_embeds"]]), torch.cat([per[:n], new["peripheral_embeds"]])],
+        )
 
     def decode_latents(self, latents: torch.Tensor, output_type: str) -> Any:
         """Latents to images of ``output_type`` (``"latent"`` returns them as they are)."""
@@ -621,14 +842,17 @@ class MetamerGenPipeline(DiffusionPipeline):
         fixations: FixationInput | Sequence[FixationInput] = None,
         *,
         scene: SceneEncoding | None = None,
-        prompt: str | Sequence[str] = "",
-        negative_prompt: str = "",
+        prompt: str | Sequence[str] | None = None,
+        negative_prompt: str | Sequence[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         num_images_per_prompt: int = 1,
         num_inference_steps: int = defaults.NUM_INFERENCE_STEPS,
         guidance: GuidanceMethod | GuidanceRule = defaults.GUIDANCE,
         guidance_scale: float | None = None,
         foveal_scale: float = defaults.FOVEAL_SCALE,
         peripheral_scale: float = defaults.PERIPHERAL_SCALE,
+        drop_streams: Sequence[str] = (),
         peripheral_blur: float | PeripheralBlur | None = None,
         fit: FitMode | None = None,
         foveal_mode: str = "tokens",
@@ -643,6 +867,8 @@ class MetamerGenPipeline(DiffusionPipeline):
         eta: float = 0.0,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: StepEndCallback | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> MetamerGenPipelineOutput | tuple:
         """Render scene hypotheses from fixation lists.
 
@@ -663,19 +889,33 @@ class MetamerGenPipeline(DiffusionPipeline):
         scene
             A cached :meth:`encode_scene` result; reusing it costs no encoder pass.
         prompt, negative_prompt
-            Text for the (frozen) text branch; the paper uses the empty prompt for both.
+            Text for the (frozen) text branch of the conditional and the unconditional half: one
+            string for every fixation list or one per list. ``None`` (default) is the empty prompt,
+            the paper's choice for both.
+        prompt_embeds, negative_prompt_embeds
+            Precomputed text embeddings instead of ``prompt`` / ``negative_prompt`` (e.g. from
+            :meth:`encode_prompt`; then no text encoder is needed): ``(1, L, D)`` for every list or
+            ``(lists, L, D)``, ``D`` the UNet's cross-attention width.
         num_images_per_prompt
             Hypotheses per fixation list.
         num_inference_steps
             DDIM steps (50 in the paper).
         guidance, guidance_scale
-            ``"cfg++"`` (default: the paper's sampler; scale in [0, 1], default 0.6), ``"cfg"``
-            (classifier-free guidance, default 7.5; 1 disables the unconditional pass), or a
+            ``"cfg++"`` (default, the paper's sampler): ``guidance_scale`` is CFG++'s λ in [0, 1],
+            default 0.6 (about as strong as CFG 7.5). ``"cfg"``: Stable Diffusion's classifier-free
+            guidance, ``guidance_scale`` w >= 0, default 7.5 (1 disables the unconditional pass), so
+            SD code's ``guidance_scale=7.5`` becomes ``guidance="cfg", guidance_scale=7.5``. Or a
             :class:`~metamergen.pipeline.guidance.GuidanceRule` instance. The unconditional branch
             drops both adapter streams the way training does (zero tokens into each resampler)
             and uses ``negative_prompt``.
         foveal_scale, peripheral_scale
-            λ_f and λ_p (paper: 1.2 and 0.7). 0 turns a stream off (foveal-only / peripheral-only ablations).
+            λ_f and λ_p (paper: 1.2 and 0.7). 0 switches a stream off (the processor skips it), a
+            state training never produced; ``drop_streams`` is training's way of removing one.
+        drop_streams
+            Streams whose condition is dropped as training drops it: zero tokens through that
+            stream's resampler, the stream staying on at its scale (``["foveal"]``: peripheral only;
+            ``["peripheral"]``: foveal only). A dropped fovea is what an empty fixation list gives;
+            the returned ``foveal_masks`` are then empty.
         peripheral_blur, fit
             Encoding options when ``image`` is given (default 0.25 and ``"squash"``; see
             :meth:`encode_scene`). With ``scene=`` they were fixed at encoding time: passing them is an error.
@@ -699,7 +939,22 @@ class MetamerGenPipeline(DiffusionPipeline):
             DDIM eta for ``guidance="cfg"`` (CFG++ is deterministic, eta = 0).
         output_type
             ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+        return_dict
+            False returns ``(images, foveal_masks)``.
+        callback_on_step_end, callback_on_step_end_tensor_inputs
+            diffusers' step-end callback ``f(pipe, step_index, timestep, callback_kwargs) -> dict``
+            (or a :class:`~diffusers.callbacks.PipelineCallback`), called after every denoising step
+            with the tensors named in ``callback_on_step_end_tensor_inputs`` (a subset of
+            ``pipe._callback_tensor_inputs``; default ``["latents"]``). Tensors it returns replace
+            the loop's; ``pipe._interrupt = True`` stops the loop early. See :meth:`denoise`.
+
+        Returns
+        -------
+        MetamerGenPipelineOutput or tuple
+            The images and the foveal masks.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
         rule = self.check_inputs(
             foveal_scale=foveal_scale,
             peripheral_scale=peripheral_scale,
@@ -707,7 +962,16 @@ class MetamerGenPipeline(DiffusionPipeline):
             guidance_scale=guidance_scale,
             num_images_per_prompt=num_images_per_prompt,
             num_inference_steps=num_inference_steps,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
+            drop_streams=drop_streams,
+            output_type=output_type,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
+        self._guidance_rule = rule
+        self._interrupt = False
         scene = self.prepare_scene(image, scene, peripheral_blur, fit)
         device = self._execution_device
 
@@ -731,11 +995,17 @@ class MetamerGenPipeline(DiffusionPipeline):
             pixels_per_degree=pixels_per_degree,
         )
         peripheral = scene_on_device.peripheral.index_select(0, torch.tensor(scene_index, device=device))
+        if "foveal" in drop_streams:  # training's dropout: zero tokens, the stream stays on
+            foveal, masks = torch.zeros_like(foveal), torch.zeros_like(masks)
+        if "peripheral" in drop_streams:
+            peripheral = torch.zeros_like(peripheral)
         hidden = self.prepare_conditioning(
             foveal,
             peripheral,
             prompt=prompt,
             negative_prompt=negative_prompt,
+            prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds,
             num_images_per_prompt=num_images_per_prompt,
             active=(bool(foveal_scale), bool(peripheral_scale)),
             unconditional=rule.needs_unconditional,
@@ -755,6 +1025,8 @@ class MetamerGenPipeline(DiffusionPipeline):
             peripheral_scale=peripheral_scale,
             eta=eta,
             generator=generator,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
         )
         images = self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
