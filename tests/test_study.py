@@ -150,14 +150,49 @@ def test_each_scene_is_encoded_once(study):
         assert len(call["fixations"]) == len(call["generator"]) <= 4 and call["num_images_per_prompt"] == 1
 
 
-def test_conditions_set_the_scales(study):
-    expected = {"both": (1.2, 0.7), "foveal": (1.2, 0.0), "peripheral": (0.0, 0.7)}
+def test_conditions_set_the_scales_and_the_dropped_stream(study):
+    # "foveal" / "peripheral" are the dropped ablations by default: the other stream's tokens are
+    # zeroed through its resampler (training's dropout), both scales stay as given
+    expected = {
+        "both": ((1.2, 0.7), ()),
+        "foveal": ((1.2, 0.7), ("peripheral",)),
+        "peripheral": ((1.2, 0.7), ("foveal",)),
+    }
     for row in study["rows"]:
-        assert (row["foveal_scale"], row["peripheral_scale"]) == expected[row["condition"]]
-    seen = {(c["foveal_scale"], c["peripheral_scale"]) for c in study["pipe"].calls}
-    assert seen == set(expected.values())  # what the pipeline was actually given
+        assert (row["foveal_scale"], row["peripheral_scale"]) == expected[row["condition"]][0]
+    for job in study["jobs"]:
+        assert job.drop_streams == expected[job.condition][1]
+    seen = {(c["foveal_scale"], c["peripheral_scale"], tuple(c["drop_streams"])) for c in study["pipe"].calls}
+    assert seen == {(*scales, drop) for scales, drop in expected.values()}  # what the pipeline was given
     by_condition = Counter(r["condition"] for r in study["rows"])
     assert by_condition == {c: 20 for c in expected}
+
+
+def test_off_and_dropped_ablations_are_named_conditions(pipe, tmp_path):
+    from metamergen.study.plan import CONDITIONS, condition_streams
+
+    scenes = load_fixation_list_scene(write_scene(tmp_path / "s.png", 40, 40, 3), [[5, 5], [30, 20]])
+    conditions = ("both", "peripheral", "peripheral:dropped", "peripheral:off", "foveal:dropped", "foveal:off")
+    settings = StudySettings(conditions=conditions, seed=1, steps=2, height=16, width=16)
+    jobs = {j.condition: j for j in plan_study(scenes, settings, model="tiny-random", pipe=pipe)}
+    assert {c: (jobs[c].foveal_scale, jobs[c].peripheral_scale, jobs[c].drop_streams) for c in conditions} == {
+        "both": (1.2, 0.7, ()),
+        "peripheral": (1.2, 0.7, ("foveal",)),
+        "peripheral:dropped": (1.2, 0.7, ("foveal",)),
+        "peripheral:off": (0.0, 0.7, ()),
+        "foveal:dropped": (1.2, 0.7, ("peripheral",)),
+        "foveal:off": (1.2, 0.0, ()),
+    }
+    assert all(":" not in j.image_id for j in jobs.values()) and len({j.image_id for j in jobs.values()}) == 6
+    assert {condition_streams(c) for c in ("foveal", "foveal:dropped")} == {("foveal", "dropped")}
+    assert set(conditions) | {"foveal"} == set(CONDITIONS)
+    run_study(pipe, list(jobs.values()), tmp_path / "out", progress=False)
+    pixels = {c: np.asarray(Image.open(tmp_path / "out" / j.path), dtype=np.int16) for c, j in jobs.items()}
+    assert np.array_equal(pixels["peripheral"], pixels["peripheral:dropped"])  # the default, paired noise
+    for a, b in [("peripheral:dropped", "peripheral:off"), ("foveal:dropped", "foveal:off"), ("both", "peripheral")]:
+        assert np.abs(pixels[a] - pixels[b]).max() > 0, (a, b)
+    with pytest.raises(ValueError, match="conditions must be"):
+        StudySettings(conditions=("foveal:zero",))
 
 
 def test_random_control_matches_the_viewer_counts(study):
@@ -209,16 +244,16 @@ def test_changed_settings_change_the_ids(study, pipe):
         assert not ids & {j.image_id for j in other}, change
     other = plan_study(study["scenes"], SETTINGS, model="another-model", pipe=pipe, report=Counter())
     assert not ids & {j.image_id for j in other}
-    # λ_p does not touch the foveal-only images (their λ_p is 0 either way): same ids, nothing to redo
-    other = plan_study(
-        study["scenes"],
-        StudySettings(**{**SETTINGS.__dict__, "peripheral_scale": 0.5}),
-        model="tiny-random",
-        pipe=pipe,
-        report=Counter(),
-    )
-    shared = ids & {j.image_id for j in other}
-    assert shared == {j.image_id for j in study["jobs"] if j.condition == "foveal"}
+
+    # λ_p does not touch the images whose peripheral stream is off (their λ_p is 0 either way): same
+    # ids, nothing to redo. A dropped peripheral stream (the default "foveal") still runs at λ_p.
+    def plan(**change):
+        settings = StudySettings(**{**SETTINGS.__dict__, "conditions": ("both", "foveal", "foveal:off"), **change})
+        return plan_study(study["scenes"], settings, model="tiny-random", pipe=pipe, report=Counter())
+
+    before, after = plan(), plan(peripheral_scale=0.5)
+    shared = {j.image_id for j in before} & {j.image_id for j in after}
+    assert shared == {j.image_id for j in before if j.condition == "foveal:off"} != set()
 
 
 # --------------------------------------------------------------------------- resume

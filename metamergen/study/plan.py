@@ -4,8 +4,11 @@ A study crosses, for every scene, every fixation list recorded on it with
 
 - **prefixes** N: the viewer's first N fixations (the paper's schedule is 1, 2, 3, 5, 10; ``None``
   means the whole list). A prefix longer than a list is skipped and counted, never padded;
-- **conditions**: ``"both"`` streams (the scales as given), ``"foveal"`` only (peripheral scale
-  set to 0) or ``"peripheral"`` only (foveal scale set to 0);
+- **conditions**: ``"both"`` streams (the scales as given), or one stream only, the other removed
+  in one of two ways (see :data:`CONDITIONS`): ``"dropped"`` (zero tokens through its resampler, as
+  training's condition dropout: the default) or ``"off"`` (its scale set to 0, a state training never
+  showed the model). ``"foveal"`` and ``"peripheral"`` name the default, ``"foveal:dropped"`` and
+  ``"peripheral:dropped"``;
 - **hypotheses** 0..k-1: independent samples (different initial noise);
 - optionally the **random-fixation control**: for each list, :func:`~metamergen.fixations.matched_random`
   draws as many uniformly placed fixations (seeded from the base seed, the scene and the list), and
@@ -61,15 +64,51 @@ from metamergen.study.manifest import IMAGES_DIR, MANIFEST_COLUMNS
 from metamergen.study.scenes import StudyScene
 from metamergen.utils.seeds import derive_seed, digest
 
-__all__ = ["CONDITIONS", "NOISE_MODES", "SKIPPED_PREFIX", "StudyJob", "StudySettings", "plan_study"]
+__all__ = [
+    "ABLATION_MODES",
+    "CONDITIONS",
+    "DEFAULT_ABLATION",
+    "NOISE_MODES",
+    "SKIPPED_PREFIX",
+    "StudyJob",
+    "StudySettings",
+    "condition_streams",
+    "plan_study",
+]
 
-#: Conditions: which adapter streams a generation uses.
-CONDITIONS: tuple[str, ...] = ("both", "foveal", "peripheral")
+#: How a single-stream condition removes the other stream: ``"dropped"`` feeds that stream's
+#: resampler zero tokens (training's condition dropout; the stream stays on at its scale),
+#: ``"off"`` sets its scale to 0 (the processor skips it). The paper's ablation most likely used
+#: ``"dropped"`` (docs/design.md, "Sampling and guidance"), the default.
+ABLATION_MODES: tuple[str, ...] = ("dropped", "off")
+DEFAULT_ABLATION = "dropped"
+#: Conditions: which adapter streams a generation uses. ``"<stream kept>:<mode>"`` keeps one stream
+#: and removes the other by ``mode``; ``"foveal"`` / ``"peripheral"`` take :data:`DEFAULT_ABLATION`.
+CONDITIONS: tuple[str, ...] = (
+    "both",
+    "foveal",
+    "peripheral",
+    "foveal:dropped",
+    "foveal:off",
+    "peripheral:dropped",
+    "peripheral:off",
+)
 #: How initial noise is assigned (module docstring, "Common random numbers").
 NOISE_MODES: tuple[str, ...] = ("paired", "independent")
 
 #: Key of the plan report counting (list, source, prefix) combinations skipped as too long.
 SKIPPED_PREFIX = "prefix longer than the fixation list"
+
+
+def condition_streams(condition: str) -> tuple[str | None, str | None]:
+    """``(stream kept, how the other is removed)`` of a condition: ``(None, None)`` for ``"both"``,
+    e.g. ``("peripheral", "dropped")`` for ``"peripheral"`` and ``"peripheral:dropped"``."""
+    if condition not in CONDITIONS:
+        raise ValueError(f"Unknown condition {condition!r}; choose from {list(CONDITIONS)}.")
+    if condition == "both":
+        return None, None
+    kept, _, mode = condition.partition(":")
+    return kept, mode or DEFAULT_ABLATION
 
 
 # --------------------------------------------------------------------------- scenes
@@ -98,7 +137,9 @@ class StudySettings:
         ``"paired"`` (default): one initial noise per (scene, list, hypothesis), shared by every
         condition, source and prefix (common random numbers); ``"independent"``: one per image.
     foveal_scale, peripheral_scale
-        λ_f and λ_p for ``"both"`` (paper 1.2, 0.7); ``"foveal"`` zeroes λ_p, ``"peripheral"`` λ_f.
+        λ_f and λ_p (paper 1.2, 0.7), for every condition except that an ``":off"`` condition sets
+        the removed stream's scale to 0 (``"foveal:off"``: λ_p = 0; ``"peripheral:off"``: λ_f = 0).
+        A ``":dropped"`` condition keeps both scales and zeroes the removed stream's tokens.
     peripheral_blur
         Down/up scale s of the peripheral stream (0, 1].
     guidance, guidance_scale
@@ -147,7 +188,9 @@ class StudySettings:
         if self.guidance not in defaults.GUIDANCE_SCALES:
             raise ValueError(f"guidance must be one of {sorted(defaults.GUIDANCE_SCALES)}, got {self.guidance!r}.")
         if self.guidance == "cfg++" and self.guidance_scale is not None and not 0 <= self.guidance_scale <= 1:
-            raise ValueError(f"CFG++ takes a guidance scale in [0, 1] (default 0.6), got {self.guidance_scale}.")
+            from metamergen.pipeline.guidance import cfgpp_scale_error
+
+            raise ValueError(cfgpp_scale_error(self.guidance_scale))
         if float(self.foveal_scale) < 0 or float(self.peripheral_scale) < 0:
             raise ValueError("foveal_scale and peripheral_scale must be >= 0.")
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -164,11 +207,18 @@ class StudySettings:
     def scales(self, condition: str) -> tuple[float, float]:
         """``(foveal_scale, peripheral_scale)`` after ``condition`` is applied."""
         fov, per = float(self.foveal_scale), float(self.peripheral_scale)
-        if condition == "foveal":
-            per = 0.0
-        elif condition == "peripheral":
-            fov = 0.0
+        kept, mode = condition_streams(condition)
+        if mode == "off":
+            fov, per = (fov, 0.0) if kept == "foveal" else (0.0, per)
         return fov, per
+
+    def drop_streams(self, condition: str) -> tuple[str, ...]:
+        """The streams ``condition`` drops (zero tokens through their resampler), for the pipeline's
+        ``drop_streams``: the removed stream of a ``":dropped"`` condition, else none."""
+        kept, mode = condition_streams(condition)
+        if mode != "dropped":
+            return ()
+        return ("peripheral",) if kept == "foveal" else ("foveal",)
 
 
 @dataclass(frozen=True)
@@ -201,6 +251,9 @@ class StudyJob:
     encoder_canvas: int | None = None
     encoder_patch: int | None = None
     noise: str = "independent"
+    #: Streams dropped by the condition (zero tokens through their resampler); not a manifest
+    #: column: the condition names it.
+    drop_streams: tuple[str, ...] = ()
     scene_width: int = field(default=0, compare=False)
     scene_height: int = field(default=0, compare=False)
 
@@ -303,6 +356,7 @@ def plan_study(
                 fixations = tuple((float(x), float(y)) for x, y in used.xy)
                 for condition in settings.conditions:
                     fov, per = settings.scales(condition)
+                    drop = settings.drop_streams(condition)
                     for hypothesis in range(settings.hypotheses):
                         key = {
                             "scene_id": scene.scene_id,
@@ -326,11 +380,13 @@ def plan_study(
                             "dtype": dtype,
                             "noise": settings.noise,
                         }
+                        if drop:  # only then, so that the ids of other images stay as they were
+                            key["drop_streams"] = list(drop)
                         image_id = "__".join(
                             (
                                 _slug(Path(scene.scene_id).with_suffix("").as_posix()),
                                 _slug(sid),
-                                f"{source}-{condition}-n{'all' if prefix is None else prefix}-h{hypothesis}-{digest(key)[:10]}",
+                                f"{source}-{_slug(condition)}-n{'all' if prefix is None else prefix}-h{hypothesis}-{digest(key)[:10]}",
                             )
                         )
                         jobs.append(
@@ -365,6 +421,7 @@ def plan_study(
                                 encoder_canvas=encoder_canvas,
                                 encoder_patch=encoder_patch,
                                 noise=settings.noise,
+                                drop_streams=drop,
                                 scene_width=scene.width,
                                 scene_height=scene.height,
                             )

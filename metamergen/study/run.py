@@ -31,7 +31,16 @@ class StudyRunSummary:
 
 
 def _call_key(job: StudyJob) -> tuple:
-    return (job.foveal_scale, job.peripheral_scale, job.guidance, job.guidance_scale, job.steps, job.height, job.width)
+    return (
+        job.foveal_scale,
+        job.peripheral_scale,
+        job.drop_streams,
+        job.guidance,
+        job.guidance_scale,
+        job.steps,
+        job.height,
+        job.width,
+    )
 
 
 def run_study(
@@ -115,6 +124,7 @@ def run_study(
                             guidance_scale=first.guidance_scale,
                             foveal_scale=first.foveal_scale,
                             peripheral_scale=first.peripheral_scale,
+                            drop_streams=list(first.drop_streams),
                             height=first.height,
                             width=first.width,
                             output_type="pil",
