@@ -8,7 +8,35 @@ from typing import Any
 
 from metamergen import defaults
 
-__all__ = ["add_model_arguments", "add_sampling_arguments", "check_model_choice", "load_pipeline_from_args"]
+__all__ = [
+    "add_model_arguments",
+    "add_sampling_arguments",
+    "check_model_choice",
+    "load_pipeline_from_args",
+    "process_state",
+]
+
+
+def process_state(args: argparse.Namespace | None = None) -> Any:
+    """accelerate's ``PartialState`` when launched as several processes (``accelerate launch``), else None.
+
+    With ``args``, a bare ``--device cuda`` (or no ``--device``, where a command defaults to "the
+    GPU if there is one") becomes this process's own device (``cuda:<local rank>``), as accelerate
+    assigns them.
+    """
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    device = getattr(args, "device", None) if args is not None else None
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    state = PartialState(cpu=cpu)  # cpu=True joins the processes with gloo instead of NCCL
+    if args is not None and getattr(args, "device", "cpu") in (None, "cuda"):
+        args.device = str(state.device)
+    return state
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:

@@ -13,6 +13,7 @@ from metamergen.commands._common import (
     add_sampling_arguments,
     check_model_choice,
     load_pipeline_from_args,
+    process_state,
 )
 
 __all__ = ["add_parser", "main", "run"]
@@ -99,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         plan_study,
         run_study,
     )
+    from metamergen.study.manifest import merge_manifest
 
     if bool(args.scanpaths) == bool(args.image):
         raise SystemExit(
@@ -141,23 +143,37 @@ def run(args: argparse.Namespace) -> int:
             scenes = load_fixation_list_scene(args.image, args.fixations, off_image=args.off_image)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    state = process_state(args)
     pipe, model, revision = load_pipeline_from_args(args)
     jobs = plan_study(
         scenes, settings, model=model, model_revision=revision, dtype=args.dtype, pipe=pipe, report=report
     )
     lists = sum(len(s.lists) for s in scenes)
-    print(f"Study: {len(scenes)} scene(s), {lists} fixation list(s) -> {len(jobs)} image(s).", file=sys.stderr)
-    if report[SKIPPED_PREFIX]:
+    main_process = state is None or state.is_main_process
+    if main_process:
+        print(f"Study: {len(scenes)} scene(s), {lists} fixation list(s) -> {len(jobs)} image(s).", file=sys.stderr)
+    if report[SKIPPED_PREFIX] and main_process:
         print(
             f"Skipped {report[SKIPPED_PREFIX]} (list, prefix) combination(s) whose prefix is longer than the list "
             f"(--prefixes {args.prefixes}).",
             file=sys.stderr,
         )
-    summary = run_study(pipe, jobs, args.out, batch_size=args.batch_size, progress=not args.no_progress)
-    print(
-        f"Generated {summary.generated} image(s), {summary.already_done} already done; "
-        f"manifest: {Path(args.out) / MANIFEST_NAME}"
+    split = {} if state is None else {"process_index": state.process_index, "num_processes": state.num_processes}
+    summary = run_study(
+        pipe, jobs, args.out, batch_size=args.batch_size, progress=not args.no_progress and main_process, **split
     )
+    generated, already = summary.generated, summary.already_done
+    if state is not None:  # every part is complete: one process folds them into manifest.jsonl
+        from accelerate.utils import gather_object
+
+        generated = sum(gather_object([summary.generated]))
+        state.wait_for_everyone()
+        if state.is_main_process:
+            merge_manifest(Path(args.out), [j.image_id for j in jobs])
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return 0
+    print(f"Generated {generated} image(s), {already} already done; manifest: {Path(args.out) / MANIFEST_NAME}")
     return 0
 
 

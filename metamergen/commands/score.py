@@ -48,8 +48,15 @@ def _add_score_arguments(s: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``metamergen score``."""
+    from metamergen.commands._common import process_state
     from metamergen.evaluation.metrics import METRICS
-    from metamergen.evaluation.scoring import build_score_metrics, load_manifest_rows, score_manifest, write_score_table
+    from metamergen.evaluation.scoring import (
+        build_score_metrics,
+        load_manifest_rows,
+        manifest_order,
+        score_manifest,
+        write_score_table,
+    )
 
     if args.batch_size < 1:
         raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}.")
@@ -77,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         load_manifest_rows(args.manifest)  # fail on missing files before any model loads
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    state = process_state(args)
     pipe = None
     if "dino" in names:
         from metamergen.loading import TINY_WARNING, load_model
@@ -94,7 +102,17 @@ def run(args: argparse.Namespace) -> int:
             dreamsim_type=args.dreamsim_type,
             pipe=pipe,
         )
-        rows = score_manifest(args.manifest, metrics, batch_size=args.batch_size, progress=not args.no_progress)
+        split = {} if state is None else {"process_index": state.process_index, "num_processes": state.num_processes}
+        main_process = state is None or state.is_main_process
+        rows = score_manifest(
+            args.manifest, metrics, batch_size=args.batch_size, progress=not args.no_progress and main_process, **split
+        )
+        if state is not None:  # each process scored its scenes; the main process writes one table
+            from accelerate.utils import gather_object
+
+            rows = manifest_order(args.manifest, gather_object(rows))
+            if not state.is_main_process:
+                return 0
         # image paths in the table are relative to the table's own folder, wherever it is written
         base = Path(args.manifest).resolve().parent
         for r in rows:

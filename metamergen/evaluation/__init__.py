@@ -26,6 +26,7 @@ _EXPORTS = {
     "build_metrics": ".metrics",
     "build_score_metrics": ".scoring",
     "load_manifest_rows": ".scoring",
+    "manifest_order": ".scoring",
     "score_manifest": ".scoring",
     "write_score_table": ".scoring",
     "bootstrap_ci": ".statistics",

@@ -37,6 +37,7 @@ from metamergen.utils.io import atomic_write
 __all__ = [
     "build_score_metrics",
     "load_manifest_rows",
+    "manifest_order",
     "score_manifest",
     "write_score_table",
 ]
@@ -179,6 +180,8 @@ def score_manifest(
     *,
     batch_size: int = 16,
     progress: bool = False,
+    process_index: int = 0,
+    num_processes: int = 1,
     **metric_options: Any,
 ) -> list[dict[str, Any]]:
     """Score every generation in a manifest against its original scene.
@@ -195,11 +198,16 @@ def score_manifest(
         Pairs per metric call (and per model forward pass for names built here).
     progress
         Show a tqdm bar over images.
+    process_index, num_processes
+        This process's share of a multi-process run: the manifest's scenes, sorted, dealt out
+        round-robin (each original is loaded by one process). Gather the processes' rows and sort
+        them with :func:`manifest_order`.
 
     Returns
     -------
     list of dict
-        One row per image_id, in manifest order: the manifest row, then ``{metric.name: float}``.
+        One row per image_id (of this process's share), in manifest order: the manifest row, then
+        ``{metric.name: float}``.
     """
     from tqdm.auto import tqdm
 
@@ -217,6 +225,12 @@ def score_manifest(
     if clash:
         raise ValueError(f"Metric column(s) {clash} clash with manifest columns.")
 
+    if not 0 <= int(process_index) < int(num_processes):
+        raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
+    if int(num_processes) > 1:
+        scenes = sorted({r["scene"] for r in rows})
+        mine = set(scenes[int(process_index) :: int(num_processes)])
+        rows = [r for r in rows if r["scene"] in mine]
     base = Path(manifest_path).parent
     order = sorted(range(len(rows)), key=lambda i: rows[i]["scene"])  # stable: manifest order within a scene
     last_use = {rows[i]["scene"]: pos for pos, i in enumerate(order)}
@@ -239,6 +253,12 @@ def score_manifest(
                 del originals[scene]  # every generation of this scene is scored
             bar.update(len(chunk))
     return [dict(row, **{c: float(scores[c][i]) for c in columns}) for i, row in enumerate(rows)]
+
+
+def manifest_order(manifest_path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` (score rows gathered from several processes) sorted into the manifest's order."""
+    rank = {r["image_id"]: i for i, r in enumerate(load_manifest_rows(manifest_path))}
+    return sorted((dict(r) for r in rows), key=lambda r: rank[r["image_id"]])
 
 
 def _load_rgb(path: Path) -> Image.Image:

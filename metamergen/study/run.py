@@ -13,7 +13,14 @@ import numpy as np
 from PIL import Image
 
 from metamergen.fixations.records import Scanpath
-from metamergen.study.manifest import IMAGES_DIR, MANIFEST_NAME, append_rows, completed_image_ids
+from metamergen.study.manifest import (
+    IMAGES_DIR,
+    MANIFEST_NAME,
+    append_rows,
+    completed_image_ids,
+    merge_manifest,
+    part_name,
+)
 from metamergen.study.plan import StudyJob
 from metamergen.utils.io import atomic_write
 
@@ -50,6 +57,8 @@ def run_study(
     *,
     batch_size: int = 4,
     progress: bool = True,
+    process_index: int = 0,
+    num_processes: int = 1,
 ) -> StudyRunSummary:
     """Render the jobs not yet done into ``out_dir`` (``images/*.png`` + ``manifest.jsonl``).
 
@@ -72,29 +81,41 @@ def run_study(
         Images per pipeline call.
     progress
         Show a tqdm bar over images.
+    process_index, num_processes
+        This process's share of a multi-process run (``accelerate launch``): the scenes of the plan,
+        in plan order, are dealt out round-robin, so each scene is encoded by one process and
+        batched exactly as in a one-process run (the images are the same whatever the process
+        count). Each process appends to its own manifest part; the caller merges them with
+        :func:`~metamergen.study.manifest.merge_manifest` once every process is done. With one
+        process the manifest is merged (sorted into plan order) before returning.
     """
     import torch
     from tqdm.auto import tqdm
 
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if not 0 <= int(process_index) < int(num_processes):
+        raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
     ids = Counter(j.image_id for j in jobs)
     if any(n > 1 for n in ids.values()):
         raise ValueError("jobs contain the same image_id twice; pass the list plan_study returned.")
     out_dir = Path(out_dir)
     done = completed_image_ids(out_dir)
     pending = [j for j in jobs if j.image_id not in done]
+    scene_order = list(dict.fromkeys(j.scene for j in jobs))  # plan order, the same in every process
+    mine = {scene for k, scene in enumerate(scene_order) if k % int(num_processes) == int(process_index)}
     by_scene: dict[tuple[str, float], list[StudyJob]] = {}
     for job in pending:
-        by_scene.setdefault((job.scene, job.peripheral_blur), []).append(job)
-    manifest = out_dir / MANIFEST_NAME
+        if job.scene in mine:
+            by_scene.setdefault((job.scene, job.peripheral_blur), []).append(job)
+    manifest = out_dir / (MANIFEST_NAME if int(num_processes) == 1 else part_name(process_index))
     (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
     bar_config = dict(getattr(pipe, "_progress_bar_config", {}) or {})
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar over images, not one per denoising loop
     generated = 0
     try:
-        with tqdm(total=len(pending), unit="image", disable=not progress, desc="generate") as bar:
+        with tqdm(total=sum(map(len, by_scene.values())), unit="image", disable=not progress, desc="generate") as bar:
             for (scene_path, blur), scene_jobs in by_scene.items():
                 with Image.open(scene_path) as im:
                     image = im.convert("RGB")
@@ -137,6 +158,8 @@ def run_study(
     finally:
         if hasattr(pipe, "set_progress_bar_config"):
             pipe.set_progress_bar_config(**bar_config)
+    if int(num_processes) == 1:
+        merge_manifest(out_dir, [j.image_id for j in jobs])
     return StudyRunSummary(
         planned=len(jobs), already_done=len(jobs) - len(pending), generated=generated, scenes_encoded=len(by_scene)
     )
