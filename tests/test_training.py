@@ -438,3 +438,62 @@ def test_condition_dropout_zeroes_whole_streams_independently_at_the_configured_
     both = (~fov_kept & ~per_kept).float().mean()
     assert abs(both - 0.005) < 0.004  # independent: 0.05 x 0.10
     assert fov.dtype == p.dtype == torch.float32
+
+
+def _dropout_batch(b: int = 4000):
+    from metamergen.training.loss import EncodedBatch
+
+    g = torch.Generator().manual_seed(0)
+    sharp, per = torch.rand(b, 16, 3, generator=g) + 1, torch.rand(b, 16, 3, generator=g) + 1
+    mask = torch.ones(b, 16, dtype=torch.bool)
+    return EncodedBatch(latents=torch.zeros(b, 4, 2, 2), sharp=sharp, peripheral=per, foveal_mask=mask)
+
+
+def test_joint_dropout_drops_both_streams_together_on_top_of_the_independent_draws():
+    """optim.joint_dropout (default 0, the paper's recipe) adds p_j of dropping both streams at once:
+    both are dropped with p_j + (1 - p_j) x 0.05 x 0.10. At 0 nothing extra is drawn, so the paper's
+    recipe draws exactly what it drew before the option existed."""
+    from metamergen.training.config import OptimConfig
+    from metamergen.training.loss import drop_conditions
+
+    enc = _dropout_batch()
+
+    def dropped(**kw):
+        fov, per = drop_conditions(
+            enc, foveal_dropout=0.05, peripheral_dropout=0.10, generator=torch.Generator().manual_seed(1), **kw
+        )
+        return fov.abs().sum((1, 2)) == 0, per.abs().sum((1, 2)) == 0
+
+    fov0, per0 = dropped()
+    fov_off, per_off = dropped(joint_dropout=0.0)
+    assert torch.equal(fov0, fov_off) and torch.equal(per0, per_off)
+    fov_j, per_j = dropped(joint_dropout=0.2)
+    assert (fov_j | ~fov0).all() and (per_j | ~per0).all()  # the independent drops are kept, more are added
+    assert abs((fov_j & per_j).float().mean() - (0.2 + 0.8 * 0.005)) < 0.02
+    assert abs(fov_j.float().mean() - (0.2 + 0.8 * 0.05)) < 0.02
+    assert OptimConfig().joint_dropout == 0.0
+    assert TrainConfig.from_yaml(ROOT / "configs" / "paper_sd15_coco.yaml").optim.joint_dropout == 0.0
+    with pytest.raises(ValueError, match=r"optim.joint_dropout .* \[0, 1\]"):
+        TrainConfig.from_yaml(TINY, ["optim.joint_dropout=1.5"])
+
+
+def test_the_loss_applies_the_configured_joint_dropout():
+    from metamergen.testing import tiny_scheduler
+    from metamergen.training.config import OptimConfig
+    from metamergen.training.loss import adapter_loss
+
+    enc = _dropout_batch(64)
+    seen = {}
+
+    def model(noisy, t, text, foveal, peripheral):
+        seen.update(foveal=foveal, peripheral=peripheral)
+        return torch.zeros_like(noisy)
+
+    scheduler = tiny_scheduler()
+    text = torch.zeros(1, 77, 8)
+    adapter_loss(
+        model, scheduler, enc, text, OptimConfig(joint_dropout=1.0), generator=torch.Generator().manual_seed(0)
+    )
+    assert (seen["foveal"] == 0).all() and (seen["peripheral"] == 0).all()
+    adapter_loss(model, scheduler, enc, text, OptimConfig(), generator=torch.Generator().manual_seed(0))
+    assert (seen["peripheral"].abs().sum((1, 2)) > 0).float().mean() > 0.8

@@ -7,7 +7,8 @@ own loops can call them:
    (computed now, or read from the feature cache);
 2. :func:`drop_conditions`: the foveal mask applied (:func:`~metamergen.foveation.mask_tokens`) and
    each stream's condition dropped independently by **zeroing its tokens** (never by scale 0, so
-   every trainable parameter is used in every step and DDP needs no ``find_unused_parameters``);
+   every trainable parameter is used in every step and DDP needs no ``find_unused_parameters``),
+   optionally both together with an extra probability (``optim.joint_dropout``, off by default);
 3. :func:`adapter_loss`: noise, timesteps, the prediction and the paper's epsilon-prediction MSE
    (fp32; optional min-SNR weighting).
 
@@ -103,20 +104,46 @@ def drop_conditions(
     foveal_dropout: float,
     peripheral_dropout: float,
     generator: torch.Generator,
+    joint_dropout: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two streams' resampler inputs, each dropped independently by zeroing (fp32).
+
+    Parameters
+    ----------
+    encoded
+        From :func:`encode_batch`.
+    foveal_dropout, peripheral_dropout
+        Probability of zeroing a sample's foveal / peripheral stream, drawn independently (paper:
+        0.05 / 0.10).
+    generator
+        Draws the decisions: foveal, then peripheral, then (only when ``joint_dropout > 0``) joint,
+        so that the paper's recipe draws exactly what it drew before the joint option existed.
+    joint_dropout
+        Extra probability of zeroing both streams of a sample together, on top of the independent
+        draws (not in the paper; 0 = off). Both streams dropped is the unconditional state CFG++
+        renoises with; a sample reaches it with ``p_j + (1 - p_j) * p_f * p_p``.
 
     Returns
     -------
     foveal, peripheral
         ``(B, T, D)`` float32: masked sharp tokens and peripheral tokens, a sample's stream all zero
-        with probability ``foveal_dropout`` / ``peripheral_dropout`` (paper: 0.05 / 0.10).
+        when dropped.
     """
+    for name, p in (
+        ("foveal_dropout", foveal_dropout),
+        ("peripheral_dropout", peripheral_dropout),
+        ("joint_dropout", joint_dropout),
+    ):
+        if not 0 <= p <= 1:
+            raise ValueError(f"optim.{name} is a probability and must be in [0, 1], got {p}.")
     b = encoded.latents.shape[0]
     device = encoded.latents.device
     foveal = mask_tokens(encoded.sharp, encoded.foveal_mask)
     keep_f = (torch.rand(b, generator=generator, device=device) >= foveal_dropout).view(b, 1, 1)
     keep_p = (torch.rand(b, generator=generator, device=device) >= peripheral_dropout).view(b, 1, 1)
+    if joint_dropout > 0:  # drawn only when on: the paper's recipe keeps its random stream
+        keep_both = (torch.rand(b, generator=generator, device=device) >= joint_dropout).view(b, 1, 1)
+        keep_f, keep_p = keep_f & keep_both, keep_p & keep_both
     return (foveal * keep_f).float(), (encoded.peripheral * keep_p).float()
 
 
@@ -144,7 +171,7 @@ def adapter_loss(
     text_embeds
         ``(1, L, D)`` text embeddings (the empty prompt's), expanded over the batch.
     optim
-        Dropout probabilities, timestep range, noise offset and min-SNR gamma.
+        Dropout probabilities (per stream and joint), timestep range, noise offset and min-SNR gamma.
     generator
         Draws dropout, noise and timesteps, in that order.
     compute_snr
@@ -159,7 +186,11 @@ def adapter_loss(
     latents = encoded.latents
     b, device = latents.shape[0], latents.device
     foveal, peripheral = drop_conditions(
-        encoded, foveal_dropout=optim.foveal_dropout, peripheral_dropout=optim.peripheral_dropout, generator=g
+        encoded,
+        foveal_dropout=optim.foveal_dropout,
+        peripheral_dropout=optim.peripheral_dropout,
+        joint_dropout=optim.joint_dropout,
+        generator=g,
     )
     noise = torch.randn(latents.shape, generator=g, device=device, dtype=latents.dtype)
     if optim.noise_offset:
