@@ -52,7 +52,9 @@ def test_callback_on_step_end_sees_every_step_and_what_it_returns_replaces_the_l
     seen = []
 
     def record(p, i, t, kwargs):
-        seen.append((i, int(t), tuple(sorted(kwargs)), p.num_timesteps, p.guidance_scale, p.do_classifier_free_guidance))
+        seen.append(
+            (i, int(t), tuple(sorted(kwargs)), p.num_timesteps, p.guidance_scale, p.do_classifier_free_guidance)
+        )
         return kwargs
 
     base = latents_of(pipe, scene=scene)

@@ -191,7 +191,18 @@ class CFGPlusPlus(GuidanceRule):
 
 
 def cfgpp_scale_error(scale: float) -> str:
-    """The message for a CFG++ strength outside [0, 1]: both ways of writing guidance."""
+    """The error message for a CFG++ strength outside [0, 1], showing both ways of writing guidance.
+
+    Parameters
+    ----------
+    scale
+        The strength the user passed (e.g. SD's 7.5).
+
+    Returns
+    -------
+    str
+        One line: ``guidance="cfg", guidance_scale=<scale>`` for SD-style guidance, or a λ in [0, 1].
+    """
     return (
         f"guidance_scale={scale} is outside [0, 1], the range of CFG++'s λ (guidance='cfg++', the paper's sampler "
         f"and the default; λ = 0.6 is about as strong as CFG 7.5). For Stable-Diffusion-style guidance pass "

@@ -101,8 +101,19 @@ SKIPPED_PREFIX = "prefix longer than the fixation list"
 
 
 def condition_streams(condition: str) -> tuple[str | None, str | None]:
-    """``(stream kept, how the other is removed)`` of a condition: ``(None, None)`` for ``"both"``,
-    e.g. ``("peripheral", "dropped")`` for ``"peripheral"`` and ``"peripheral:dropped"``."""
+    """What a study condition keeps and how it removes the other stream.
+
+    Parameters
+    ----------
+    condition
+        One of :data:`CONDITIONS`.
+
+    Returns
+    -------
+    kept, mode
+        ``(None, None)`` for ``"both"``; else the stream kept and one of :data:`ABLATION_MODES`,
+        e.g. ``("peripheral", "dropped")`` for ``"peripheral"`` and ``"peripheral:dropped"``.
+    """
     if condition not in CONDITIONS:
         raise ValueError(f"Unknown condition {condition!r}; choose from {list(CONDITIONS)}.")
     if condition == "both":
@@ -213,8 +224,19 @@ class StudySettings:
         return fov, per
 
     def drop_streams(self, condition: str) -> tuple[str, ...]:
-        """The streams ``condition`` drops (zero tokens through their resampler), for the pipeline's
-        ``drop_streams``: the removed stream of a ``":dropped"`` condition, else none."""
+        """The streams ``condition`` drops (zero tokens through their resampler).
+
+        Parameters
+        ----------
+        condition
+            One of :data:`CONDITIONS`.
+
+        Returns
+        -------
+        tuple of str
+            For the pipeline's ``drop_streams``: the removed stream of a ``":dropped"`` condition
+            (``"peripheral"`` and ``"foveal"`` included), else empty.
+        """
         kept, mode = condition_streams(condition)
         if mode != "dropped":
             return ()
