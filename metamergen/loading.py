@@ -8,6 +8,7 @@ that manifests record, so a study says exactly which model made its images.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,15 @@ from typing import Any
 
 from metamergen import defaults
 
-__all__ = ["TINY_MODEL", "TINY_WARNING", "LoadedModel", "load_model", "torch_dtype"]
+__all__ = [
+    "check_local_reference",
+    "looks_local",
+    "TINY_MODEL",
+    "TINY_WARNING",
+    "LoadedModel",
+    "load_model",
+    "torch_dtype",
+]
 
 #: How manifests name the tiny random test model.
 TINY_MODEL = "tiny-random"
@@ -68,6 +77,26 @@ def _snapshot_revision(path: str | None) -> str | None:
     return match.group(1) if match else None
 
 
+def looks_local(ref: str) -> bool:
+    """Whether a model reference can only be a local folder, not a hub id (``owner/name``).
+
+    Hub ids have at most one ``/``, no leading ``.``, ``/`` or ``~``, and no backslash; anything
+    else (``outputs/run/pipeline``, ``./model``, ``/data/sd15``) is a path.
+    """
+    ref = str(ref)
+    return ref.startswith((".", "/", "~")) or "\\" in ref or ref.count("/") > 1 or os.path.exists(ref)
+
+
+def check_local_reference(flag: str, ref: str) -> None:
+    """Raise :class:`FileNotFoundError` for a path-like model reference with no folder behind it."""
+    path = os.path.expanduser(str(ref))
+    if looks_local(ref) and not os.path.isdir(path):
+        what = "a file, not a folder" if os.path.exists(path) else "no such folder"
+        raise FileNotFoundError(
+            f"{flag} {ref}: {what}. Give the folder a saved pipeline or model was written to, or a hub id (owner/name)."
+        )
+
+
 def load_model(
     *,
     model: str | None = None,
@@ -98,6 +127,11 @@ def load_model(
         )
     if revision and not model:
         raise ValueError("--revision applies to --model only.")
+    if not tiny:  # a missing local folder is named as such, not reported as a hub/network error
+        used = [("--model", model)] if model else [("--adapters", adapters), ("--base-model", base_model)]
+        for flag, ref in used + ([] if model else [("--image-encoder", image_encoder)]):
+            if ref:
+                check_local_reference(flag, ref)
     weights_dtype = torch_dtype(dtype)
     if tiny:
         from metamergen.testing import tiny_pipeline

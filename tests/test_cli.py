@@ -181,3 +181,57 @@ def test_study_chain_generate_score_report(tmp_path: Path, capsys):
     report = tmp_path / "report"
     assert (report / "index.html").is_file() and (report / "figures" / "psnr.png").is_file()
     assert len(list((report / "sheets").glob("*.png"))) == 4  # (condition x source) for the one scanpath
+
+
+BAD_RENDER_INPUTS = [
+    (["--steps", "0"], "--steps must be between 1 and 1000"),
+    (["--steps", "1001"], "--steps must be between 1 and 1000"),
+    (["--num-images", "0"], "--num-images must be >= 1"),
+    (["--peripheral-blur", "0"], "--peripheral-blur is the down/up scale s in (0, 1]"),
+    (["--foveal-scale", "nan"], "--foveal-scale must be a finite number >= 0"),
+    (["--peripheral-scale", "-1"], "--peripheral-scale must be a finite number >= 0"),
+    (["--guidance-scale", "7.5"], "for SD-style scales such as 7.5 pass --guidance cfg"),
+    (["--fixations", "nan,5"], "NaN or infinite"),
+    (["--fixations", "10,inf"], "NaN or infinite"),
+    (["--fixations", "fixatons.json"], "no fixation file fixatons.json"),
+    (["--off-image", "error", "--fixations", "10,10;5000,5"], "off the image"),
+    (["--device", "cuda:7"], "--device cuda:7"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_RENDER_INPUTS, ids=[" ".join(a) for a, _ in BAD_RENDER_INPUTS])
+def test_bad_render_inputs_get_one_line_and_exit_2(tmp_path: Path, capsys, extra: list[str], message: str):
+    code, err = _error(capsys, ["render", "--tiny", "--image", str(SCENE), "--out", str(tmp_path / "o"), *extra])
+    assert code == 2, err
+    assert message in err and err.startswith("metamergen render: error"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_leading_minus_in_fixations_is_a_value_not_an_option(tmp_path: Path):
+    from metamergen.commands import _attach_negative_values
+
+    argv = ["render", "--fixations", "-10,5;20,30", "--out", "x"]
+    assert _attach_negative_values(argv) == ["render", "--fixations=-10,5;20,30", "--out", "x"]
+    assert _attach_negative_values(["--fixations", "--out"]) == ["--fixations", "--out"]
+
+
+def test_a_missing_local_model_folder_is_named_not_looked_up_on_the_hub(tmp_path: Path, capsys):
+    from metamergen.loading import looks_local
+
+    assert looks_local("outputs/run/pipeline") and looks_local("./model") and looks_local("/data/sd")
+    assert not looks_local("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    code, err = _error(
+        capsys, ["render", "--model", "outputs/run/pipeline", "--image", str(SCENE), "--out", str(tmp_path)]
+    )
+    assert code == 2 and "--model outputs/run/pipeline: no such folder" in err, err
+
+
+def test_generate_checks_output_size_before_writing(tmp_path: Path, capsys):
+    fix = tmp_path / "fix.json"
+    fix.write_text("[[10, 10]]")
+    base = ["generate", "--tiny", "--image", str(SCENE), "--fixations", str(fix), "--out", str(tmp_path / "o")]
+    code, err = _error(capsys, [*base, "--height", "31"])
+    assert code == 2 and "together" in err
+    code, err = _error(capsys, [*base, "--height", "31", "--width", "45"])
+    assert code == 2 and "must be multiples of 2 (this model's VAE factor), e.g. 30 x 44" in err, err
+    assert not (tmp_path / "o").exists()

@@ -497,3 +497,15 @@ def test_the_loss_applies_the_configured_joint_dropout():
     assert (seen["foveal"] == 0).all() and (seen["peripheral"] == 0).all()
     adapter_loss(model, scheduler, enc, text, OptimConfig(), generator=torch.Generator().manual_seed(0))
     assert (seen["peripheral"].abs().sum((1, 2)) > 0).float().mean() > 0.8
+
+
+@pytest.mark.parametrize("backend", ["FSDP", "DEEPSPEED"])
+def test_sharded_backends_are_refused_up_front(tmp_path: Path, monkeypatch, backend: str):
+    images = tmp_path / "img"
+    write_images(images, 2)
+    from metamergen.training.trainer import train
+
+    monkeypatch.setenv(f"ACCELERATE_USE_{backend}", "true")
+    with pytest.raises(RuntimeError, match=f"{backend} was requested.*DDP only"):
+        train(tiny_config(tmp_path, images))
+    assert not (tmp_path / "run").exists()  # refused before anything is written

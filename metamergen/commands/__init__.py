@@ -65,6 +65,26 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+#: Options whose value may start with a minus sign (argparse would take ``-10,5`` for an option).
+_NEGATIVE_VALUE_OPTIONS = ("--fixations",)
+
+
+def _attach_negative_values(argv: list[str]) -> list[str]:
+    """``--fixations -10,5`` -> ``--fixations=-10,5``, the form argparse accepts."""
+    import re
+
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _NEGATIVE_VALUE_OPTIONS and i + 1 < len(argv) and re.match(r"-[\d.]", argv[i + 1]):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``metamergen`` console script.
 
@@ -77,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import sys
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_attach_negative_values(sys.argv[1:] if argv is None else list(argv)))
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     prog = f"metamergen {args.command}"
     try:

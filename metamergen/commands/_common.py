@@ -13,6 +13,8 @@ __all__ = [
     "add_sampling_arguments",
     "check_model_choice",
     "load_pipeline_from_args",
+    "check_device",
+    "check_sampling_arguments",
     "process_state",
 ]
 
@@ -80,6 +82,53 @@ def check_model_choice(args: argparse.Namespace) -> None:
         )
     if getattr(args, "revision", None) and not args.model:
         raise SystemExit("error: --revision applies to --model only.")
+
+
+def check_device(device: str | None) -> None:
+    """Exit with one line if ``device`` names an accelerator torch cannot see (before any model loads)."""
+    if not device or device == "cpu":
+        return
+    import torch
+
+    kind = device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise SystemExit(f"error: --device {device}, but {why} (torch {torch.__version__}); use --device cpu.")
+    if kind == "cuda" and ":" in device and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise SystemExit(f"error: --device {device}, but torch sees {torch.cuda.device_count()} GPU(s).")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise SystemExit(f"error: --device {device}, but MPS is not available here; use --device cpu.")
+
+
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """Exit with one line on sampling flags no render could use (before any model loads)."""
+    import math
+
+    max_steps = 1000  # SD1.5's (and the demo's) scheduler is trained on 1000 timesteps
+    if not 1 <= args.steps <= max_steps:
+        raise SystemExit(
+            f"error: --steps must be between 1 and {max_steps} (the scheduler's timesteps), got {args.steps}."
+        )
+    for flag in ("foveal_scale", "peripheral_scale"):
+        value = getattr(args, flag)
+        if not math.isfinite(value) or value < 0:
+            raise SystemExit(f"error: --{flag.replace('_', '-')} must be a finite number >= 0, got {value}.")
+    if not (math.isfinite(args.peripheral_blur) and 0 < args.peripheral_blur <= 1):
+        raise SystemExit(
+            f"error: --peripheral-blur is the down/up scale s in (0, 1] (1 = no blur; paper 0.25), got {args.peripheral_blur}."
+        )
+    g = args.guidance_scale
+    if g is not None:
+        if not math.isfinite(g):
+            raise SystemExit(f"error: --guidance-scale must be finite, got {g}.")
+        if args.guidance == "cfg++" and not 0 <= g <= 1:
+            raise SystemExit(
+                f"error: --guidance-scale {g} is outside cfg++'s [0, 1] (paper-style λ, default "
+                f"{defaults.CFGPP_SCALE}); for SD-style scales such as 7.5 pass --guidance cfg."
+            )
+        if args.guidance == "cfg" and g < 0:
+            raise SystemExit(f"error: --guidance-scale must be >= 0 for cfg, got {g}.")
+    check_device(getattr(args, "device", None))
 
 
 def load_pipeline_from_args(args: argparse.Namespace) -> tuple[Any, str, str | None]:

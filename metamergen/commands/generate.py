@@ -12,6 +12,7 @@ from metamergen.commands._common import (
     add_model_arguments,
     add_sampling_arguments,
     check_model_choice,
+    check_sampling_arguments,
     load_pipeline_from_args,
     process_state,
 )
@@ -71,7 +72,10 @@ def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
         "fixation source and prefix (common random numbers for paired comparisons); independent: one per image",
     )
     g.add_argument(
-        "--conditions", default="both", help="comma-separated subset of both,foveal,peripheral (default both)"
+        "--conditions",
+        default="both",
+        help="comma-separated: both, peripheral, foveal (the other stream dropped as in training, = peripheral:dropped, "
+        "foveal:dropped), peripheral:off, foveal:off (the other stream's scale 0); default both",
     )
     g.add_argument(
         "--random-control", action="store_true", help="also render matched random fixations (same counts, seeded)"
@@ -117,6 +121,11 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}.")
     check_model_choice(args)
+    check_sampling_arguments(args)
+    if (args.height is None) != (args.width is None):
+        raise SystemExit("error: give --height and --width together (or neither: the scene's aspect ratio).")
+    if args.height is not None and (args.height < 8 or args.width < 8):
+        raise SystemExit(f"error: --height and --width must be at least 8 pixels, got {args.height} x {args.width}.")
     try:
         settings = StudySettings(
             prefixes=_parse_prefixes(args.prefixes),
@@ -145,6 +154,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {err}") from None
     state = process_state(args)
     pipe, model, revision = load_pipeline_from_args(args)
+    factor = int(getattr(pipe, "vae_scale_factor", 8))
+    if args.height is not None and (args.height % factor or args.width % factor):
+        raise SystemExit(
+            f"error: --height {args.height} --width {args.width}: both must be multiples of {factor} "
+            f"(this model's VAE factor), e.g. {args.height // factor * factor} x {args.width // factor * factor}."
+        )
     jobs = plan_study(
         scenes, settings, model=model, model_revision=revision, dtype=args.dtype, pipe=pipe, report=report
     )

@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from metamergen.commands._common import add_model_arguments, add_sampling_arguments, load_pipeline_from_args
+from metamergen.commands._common import (
+    add_model_arguments,
+    add_sampling_arguments,
+    check_model_choice,
+    check_sampling_arguments,
+    load_pipeline_from_args,
+)
 
 __all__ = ["add_parser", "parse_fixations", "run"]
 
@@ -33,12 +39,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def parse_fixations(text: str) -> Any:
     """``"x,y;x,y"`` inline, or a path to a JSON file holding ``[[x, y], ...]`` (image pixels): ``(N, 2)``."""
+    import re
+
     import numpy as np
 
     if text.strip() == "":
         return np.zeros((0, 2))
     path = Path(text)
-    if path.suffix == ".json" and path.exists():
+    inline = re.fullmatch(r"[\s\d.,;+\-eEnaNAifIF]*", text) is not None  # numbers, nan and inf
+    if not inline and not path.is_file():
+        raise SystemExit(
+            f"error: no fixation file {text} (and it is not an inline list 'x,y;x,y' in image pixels either)."
+        )
+    if not inline:
         from metamergen.fixations.io import read_fixation_list
 
         try:
@@ -54,6 +67,8 @@ def parse_fixations(text: str) -> Any:
         return np.zeros((0, 2))
     if arr.ndim != 2 or arr.shape[1] != 2:
         raise SystemExit(f"error: --fixations must be a list of (x, y) pairs, got an array of shape {arr.shape}.")
+    if not np.isfinite(arr).all():
+        raise SystemExit("error: --fixations holds NaN or infinite coordinates; give finite (x, y) image pixels.")
     return arr
 
 
@@ -69,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     from metamergen.utils.io import atomic_write
     from metamergen.viz.figures import contact_sheet, draw_scanpath, foveated_input
 
+    check_model_choice(args)
+    check_sampling_arguments(args)
+    if args.num_images < 1:
+        raise SystemExit(f"error: --num-images must be >= 1, got {args.num_images}.")
     try:
         image = load_image(args.image)
     except FileNotFoundError:

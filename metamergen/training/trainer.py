@@ -232,6 +232,14 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         except ImportError:
             logger.warning("tensorboard is not installed (pip install tensorboard): logging to the console only.")
             report_to = None
+    sharded = [name for name in ("FSDP", "DEEPSPEED") if os.environ.get(f"ACCELERATE_USE_{name}", "").lower() == "true"]
+    if sharded:  # refused before accelerate builds them: they would fail deep inside prepare()
+        raise RuntimeError(
+            f"{sharded[0]} was requested by the accelerate config, but MetamerGen trains with DDP only: the "
+            "adapters' K/V projections are shared with the frozen UNet's attention layers, which sharding "
+            "would split, and the trainable part is small. Use a multi-GPU DDP config "
+            "(training/accelerate/multi_gpu.yaml); for memory, run.gradient_checkpointing=true or a smaller batch."
+        )
     accelerator = Accelerator(
         cpu=cpu,  # on GPU-less machines this is what makes multi-process runs form a process group
         mixed_precision=cfg.run.mixed_precision,
