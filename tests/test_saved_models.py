@@ -2,8 +2,10 @@
 
 ``tests/data/saved_release_0_1_0`` was saved by release 0.1.0.dev0, before the package was
 reorganised into sub-packages (``tests/data/make_saved_release.py`` says how), together with what it
-and the bundled demo model rendered then (with torch's default threads; other thread counts change
-float reduction order, hence the 1e-5 tolerance on [0, 1] pixels, far below one 8-bit level). A folder records the adapters' module
+renders, and what the bundled demo model renders (both re-recorded once, with one thread, when the
+CFG++ last step was corrected to return the clean estimate, and the demo's when its model was
+rebuilt; other thread counts change float reduction order, hence the 1e-5 tolerance on [0, 1]
+pixels, far below one 8-bit level). A folder records the adapters' module
 (``model_index.json``) and imports the pipeline class in its ``pipeline.py`` shim; both name the
 public packages ``metamergen.adapters`` and ``metamergen.pipeline``, which new saves must keep.
 """
@@ -47,7 +49,7 @@ def test_a_folder_saved_by_the_previous_layout_renders_exactly_as_it_did(tmp_pat
     np.testing.assert_allclose(_render(pipe, steps=3, seed=7, n=2), expected, rtol=0, atol=1e-5)
 
 
-def test_the_bundled_demo_model_renders_exactly_as_before_the_reorganisation():
+def test_the_bundled_demo_model_renders_exactly_as_recorded():
     from metamergen.demo.run import DEMO_MODEL
 
     pipe = MetamerGenPipeline.from_pretrained(DEMO_MODEL)
