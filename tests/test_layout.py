@@ -182,11 +182,11 @@ def test_argparse_and_system_exit_live_in_commands_only():
 
 
 def test_no_file_cites_anything_outside_the_repository():
-    patterns = ("DESIGN.md", "../shared", "shared/")
+    # spelled in pieces so that this file does not itself cite what it forbids
+    patterns = ("DESIGN" + ".md", ".." + "/shared", "shared" + "/")
     files = [p for p in REPO.rglob("*") if p.is_file() and p.suffix in {".py", ".md", ".yaml", ".toml", ".sh", ".json"}]
     files = [p for p in files if not ({".git", ".venv", "node_modules"} & set(p.parts)) and ".egg-info" not in str(p)]
     hits = [f"{p.relative_to(REPO)}: {pat}" for p in files for pat in patterns if pat in p.read_text(errors="ignore")]
-    hits = [h for h in hits if not h.startswith("tests/test_layout.py")]
     assert not hits, "\n".join(hits)
 
 
