@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-NAMES = ("unet_step", "encoding", "batched", "train_step", "data_loading")
+NAMES = ("unet_step", "encoding", "batched", "study_throughput", "train_step", "data_loading")
 KEYS = {"benchmark", "machine", "settings", "raw_seconds", "median_seconds", "ratios", "table"}
 
 
@@ -92,6 +92,16 @@ def test_per_image_seeds_make_batches_independent(results):
     out, _ = results
     data = json.loads((out / "batched.json").read_text())
     assert max(data["max_abs_diff_vs_first"].values()) < 1e-3
+
+
+def test_two_study_processes_render_what_one_does(results):
+    out, _ = results
+    data = json.loads((out / "study_throughput.json").read_text())
+    assert set(data["median_seconds"]["all"]) == {"1proc_b1", "1proc_b4", "2proc_b4", "2proc_b4_render"}
+    assert all(data["same_image_ids"].values()) and all(data["manifest_identical"].values())
+    same_batch = data["two_processes_vs_one_at_same_batch"]
+    assert same_batch["same_image_ids"] and same_batch["manifest_identical"] and same_batch["images"] > 0
+    assert max(data["max_abs_diff_vs_first"].values()) < 2e-2  # a few 8-bit levels at most (batched numerics)
 
 
 def test_targets_and_memory_are_reported(results):
