@@ -235,3 +235,63 @@ def test_cli_convert_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
     )
     with pytest.raises(SystemExit, match="pixels_per_degree"):
         args.func(args)
+
+
+@pytest.mark.parametrize(
+    "make, extra, expected",
+    [
+        (  # every record's X, Y, T and length disagree
+            lambda d: d.joinpath("fv.json").write_text(
+                json.dumps([{"name": "a.jpg", "subject": 1, "X": [600.0, 700.0], "Y": [400.0], "T": [5, 5]}])
+            ),
+            [],
+            ["every one of the 1 records", "length mismatch: 1 records", "is this the right format?"],
+        ),
+        (  # one fixation per record, the forced centre one, dropped by default
+            lambda d: d.joinpath("fv.json").write_text(
+                json.dumps([{"name": "a.jpg", "subject": s, "X": [840.0], "Y": [525.0], "T": [90]} for s in (1, 2)])
+            ),
+            [],
+            ["empty after filtering: 2 scanpaths", "initial centre fixation: 2 fixations", "--keep-initial-fixation"],
+        ),
+        (  # every fixation off a frame given too small
+            lambda d: d.joinpath("fv.json").write_text(
+                json.dumps([{"name": "a.jpg", "subject": 1, "X": [840.0, 900.0], "Y": [525.0, 600.0], "T": [9, 9]}])
+            ),
+            ["--width", "512", "--height", "320"],
+            ["off-image fixation: 1 fixations", "--off-image clip"],
+        ),
+        (lambda d: d.joinpath("fv.json").write_text("[]"), [], ["holds no records"]),
+    ],
+)
+def test_cli_convert_keeping_nothing_is_an_error_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make, extra: list[str], expected: list[str]
+) -> None:
+    from metamergen.commands import main
+
+    make(tmp_path)
+    out = tmp_path / "out" / "fv.jsonl"
+    assert main(["convert", "coco-freeview", str(tmp_path / "fv.json"), "--out", str(out), *extra]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert err.startswith("metamergen convert: error: no scanpath kept") and "Nothing was written" in err, err
+    for text in expected:
+        assert text in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_convert_csv_keeping_nothing_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from metamergen.commands import main
+
+    out = tmp_path / "fix.jsonl"
+    for body, expected in (
+        ("", "holds no records"),
+        ("a.png,s1,abc,4\nb.png,s1,,5\n", "non-numeric value: 2 fixations"),
+        (",s1,1,2\n", "missing image: 1 fixations"),
+    ):
+        (tmp_path / "fix.csv").write_text("image,subject,x,y\n" + body)
+        assert (
+            main(["convert", "csv", str(tmp_path / "fix.csv"), "--out", str(out), "--width", "9", "--height", "9"]) == 2
+        )
+        (err,) = capsys.readouterr().err.strip().splitlines()
+        assert "no scanpath kept" in err and expected in err, err
+        assert not out.exists() and not (tmp_path / "dataset.json").exists()

@@ -9,6 +9,19 @@ from pathlib import Path
 
 __all__ = ["add_parser", "run"]
 
+#: What to try when a filter (a ConversionReport reason) dropped every record.
+_HINTS = {
+    "off-image fixation": "check that --width/--height are the frame the coordinates were recorded in "
+    "(COCO: 1680x1050, or 512x320 for the rescaled copies), or pass --off-image clip",
+    "initial centre fixation": "--keep-initial-fixation keeps each record's first (forced centre) fixation",
+    "length mismatch": "X, Y, T and length disagree in the records: is this the right format?",
+    "non-numeric value": "check that the x and y columns hold numbers",
+    "non-finite coordinate": "check that the x and y columns hold finite pixel coordinates",
+    "invalid time": "check that duration_ms/onset_ms (COCO: T) are non-negative milliseconds",
+    "missing image": "fill in the image column",
+    "no records": "check that the input is the file you meant",
+}
+
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``metamergen convert``: convert, write JSONL + dataset.json, print the report."""
@@ -51,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
             )
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    if not scanpaths:  # an empty file would only fail later, in generate: say now which filter took everything
+        hints = [_HINTS[reason] for reason in report.dropped if reason in _HINTS] or [_HINTS["no records"]]
+        raise SystemExit(f"error: {report.nothing_kept()}. Nothing was written; {'; '.join(hints)}.")
     info.notes = report.summary()
     write_scanpaths(out, scanpaths, info)
     print(report.summary())

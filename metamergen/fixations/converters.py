@@ -102,6 +102,25 @@ class ConversionReport:
         lines.extend(f"  note: {note}" for note in self.notes)
         return "\n".join(lines)
 
+    def nothing_kept(self) -> str:
+        """Why no scanpath was kept, as one sentence without a final full stop (for an error message).
+
+        Returns
+        -------
+        str
+            That the input holds no records, or that every record was filtered out, with the count
+            of each filter that dropped something.
+        """
+        if not self.records_read:
+            return f"no scanpath kept: {self.source} holds no records (an empty list, or a CSV with only a header)"
+        dropped = "; ".join(
+            f"{reason}: {n} {_UNITS.get(reason, 'fixations')}" for reason, n in self.dropped.most_common()
+        )
+        return (
+            f"no scanpath kept: every one of the {self.records_read} records in {self.source} was filtered out "
+            f"({dropped or 'nothing counted as dropped'})"
+        )
+
 
 def _warn(report: ConversionReport, message: str) -> None:
     report.notes.append(message)

@@ -342,6 +342,11 @@ def plan_study(
     -------
     list of StudyJob
         Ordered scene, fixation source (viewer, then random), list, prefix, condition, hypothesis.
+
+    Raises
+    ------
+    ValueError
+        The plan would be empty: no scenes, or every prefix longer than every list.
     """
     from metamergen import __version__
 
@@ -448,6 +453,15 @@ def plan_study(
                                 scene_height=scene.height,
                             )
                         )
+    if not jobs:  # an empty plan would "succeed" with an empty manifest: say why nothing is planned
+        if not scenes:
+            raise ValueError("plan_study got no scenes: nothing to render. Check the scanpath file holds records.")
+        longest = max((len(sp) for scene in scenes for _, sp in scene.lists), default=0)
+        raise ValueError(
+            f"nothing to render: all {skipped} (fixation list, prefix) combinations were skipped because every "
+            f"prefix {list(settings.prefixes)} is longer than every list (the longest has {longest} fixation(s)). "
+            "Pass smaller prefixes, or None (CLI: 'all') for the whole list."
+        )
     if skipped:
         if report is not None:
             report[SKIPPED_PREFIX] += skipped

@@ -89,13 +89,18 @@ def load_scanpath_scenes(
     FileNotFoundError
         The file, or an image a scanpath refers to, does not exist (the message names the line).
     ValueError
-        A malformed line, an unreadable image, a scanpath whose width/height differ from its
+        A file without scanpaths, a malformed line, an unreadable image, a scanpath whose width/height differ from its
         image's, a scanpath without ``image``, or two lists with the same id on one scene.
     """
     path = Path(scanpaths)
     if not path.is_file():
         raise FileNotFoundError(f"no scanpath file at {path}.")
     records = read_scanpaths(path, off_image=off_image, strict=True, report=report)
+    if not records:  # an empty study would otherwise finish "successfully" with nothing in it
+        raise ValueError(
+            f"{path} holds no scanpaths (the file is empty or only blank lines), so there is nothing to render. "
+            "If it came from `metamergen convert`, check what the conversion dropped."
+        )
     lines = _line_numbers(path)
     info = read_info(path) if image_root is None else None
     scenes: dict[str, dict[str, Any]] = {}
