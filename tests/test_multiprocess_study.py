@@ -37,11 +37,12 @@ def dataset(tmp_path_factory) -> Path:
     return write_scanpaths(root / "scan.jsonl", paths, DatasetInfo(image_root="images"))
 
 
-def _launch(*argv: str) -> None:
+def _launch(*argv: str) -> str:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(LAUNCH_CONFIG), "-m", "metamergen"]
     done = subprocess.run([*cmd, *argv], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done.stderr
 
 
 def _same_folder(a: Path, b: Path) -> None:
@@ -75,3 +76,42 @@ def test_a_study_resumes_across_process_counts(dataset: Path, tmp_path: Path):
     assert main(["generate", "--scanpaths", str(dataset), "--out", str(resumed), "--prefixes", "1", *GENERATE]) == 0
     _launch("generate", "--scanpaths", str(dataset), "--out", str(resumed), "--prefixes", "1,2", *GENERATE)
     _same_folder(whole, resumed)
+
+
+@pytest.mark.slow
+def test_two_processes_resume_a_damaged_folder_and_say_so_once(dataset: Path, tmp_path: Path):
+    """Untrusted rows of both processes' scenes are rendered again, leftover temporaries removed, and
+    the main process reports each repair in one line for the whole study."""
+    import json
+    import shutil
+
+    from metamergen.study.manifest import read_manifest
+
+    whole, damaged = tmp_path / "whole", tmp_path / "damaged"
+    assert main(["generate", "--scanpaths", str(dataset), "--out", str(whole), "--prefixes", "1", *GENERATE]) == 0
+    shutil.copytree(whole, damaged)
+    rows = read_manifest(damaged / "manifest.jsonl")
+    first = {}  # the first row of each scene: s0 and s2 go to process 0, s1 to process 1
+    for row in rows:
+        first.setdefault(row["scene_id"], row)
+    for scene in ("s0.png", "s1.png"):
+        (damaged / first[scene]["path"]).write_bytes(b"\x89PNG\r\n\x1a\n")  # truncated
+    first["s2.png"]["seed"] += 1
+    (damaged / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in (".manifest.part-001.jsonl.abcdefgh.tmp", "images/.x.png.12345678.tmp"):
+        (damaged / name).write_bytes(b"half")
+    err = _launch("generate", "--scanpaths", str(dataset), "--out", str(damaged), "--prefixes", "1", *GENERATE)
+    (untrusted,) = [line for line in err.splitlines() if "not trusted" in line]
+    assert untrusted.startswith("warning: ") and "3 manifest row(s) not trusted" in untrusted
+    assert (
+        "image file unreadable or truncated: 2" in untrusted and "recorded seed differs from the plan: 1" in untrusted
+    )
+    assert [line for line in err.splitlines() if "leftover temporary" in line] == [
+        f"warning: {damaged}: removed 2 leftover temporary file(s) (.<name>.<8 characters>.tmp) of writes "
+        "interrupted by a kill."
+    ]
+    assert (damaged / "manifest.jsonl").read_bytes() == (whole / "manifest.jsonl").read_bytes()
+    assert sorted(p.name for p in damaged.rglob("*")) == sorted(p.name for p in whole.rglob("*"))
+    for row in rows:
+        a = np.asarray(Image.open(damaged / row["path"]), dtype=np.int16)
+        assert np.abs(a - np.asarray(Image.open(whole / row["path"]), dtype=np.int16)).max() <= 1

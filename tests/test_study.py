@@ -442,3 +442,188 @@ def test_paired_noise_shares_one_seed_per_list_and_hypothesis_across_conditions_
     assert not paired_ids & {j.image_id for j in independent}  # the noise mode is part of every image_id
     with pytest.raises(ValueError, match="noise must be one of"):
         replace(SETTINGS, noise="shared")
+
+
+# --------------------------------------------------------------------------- resume: what is not trusted
+
+
+def _small_jobs(pipe, root: Path, scenes: int = 1, **settings):
+    """A quick plan (16x16, one step): one list per scene, scene k at root/scene<k>.png."""
+    loaded = []
+    for k in range(scenes):
+        scene = write_scene(root / f"scene{k}.png", 48, 32, 10 + k)
+        loaded += load_fixation_list_scene(scene, [[10, 10], [30.5, 20], [47, 31]][: 3 - k])
+    config = dict(prefixes=(None,), hypotheses=2, steps=1, height=16, width=16) | settings
+    return plan_study(loaded, StudySettings(**config), model="tiny-random", pipe=pipe)
+
+
+def _records(jobs) -> list[dict]:
+    """The rows the plan writes, as they read back from JSON."""
+    import json
+
+    return [json.loads(json.dumps(j.record())) for j in jobs]
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _max_diff(a: Path, b: Path) -> int:
+    return int(np.abs(np.asarray(Image.open(a), dtype=np.int16) - np.asarray(Image.open(b), dtype=np.int16)).max())
+
+
+def test_resume_rerenders_every_row_it_cannot_trust_and_says_why(pipe, tmp_path):
+    import shutil
+
+    from metamergen.study.run import StudyResumeWarning
+
+    jobs = _small_jobs(pipe, tmp_path, prefixes=(1, 2, 3, None))
+    assert len(jobs) == 8
+    out = tmp_path / "out"
+    run_study(pipe, jobs, out, batch_size=4, progress=False)
+    shutil.copytree(out / "images", tmp_path / "original")
+    rows = read_manifest(out / MANIFEST_NAME)
+    png = [out / r["path"] for r in rows]
+    png[0].write_bytes(png[0].read_bytes()[: png[0].stat().st_size // 2])  # truncated by a full disk
+    png[1].write_bytes(b"not a png")
+    png[2].unlink()
+    Image.new("RGB", (8, 8)).save(png[3])  # decodes, but is not what the row says
+    rows[4]["fixations"][0][0] += 1.0  # hand-edited rows: inputs other than the plan's for that image_id
+    rows[5]["seed"] += 1
+    rows[6]["scene"] = str(tmp_path / "elsewhere.png")
+    _write_rows(out / MANIFEST_NAME, [*rows, rows[7]])  # row 7 also listed twice: kept once
+
+    counting = CountingPipe(pipe)
+    with pytest.warns(StudyResumeWarning) as caught:
+        summary = run_study(counting, jobs, out, batch_size=4, progress=False)
+    (line,) = [str(w.message) for w in caught]
+    assert "7 manifest row(s) not trusted" in line
+    for reason in (
+        "image file unreadable or truncated: 2",
+        "no image file: 1",
+        "image size differs from the row's: 1",
+        "recorded fixations differs from the plan: 1",
+        "recorded seed differs from the plan: 1",
+        "recorded scene differs from the plan: 1",
+    ):
+        assert reason in line, line
+    assert (summary.generated, summary.already_done) == (7, 1)
+    assert sum(len(c["generator"]) for c in counting.calls) == 7
+    assert read_manifest(out / MANIFEST_NAME) == _records(jobs)  # stale rows replaced, none twice, plan order
+    for job in jobs:  # the re-rendered images are the original ones (batches differ: a rounding flip at most)
+        assert _max_diff(out / job.path, tmp_path / "original" / Path(job.path).name) <= 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # now everything is trusted: no warning, no encode, no call
+        again = CountingPipe(pipe)
+        assert run_study(again, jobs, out, progress=False).generated == 0
+    assert again.encodes == [] and again.calls == []
+    # a row whose image_id is no string is not guessed at: the line is named
+    (out / MANIFEST_NAME).write_text('{"image_id": 3, "path": "images/x.png"}\n' + (out / MANIFEST_NAME).read_text())
+    with pytest.raises(ValueError, match=r"manifest.jsonl, line 1: not a manifest row .*both strings"):
+        run_study(pipe, jobs, out, progress=False)
+
+
+def test_resume_with_several_processes_checks_and_rewrites_only_each_process_share(pipe, tmp_path):
+    """Two ranks resume a damaged one-process folder (run one after the other, as accelerate would
+    run them at once): each re-renders only its own scene's untrusted rows, writes only its own part
+    and removes only its own leftover temporaries; the merge drops the stale rows left elsewhere."""
+    import shutil
+
+    from metamergen.study.manifest import merge_manifest, part_name
+    from metamergen.study.run import StudyResumeWarning
+
+    jobs = _small_jobs(pipe, tmp_path, scenes=2)  # scene0 -> rank 0, scene1 -> rank 1
+    whole, shared = tmp_path / "whole", tmp_path / "shared"
+    run_study(pipe, jobs, whole, batch_size=2, progress=False)
+    shutil.copytree(whole, shared)
+    rows = read_manifest(shared / MANIFEST_NAME)
+    assert [r["scene_id"] for r in rows] == ["scene0.png", "scene0.png", "scene1.png", "scene1.png"]
+    rows[0]["seed"] += 1  # rank 0's: a stale row
+    _write_rows(shared / MANIFEST_NAME, rows)
+    (shared / rows[3]["path"]).write_bytes(b"\x89PNG\r\n\x1a\n")  # rank 1's: a truncated image
+    temporaries = {
+        0: [shared / "images" / f".{jobs[0].image_id}.png.aaaaaaaa.tmp", shared / ".manifest.jsonl.cccccccc.tmp"],
+        1: [shared / "images" / f".{jobs[2].image_id}.png.bbbbbbbb.tmp", shared / f".{part_name(1)}.dddddddd.tmp"],
+    }
+    for path in temporaries[0] + temporaries[1]:
+        path.write_bytes(b"half")
+    manifest = (shared / MANIFEST_NAME).read_bytes()
+
+    def rank(r: int) -> list[str]:
+        with pytest.warns(StudyResumeWarning) as caught:
+            summary = run_study(pipe, jobs, shared, batch_size=2, progress=False, process_index=r, num_processes=2)
+        assert (summary.generated, summary.already_done, summary.temporaries_removed) == (1, 1, 2)
+        return [str(w.message) for w in caught]
+
+    removed, untrusted = rank(1)
+    assert "process 1 of 2" in untrusted and "image file unreadable or truncated: 1" in untrusted
+    assert "removed 2 leftover temporary" in removed
+    assert not any(p.exists() for p in temporaries[1]) and all(p.exists() for p in temporaries[0])
+    part1 = (shared / part_name(1)).read_bytes()
+    removed, untrusted = rank(0)
+    assert "process 0 of 2" in untrusted and "recorded seed differs from the plan: 1" in untrusted
+    assert not any(p.exists() for p in temporaries[0])
+    # neither rank rewrote a file another rank may be appending to
+    assert (shared / MANIFEST_NAME).read_bytes() == manifest and (shared / part_name(1)).read_bytes() == part1
+
+    merge_manifest(shared, [j.image_id for j in jobs], expected={j.image_id: j.record() for j in jobs})
+    assert (shared / MANIFEST_NAME).read_bytes() == (whole / MANIFEST_NAME).read_bytes()
+    assert sorted(p.name for p in shared.iterdir()) == ["images", MANIFEST_NAME]
+    for job in jobs:
+        assert _max_diff(shared / job.path, whole / job.path) <= 1
+
+
+def test_generate_removes_only_its_own_leftover_temporaries(tmp_path):
+    from metamergen.study.run import StudyResumeWarning
+
+    scene = write_scene(tmp_path / "scene.png", 48, 32, 3)
+    (tmp_path / "fix.json").write_text("[[10, 10]]")
+    out = tmp_path / "out"
+    args = ["--tiny", "--image", str(scene), "--fixations", str(tmp_path / "fix.json"), "--steps", "1"]
+    args += ["--height", "16", "--width", "16", "--no-progress", "--out", str(out)]
+    assert generate_main(args) == 0
+    (image,) = (out / "images").iterdir()
+    leftovers = [out / "images" / f".{image.name}.k3j_9a0b.tmp", out / ".manifest.jsonl.x1y2z3w4.tmp"]
+    others = [  # not atomic_write's pattern (or not a file): never removed
+        out / "images" / f".{image.name}.tmp",
+        out / "images" / f".{image.name}.abc.tmp",
+        out / "images" / f".{image.name}.ABCDEFGH.tmp",
+        out / "notes.tmp",
+        out / ".keep",
+    ]
+    for path in leftovers + others:
+        path.write_bytes(b"x")
+    folder = out / ".other.png.abcdefgh.tmp"
+    folder.mkdir()
+    with pytest.warns(StudyResumeWarning, match=r"removed 2 leftover temporary file"):
+        assert generate_main(args) == 0
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in others) and folder.is_dir()
+
+
+def test_generate_with_nothing_to_render_is_an_error_and_writes_nothing(tmp_path, capsys):
+    from metamergen.commands import main
+
+    out = tmp_path / "out"
+    base = ["generate", "--tiny", "--steps", "1", "--no-progress", "--out", str(out)]
+    for text in ("", "\n\n"):
+        (tmp_path / "empty.jsonl").write_text(text)
+        assert main([*base, "--scanpaths", str(tmp_path / "empty.jsonl")]) == 2
+        (err,) = capsys.readouterr().err.strip().splitlines()
+        assert err.startswith("metamergen generate: error:") and "holds no scanpaths" in err, err
+        assert not out.exists()
+
+    scene = write_scene(tmp_path / "scene.png", 48, 32, 3)
+    (tmp_path / "fix.json").write_text("[[10, 10]]")
+    assert main([*base, "--image", str(scene), "--fixations", str(tmp_path / "fix.json"), "--prefixes", "2,3"]) == 2
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "nothing to render" in err and "longest has 1 fixation" in err and "'all'" in err, err
+    assert not out.exists()
+
+    (loaded,) = load_fixation_list_scene(scene, [[10, 10]])
+    with pytest.raises(ValueError, match=r"nothing to render: all 2 .* skipped"):
+        plan_study([loaded], StudySettings(prefixes=(2, 3)), model="m", native_size=32, size_multiple=2)
+    with pytest.raises(ValueError, match="no scenes"):
+        plan_study([], StudySettings(), model="m", native_size=32, size_multiple=2)

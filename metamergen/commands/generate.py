@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from metamergen.commands._common import (
     add_model_arguments,
@@ -16,6 +18,9 @@ from metamergen.commands._common import (
     load_pipeline_from_args,
     process_state,
 )
+
+if TYPE_CHECKING:  # the command module imports nothing heavy until it runs
+    from metamergen.study import StudyScene, StudySettings
 
 __all__ = ["add_parser", "main", "run"]
 
@@ -41,6 +46,27 @@ def _parse_prefixes(text: str) -> tuple[int | None, ...]:
     if not out:
         raise SystemExit("error: --prefixes is empty.")
     return tuple(out)
+
+
+def _check_something_to_render(scenes: Sequence[StudyScene], settings: StudySettings, prefixes_text: str) -> None:
+    """Stop before the model is loaded when the plan would be empty: every prefix longer than every list.
+
+    Parameters
+    ----------
+    scenes
+        The loaded :class:`~metamergen.study.StudyScene` list (never empty: the loaders refuse that).
+    settings
+        The :class:`~metamergen.study.StudySettings`.
+    prefixes_text
+        ``--prefixes`` as given, for the message.
+    """
+    lengths = [len(scanpath) for scene in scenes for _, scanpath in scene.lists]
+    if lengths and all(p is not None and p > max(lengths) for p in settings.prefixes):
+        raise SystemExit(
+            f"error: nothing to render: every --prefixes value ({prefixes_text}) is longer than every fixation "
+            f"list (the longest has {max(lengths)} fixation(s)), so all {len(lengths) * len(settings.prefixes)} "
+            "(list, prefix) combinations were skipped. Pass smaller prefixes, or 'all' for the whole list."
+        )
 
 
 def _add_generate_arguments(g: argparse.ArgumentParser) -> None:
@@ -105,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
         run_study,
     )
     from metamergen.study.manifest import merge_manifest
+    from metamergen.study.run import StudyResumeWarning, resume_messages
 
     if bool(args.scanpaths) == bool(args.image):
         raise SystemExit(
@@ -152,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
             scenes = load_fixation_list_scene(args.image, args.fixations, off_image=args.off_image)
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
+    _check_something_to_render(scenes, settings, args.prefixes)
     state = process_state(args)
     pipe, model, revision = load_pipeline_from_args(args)
     factor = int(getattr(pipe, "vae_scale_factor", 8))
@@ -160,9 +188,12 @@ def run(args: argparse.Namespace) -> int:
             f"error: --height {args.height} --width {args.width}: both must be multiples of {factor} "
             f"(this model's VAE factor), e.g. {args.height // factor * factor} x {args.width // factor * factor}."
         )
-    jobs = plan_study(
-        scenes, settings, model=model, model_revision=revision, dtype=args.dtype, pipe=pipe, report=report
-    )
+    try:
+        jobs = plan_study(
+            scenes, settings, model=model, model_revision=revision, dtype=args.dtype, pipe=pipe, report=report
+        )
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
     lists = sum(len(s.lists) for s in scenes)
     main_process = state is None or state.is_main_process
     if main_process:
@@ -174,17 +205,31 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     split = {} if state is None else {"process_index": state.process_index, "num_processes": state.num_processes}
-    summary = run_study(
-        pipe, jobs, args.out, batch_size=args.batch_size, progress=not args.no_progress and main_process, **split
-    )
+    with warnings.catch_warnings():
+        if state is not None:  # each process warns for its share; the main process says it once below
+            warnings.simplefilter("ignore", StudyResumeWarning)
+        summary = run_study(
+            pipe, jobs, args.out, batch_size=args.batch_size, progress=not args.no_progress and main_process, **split
+        )
     generated, already = summary.generated, summary.already_done
     if state is not None:  # every part is complete: one process folds them into manifest.jsonl
         from accelerate.utils import gather_object
 
-        generated = sum(gather_object([summary.generated]))
+        shares = gather_object([summary])
+        generated, already = sum(s.generated for s in shares), sum(s.already_done for s in shares)
         state.wait_for_everyone()
         if state.is_main_process:
-            merge_manifest(Path(args.out), [j.image_id for j in jobs])
+            untrusted: Counter = Counter()
+            for share in shares:
+                untrusted.update(share.untrusted)
+            for line in resume_messages(
+                args.out,
+                untrusted,
+                [note for share in shares for note in share.repairs],
+                sum(s.temporaries_removed for s in shares),
+            ):
+                print(f"warning: {line}", file=sys.stderr)
+            merge_manifest(Path(args.out), [j.image_id for j in jobs], expected={j.image_id: j.record() for j in jobs})
         state.wait_for_everyone()
         if not state.is_main_process:
             return 0

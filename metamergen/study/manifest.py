@@ -4,9 +4,12 @@ Output folder
 -------------
 ``images/<image_id>.png`` (written atomically) and ``manifest.jsonl``, one JSON object per finished
 image with the columns of :data:`MANIFEST_COLUMNS`, appended after each batch. The manifest is the
-record of what is done: re-running the same command skips every image_id that is in the manifest and
-whose file exists, and regenerates the rest (entries whose file was deleted are removed from the
-manifest first). A changed setting changes the image_ids, so several studies may share a folder.
+record of what is done, but it is checked before it is trusted: re-running the same command skips an
+image_id only if its row records exactly the inputs the plan gives that image (every column but
+``metamergen_version``, see :func:`row_mismatch`) and its PNG decodes completely at the recorded
+size (:func:`check_manifest`). Every other planned image is rendered again and its stale row
+replaced (rows whose file was deleted, hand-edited rows, truncated PNGs), with one warning counting
+the rows by reason. A changed setting changes the image_ids, so several studies may share a folder.
 
 Several processes (``accelerate launch``, one per GPU) share a folder by writing one part each,
 ``manifest.part-<rank>.jsonl``; :func:`merge_manifest` folds the parts into ``manifest.jsonl`` at
@@ -21,7 +24,9 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +36,16 @@ __all__ = [
     "IMAGES_DIR",
     "MANIFEST_COLUMNS",
     "MANIFEST_NAME",
+    "ManifestCheck",
     "append_rows",
+    "check_manifest",
     "completed_image_ids",
     "manifest_parts",
     "merge_manifest",
     "part_name",
     "read_manifest",
+    "row_mismatch",
+    "UNCHECKED_COLUMNS",
 ]
 
 
@@ -81,6 +90,16 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 )
 
 
+#: Columns recorded but not compared with the plan on resume: an image made by another package
+#: version is kept (the version is not part of the image_id either).
+UNCHECKED_COLUMNS: tuple[str, ...] = ("metamergen_version",)
+
+#: Reasons :func:`check_manifest` gives for not trusting a row (the input-mismatch reason names the column).
+NO_IMAGE = "no image file"
+UNREADABLE_IMAGE = "image file unreadable or truncated"
+WRONG_SIZE = "image size differs from the row's"
+
+
 def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a ``manifest.jsonl``, in file order (an absent file gives ``[]``).
 
@@ -98,8 +117,12 @@ def read_manifest(path: str | os.PathLike) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-            if not isinstance(row, dict) or "image_id" not in row or "path" not in row:
-                raise ValueError("expected a JSON object with at least 'image_id' and 'path'")
+            if (
+                not isinstance(row, dict)
+                or not isinstance(row.get("image_id"), str)
+                or not isinstance(row.get("path"), str)
+            ):
+                raise ValueError("expected a JSON object with at least 'image_id' and 'path', both strings")
         except ValueError as err:
             if lineno == len(lines) and not text.endswith("\n"):
                 warnings.warn(
@@ -147,25 +170,44 @@ def _clean(path: Path, out_dir: Path) -> list[dict[str, Any]]:
 
 def completed_image_ids(out_dir: Path) -> set[str]:
     """image_ids finished in ``out_dir``: in the manifest (or a part) and with their file present.
-    Rows whose file is gone (and an incomplete last line) are removed from their file, atomically."""
+    Rows whose file is gone (and an incomplete last line) are removed from their file, atomically.
+
+    Only the file's presence is checked, not the row's inputs nor the PNG's contents: to decide what a
+    resumed study skips, :func:`~metamergen.study.run_study` uses :func:`check_manifest`."""
     out_dir = Path(out_dir)
     files = [f for f in (out_dir / MANIFEST_NAME, *manifest_parts(out_dir)) if f.exists()]
     return {r["image_id"] for f in files for r in _clean(f, out_dir)}
 
 
-def merge_manifest(out_dir: Path, order: Iterable[str] = ()) -> int:
+def merge_manifest(
+    out_dir: Path, order: Iterable[str] = (), *, expected: Mapping[str, Mapping[str, Any]] | None = None
+) -> int:
     """Fold the parts into ``manifest.jsonl`` and sort it; returns the number of rows.
 
     Rows whose image_id is in ``order`` (a plan's image_ids) come last, in that order; the others
     (earlier studies in the same folder) first, in their existing order. Written atomically, then
     the parts are removed. Call it from one process, after every process has finished.
+
+    Parameters
+    ----------
+    out_dir
+        The study folder.
+    order
+        The plan's image_ids, in plan order.
+    expected
+        The plan's rows by image_id (``StudyJob.record()``). A row for one of these image_ids that
+        records other inputs (:func:`row_mismatch`) is dropped: it is the stale row of an image that
+        was rendered again, possibly by another process, whose new row is in a part.
     """
     out_dir = Path(out_dir)
     manifest = out_dir / MANIFEST_NAME
+    plan = {} if expected is None else {k: _normalised(v) for k, v in expected.items()}
     rows: dict[str, dict[str, Any]] = {}
     for f in (manifest, *manifest_parts(out_dir)):
         if f.exists():
             for r in _clean(f, out_dir):
+                if r["image_id"] in plan and row_mismatch(r, plan[r["image_id"]]) is not None:
+                    continue
                 rows.setdefault(r["image_id"], r)
     rank = {image_id: i for i, image_id in enumerate(order)}
     ordered = sorted(rows.values(), key=lambda r: (r["image_id"] in rank, rank.get(r["image_id"], 0)))
@@ -174,6 +216,146 @@ def merge_manifest(out_dir: Path, order: Iterable[str] = ()) -> int:
     for f in manifest_parts(out_dir):
         f.unlink()
     return len(ordered)
+
+
+def _normalised(record: Mapping[str, Any]) -> dict[str, Any]:
+    """``record`` as it reads back from a manifest line (tuples as lists, ints and floats as JSON gives them)."""
+    return json.loads(json.dumps(dict(record), ensure_ascii=False, allow_nan=False))
+
+
+def row_mismatch(row: Mapping[str, Any], expected: Mapping[str, Any]) -> str | None:
+    """The first column in which a manifest row differs from the row the plan would write.
+
+    Parameters
+    ----------
+    row
+        A row read from a manifest.
+    expected
+        The plan's row for the same image_id (``StudyJob.record()``), as read back from JSON.
+
+    Returns
+    -------
+    str or None
+        The column name (a column the row lacks counts as different); ``None`` if every column
+        but :data:`UNCHECKED_COLUMNS` is equal.
+    """
+    for column, value in expected.items():
+        if column not in UNCHECKED_COLUMNS and (column not in row or row[column] != value):
+            return column
+    return None
+
+
+def _image_problem(path: Path, width: Any, height: Any) -> str | None:
+    """Why the PNG at ``path`` cannot be kept, or ``None``: it decodes completely at ``width`` x ``height``."""
+    from metamergen.utils.images import ImageLoadError, load_image
+
+    if not path.is_file():
+        return NO_IMAGE
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # only decodability matters here; a render has no alpha or EXIF
+            size = load_image(path).size
+    except (ImageLoadError, OSError):
+        return UNREADABLE_IMAGE
+    return None if size == (width, height) else WRONG_SIZE
+
+
+@dataclass
+class ManifestCheck:
+    """What :func:`check_manifest` found.
+
+    Attributes
+    ----------
+    done
+        The checked image_ids with a trusted row (skip them).
+    untrusted
+        Reason -> number of checked image_ids whose rows were not trusted (render them again):
+        :data:`NO_IMAGE`, :data:`UNREADABLE_IMAGE`, :data:`WRONG_SIZE` or ``"recorded <column>
+        differs from the plan"``.
+    notes
+        Other repairs, one sentence each (an incomplete last line, rows of other studies whose image
+        is gone), for the caller's warning.
+    """
+
+    done: set[str] = field(default_factory=set)
+    untrusted: Counter = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+
+def check_manifest(
+    out_dir: Path, expected: Mapping[str, Mapping[str, Any]], *, rewrite: Collection[Path] | None = None
+) -> ManifestCheck:
+    """Which planned images ``out_dir`` really holds, and every stale row removed where that is safe.
+
+    A row of an image_id in ``expected`` is trusted if it records the plan's inputs
+    (:func:`row_mismatch`) and its PNG decodes completely (the project's loader,
+    :func:`~metamergen.utils.images.load_image`) at the recorded size. Of several trusted rows for
+    one image_id the first (manifest before parts, file order) counts. Rows of other image_ids
+    (other studies, other processes' scenes) are kept if their file exists, unchecked otherwise.
+
+    Parameters
+    ----------
+    out_dir
+        The study folder (``manifest.jsonl`` and any ``manifest.part-*.jsonl`` are read).
+    expected
+        The rows the plan would write (``StudyJob.record()``) by image_id, for the image_ids to check.
+    rewrite
+        The manifest files this process may rewrite (atomically) without the untrusted, duplicate and
+        orphaned rows and any incomplete last line; default every file. With several processes,
+        pass only this process's own part: the others may be appending to theirs, and
+        :func:`merge_manifest` (given ``expected``) drops the stale rows left in them.
+
+    Returns
+    -------
+    ManifestCheck
+    """
+    out_dir = Path(out_dir)
+    plan = {image_id: _normalised(record) for image_id, record in expected.items()}
+    files = [f for f in (out_dir / MANIFEST_NAME, *manifest_parts(out_dir)) if f.exists()]
+    writable = None if rewrite is None else {Path(f).resolve() for f in rewrite}
+    check = ManifestCheck()
+    reasons: dict[str, str] = {}
+    images: dict[str, str | None] = {}  # path -> problem, so that a duplicated row decodes its PNG once
+    repaired = orphans = 0
+    for f in files:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            rows = read_manifest(f)
+        data = f.read_bytes()
+        cut_short = bool(caught) or (bool(data) and not data.endswith(b"\n"))  # an append would join two rows
+        kept, gone = [], 0
+        for row in rows:
+            image_id = row["image_id"]
+            if image_id not in plan:
+                if (out_dir / row["path"]).is_file():
+                    kept.append(row)
+                else:
+                    gone += 1
+                continue
+            if image_id in check.done:
+                continue  # a duplicate of the trusted row: never written twice
+            column = row_mismatch(row, plan[image_id])
+            if column is not None:
+                reasons[image_id] = f"recorded {column} differs from the plan"
+                continue
+            if row["path"] not in images:
+                images[row["path"]] = _image_problem(out_dir / row["path"], row["width"], row["height"])
+            if images[row["path"]] is not None:
+                reasons[image_id] = images[row["path"]]
+                continue
+            check.done.add(image_id)
+            kept.append(row)
+        if (len(kept) != len(rows) or cut_short) and (writable is None or f.resolve() in writable):
+            text = "".join(json.dumps(r, ensure_ascii=False, allow_nan=False) + "\n" for r in kept)
+            atomic_write(f, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
+            repaired += cut_short
+            orphans += gone
+    check.untrusted.update(reason for image_id, reason in reasons.items() if image_id not in check.done)
+    if repaired:
+        check.notes.append(f"repaired {repaired} manifest file(s) cut short by an interrupted write")
+    if orphans:
+        check.notes.append(f"dropped {orphans} row(s) of other studies whose image file is gone")
+    return check
 
 
 def append_rows(manifest: Path, rows: Iterable[dict[str, Any]]) -> None:

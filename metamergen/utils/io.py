@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "remove_temporaries", "temporary_target"]
+
+#: Name of :func:`atomic_write`'s temporary file: ``.<target name>.<8 random characters>.tmp``
+#: (``tempfile.mkstemp``'s random part is 8 characters of ``[a-z0-9_]``).
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.tmp")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
@@ -19,7 +24,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # see _TEMPORARY
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -33,3 +38,57 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name an :func:`atomic_write` temporary called ``name`` was being written for.
+
+    Parameters
+    ----------
+    name
+        A file name (no folder).
+
+    Returns
+    -------
+    str or None
+        ``"x.png"`` for ``".x.png.k3j_9a0b.tmp"``; ``None`` if ``name`` is not such a temporary.
+    """
+    match = _TEMPORARY.fullmatch(name)
+    return None if match is None else match["target"]
+
+
+def remove_temporaries(folder: str | os.PathLike, *, owned: Callable[[str], bool] | None = None) -> int:
+    """Remove the temporary files an interrupted :func:`atomic_write` left in ``folder``.
+
+    ``atomic_write`` removes its temporary file itself unless the process is killed (SIGKILL, power
+    loss) while writing. Only regular files whose name matches its pattern,
+    ``.<target name>.<8 random characters>.tmp``, are removed; the folder is not searched recursively.
+
+    Parameters
+    ----------
+    folder
+        The folder to clean (absent: nothing to do).
+    owned
+        Called with each temporary's target file name; only those for which it returns ``True`` are
+        removed. Use it when other processes may be writing into the same folder right now: remove
+        only the temporaries of files this process alone writes. Default: every temporary.
+
+    Returns
+    -------
+    int
+        How many files were removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    for entry in os.scandir(folder):
+        target = temporary_target(entry.name)
+        if target is None or not entry.is_file(follow_symlinks=False) or (owned is not None and not owned(target)):
+            continue
+        try:
+            os.remove(entry.path)
+        except FileNotFoundError:  # gone in the meantime: nothing left to remove
+            continue
+        removed += 1
+    return removed
