@@ -33,6 +33,47 @@ def test_resamplers_compress_tokens_to_the_cross_attention_width():
     assert fov.shape == per.shape == (3, 4, 32)
 
 
+def test_masked_resampler_ignores_empty_tokens_and_equals_diffusers_without_a_mask():
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+
+    from metamergen.adapters.resampler import build_resampler
+
+    torch.manual_seed(0)
+    r = build_resampler(image_embed_dim=48, cross_attention_dim=32, num_tokens=4, hidden_dim=64, heads=1).eval()
+    x = torch.randn(2, 16, 48)
+    with torch.no_grad():
+        plain = IPAdapterPlusImageProjection.forward(r, x)  # diffusers' own forward, same weights
+        assert torch.equal(r(x), plain)
+        assert torch.allclose(r(x, torch.ones(2, 16, dtype=torch.bool)), plain, atol=1e-6)
+        keep = torch.zeros(2, 16, dtype=torch.bool)
+        keep[:, :3] = True
+        other = x.clone()
+        other[:, 3:] = torch.randn(2, 13, 48)  # what the masked keys hold cannot matter
+        assert torch.equal(r(x, keep), r(other, keep))
+        assert not torch.allclose(r(x, keep), plain, atol=1e-3)
+        assert torch.isfinite(r(torch.zeros(2, 16, 48), torch.zeros(2, 16, dtype=torch.bool))).all()
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_foveal_output_follows_the_fixated_tokens_only_with_the_mask_switch(mask):
+    """With ``mask_empty_tokens`` the zero tokens outside the fovea are absent, so the fovea's
+    output is what its few tokens make it; without it they dilute the fixated ones (IP-Adapter-Plus)."""
+    torch.manual_seed(0)
+    adapters = MetamerGenAdapters.from_unet(
+        tiny_unet(), image_embed_dim=48, resampler_hidden_dim=64, resampler_heads=1, mask_empty_tokens=mask
+    ).eval()
+    assert adapters.config.mask_empty_tokens is mask
+    one = torch.zeros(1, 64, 48)  # one fixated patch: token 5 sharp, the rest zeros
+    one[0, 5] = torch.randn(48)
+    with torch.no_grad():
+        a = adapters.project(one, torch.zeros(1, 64, 48))[0]
+        if mask:  # a lone token fills the attention; without the mask it is one key of 64 + 4
+            solo = adapters.foveal_resampler(one[:, 5:6])
+            assert torch.allclose(a, solo, atol=1e-5)
+        else:
+            assert not torch.allclose(a, adapters.foveal_resampler(one[:, 5:6]), atol=1e-3)
+
+
 def test_install_shares_weights_and_detects_replacement():
     pipe = tiny_pipeline()
     assert pipe.adapters.is_installed(pipe.unet)
@@ -160,3 +201,16 @@ def test_adapters_learn_a_scene_dependent_output_that_generalises():
         own = (output(held, held) - target[held]).pow(2).mean()
         other = (output(held, held.roll(1)) - target[held]).pow(2).mean()
     assert own < 0.5 * other, (own, other)  # measured here: 0.071 vs 0.365
+
+
+def test_mask_switch_is_saved_loaded_and_warned_about_on_ip_adapter_export(tmp_path):
+    from metamergen.adapters import save_ip_adapter
+
+    adapters = MetamerGenAdapters.from_unet(
+        tiny_unet(), image_embed_dim=48, resampler_hidden_dim=64, resampler_heads=1, mask_empty_tokens=True
+    )
+    adapters.save_pretrained(tmp_path / "a")
+    assert MetamerGenAdapters.from_pretrained(tmp_path / "a").config.mask_empty_tokens is True
+    assert tiny_pipeline().adapters.config.mask_empty_tokens is False  # the default: IP-Adapter-Plus as published
+    with pytest.warns(UserWarning, match="stock IP-Adapter projection has no such mask"):
+        save_ip_adapter(adapters, tmp_path / "export")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -261,6 +262,14 @@ def save_ip_adapter(adapters: MetamerGenAdapters, directory: str | os.PathLike) 
         If the resampler shape cannot be exported (before anything is written).
     """
     state_dicts = to_ip_adapter_state_dicts(adapters)
+    if adapters.config.get("mask_empty_tokens", False):
+        warnings.warn(
+            "These adapters leave the fovea's zero tokens out of the resampler's attention "
+            "(mask_empty_tokens); diffusers' stock IP-Adapter projection has no such mask, so a stock "
+            "pipeline running this export will not reproduce MetamerGen's renders. Render with "
+            "MetamerGenPipeline for the model's own output.",
+            stacklevel=2,
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     blobs = {}

@@ -91,6 +91,11 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         Perceiver shape; not published by the paper, so IP-Adapter-Plus's SD1.5 values are the
         defaults (768, 4, 12, 64, 4). diffusers' IP-Adapter weight converter requires depth 4,
         dim_head 64 and ffn ratio 4 for the exported files to load.
+    mask_empty_tokens
+        Leave tokens that are exactly zero (outside the fovea; every token of a dropped stream) out
+        of the resamplers' attention keys (:mod:`metamergen.adapters.resampler`). False (default):
+        IP-Adapter-Plus as published, where the zeros take part. Not in the paper; the demo model
+        needs it (docs/design.md, "The demo model").
     """
 
     config_name = "config.json"
@@ -108,6 +113,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         resampler_heads: int = 12,
         resampler_dim_head: int = 64,
         resampler_ffn_ratio: float = 4.0,
+        mask_empty_tokens: bool = False,
     ) -> None:
         super().__init__()
         if len(layer_names) != len(hidden_sizes):
@@ -191,7 +197,8 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
             (foveal_tokens, peripheral_tokens), (self.foveal_resampler, self.peripheral_resampler), active
         ):
             if on:
-                out.append(resampler(tokens))
+                key_mask = tokens.ne(0).any(dim=-1) if self.config.mask_empty_tokens else None
+                out.append(resampler(tokens, key_mask))
             else:
                 shape = (tokens.shape[0], self.config.num_tokens, self.config.cross_attention_dim)
                 out.append(torch.zeros(shape, device=tokens.device, dtype=tokens.dtype))

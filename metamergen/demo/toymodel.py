@@ -109,6 +109,9 @@ class DemoModelConfig:
     encoder_position_scale: float = 1.0
     num_tokens: int = 16
     resampler_hidden_dim: int = 64
+    #: Leave the fovea's zero tokens out of the resamplers' keys (MetamerGenAdapters.mask_empty_tokens):
+    #: with them in, 2-5 fixated tokens among 64 moved the foveal resampler's output by 0.4 %.
+    mask_empty_tokens: bool = True
 
     @property
     def latent_size(self) -> int:
@@ -214,6 +217,7 @@ def fresh_adapters(unet: UNet2DConditionModel, config: DemoModelConfig) -> Metam
         resampler_depth=4,
         resampler_heads=1,
         resampler_dim_head=64,
+        mask_empty_tokens=config.mask_empty_tokens,
     )
 
 
