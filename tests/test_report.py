@@ -324,3 +324,125 @@ def test_baselines_appear_in_the_table_figures_and_summary_and_counts_are_per_ce
     assert "Rendered by: tiny." in page
     without = write_report(scores, tmp_path / "r2", n_boot=50, sheets=False, baselines=False)
     assert not (without.out / "baselines_summary.csv").exists()
+
+
+# ----------------------------------------------------------------------------------- bad input
+
+
+def _cell(table, cond="both", src="viewer", prefix=1):
+    return (table["condition"] == cond) & (table["fixation_source"] == src) & (table["prefix"] == prefix)
+
+
+def test_non_finite_scores_are_excluded_counted_and_shown(tmp_path: Path, capsys):
+    """Policy: means over the finite scores; every cell, summary.csv, the page and the command say
+    how many were left out (before, +inf PSNR and NaN vanished from the means without a word)."""
+    from metamergen.commands import main
+
+    scores = make_study(tmp_path / "study", metrics=("psnr", "ssim"))
+    table = pd.read_csv(scores)
+    table.loc[_cell(table), "psnr"] = [np.inf, 10.0, 20.0, np.nan]  # s1: inf, 10; s2: 20, NaN
+    table.loc[_cell(table, "peripheral", "random", 2), "psnr"] = np.inf  # a cell with no finite score
+    table.to_csv(scores, index=False)
+    s = summarize_scores(table, ["psnr", "ssim"], n_boot=100, seed=0).set_index(
+        ["metric", "condition", "fixation_source", "prefix"]
+    )
+    both = s.loc[("psnr", "both", "viewer", "1")]
+    assert both["mean"] == pytest.approx(15.0)  # scene means 10 and 20: the finite scores only
+    assert (both["n_rows"], both["n_nonfinite"], both["n_inf"], both["n_images"], both["n_units"]) == (4, 2, 1, 2, 2)
+    empty = s.loc[("psnr", "peripheral", "random", "2")]  # kept, not dropped: its row says why it is empty
+    assert np.isnan(empty["mean"]) and (empty["n_rows"], empty["n_nonfinite"], empty["n_inf"]) == (4, 4, 4)
+    assert s.loc[("ssim", "both", "viewer", "1"), "n_nonfinite"] == 0
+
+    code = main(["report", "--scores", str(scores), "--out", str(tmp_path / "r"), "--n-boot", "50", "--no-sheets"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0
+    warning = [line for line in err if "warning" in line]
+    assert warning == [
+        "metamergen report: warning: non-finite scores left out of the means: psnr 6 of 32 (5 infinite, "
+        "1 NaN or empty) (per cell: n_nonfinite in summary.csv and on index.html)."
+    ]
+    csv = pd.read_csv(tmp_path / "r" / "summary.csv", dtype={"prefix": str})
+    assert {"n_rows", "n_nonfinite", "n_inf"} <= set(csv.columns) and csv["n_nonfinite"].sum() == 6
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "(2 of 4 non-finite, excluded)" in page and "(4 of 4 non-finite, excluded)" in page
+    assert "Non-finite scores excluded from the means:</b> psnr 6 of 32" in page
+    assert "left out of every mean and interval" in page  # the policy is stated on every page
+    assert (tmp_path / "r" / "figures" / "psnr.png").is_file()
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_an_unreadable_image_stops_the_report_before_anything_is_written(tmp_path: Path):
+    """Before: figures, summary.csv and half the sheets were written, then the error, no index.html."""
+    scores = make_study(tmp_path / "study")
+    out = tmp_path / "report"
+    write_report(scores, out, n_boot=10, max_sheets=1)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    table = pd.read_csv(scores)
+    table["ssim"] = 0.0  # a new report would have another summary.csv
+    table.to_csv(scores, index=False)
+    _truncate(tmp_path / "study" / "images" / "s1-both-viewer-n2-h1.png")  # in the first sheet
+    with pytest.raises(
+        ReportError, match=r"Nothing was written: .*cannot be read: image_id s1-both-viewer-n2-h1 .*truncated"
+    ):
+        write_report(scores, out, n_boot=10, max_sheets=1)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # untouched
+    with pytest.raises(ReportError, match="cannot be read"):
+        write_report(scores, tmp_path / "fresh", n_boot=10)
+    assert not (tmp_path / "fresh").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "study"]  # no temporary folder left
+    write_report(scores, out, n_boot=10, sheets=False)  # without sheets the images are not needed
+    assert pd.read_csv(out / "summary.csv").query("metric == 'ssim'")["mean"].eq(0).all()
+    assert not (out / "sheets").exists()  # replaced as a whole: no sheets left from the previous report
+
+
+def test_a_failure_while_building_leaves_the_previous_report_whole(tmp_path: Path, monkeypatch):
+    import metamergen.viz.report as report
+
+    scores = make_study(tmp_path / "study")
+    out = tmp_path / "report"
+    write_report(scores, out, n_boot=10, sheets=False)
+    before = (out / "summary.csv").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report, "build_sheet", broken)  # fails after summary.csv and the figures
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(scores, out, n_boot=10, seed=1)
+    assert (out / "summary.csv").read_bytes() == before and (out / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "study"]
+
+
+def test_the_report_refuses_to_replace_a_folder_holding_other_files(tmp_path: Path):
+    scores = make_study(tmp_path / "study", metrics=("ssim",))
+    with pytest.raises(ReportError, match=r"holds files a report does not write \(images, scenes, scores\.csv\)"):
+        write_report(scores, tmp_path / "study", n_boot=10, sheets=False)
+    (tmp_path / "empty").mkdir()
+    write_report(scores, tmp_path / "empty", n_boot=10, sheets=False)  # an empty folder is fine
+    assert (tmp_path / "empty" / "index.html").is_file()
+
+
+BAD_REPORT_SETTINGS = [
+    (["--confidence", "1.5"], "--confidence is the interval level, a number strictly between 0 and 1"),
+    (["--confidence", "0"], "--confidence is the interval level"),
+    (["--confidence", "-0.5"], "--confidence is the interval level"),
+    (["--confidence", "nan"], "--confidence is the interval level"),
+    (["--n-boot", "0"], "--n-boot is the number of bootstrap resamples and must be >= 1"),
+    (["--sheet-height", "0"], "--sheet-height is the panel height in pixels"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD_REPORT_SETTINGS, ids=[" ".join(a) for a, _ in BAD_REPORT_SETTINGS])
+def test_bad_report_settings_are_one_line_usage_errors(tmp_path: Path, capsys, extra: list[str], message: str):
+    from metamergen.commands import main
+
+    scores = make_study(tmp_path / "study", metrics=("ssim",))
+    code = main(["report", "--scores", str(scores), "--out", str(tmp_path / "r"), "--no-sheets", *extra])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("metamergen report: error: ") and message in err[0], err
+    assert not (tmp_path / "r").exists()

@@ -19,11 +19,25 @@ def split_names(values: Sequence[str] | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``metamergen report``."""
+    """Handler of ``metamergen report``.
+
+    Bad settings (``--confidence`` outside (0, 1), ...), an unusable table or an unreadable image
+    exit with one line before anything is written. Non-finite scores left out of the means are
+    reported in one warning line on stderr (and in ``summary.csv`` and ``index.html``).
+    """
+    import sys
+
     from metamergen.evaluation.tables import TableError
-    from metamergen.viz.report import write_report
+    from metamergen.viz.report import check_report_settings, describe_excluded, write_report
 
     try:
+        check_report_settings(
+            unit=args.ci_unit,
+            n_boot=args.n_boot,
+            confidence=args.confidence,
+            max_sheets=args.max_sheets,
+            sheet_height=args.sheet_height,
+        )
         res = write_report(
             args.scores,
             args.out,
@@ -43,6 +57,13 @@ def run(args: argparse.Namespace) -> int:
         f"Wrote {len(res.figures)} figure(s), {len(res.sheets)} contact sheet(s), summary.csv and index.html "
         f"to {res.out} (metrics: {', '.join(res.metrics)})"
     )
+    for what, excluded in (("scores", res.excluded), ("baseline scores", res.excluded_baselines)):
+        if excluded:
+            print(
+                f"metamergen report: warning: non-finite {what} left out of the means: {describe_excluded(excluded)} "
+                "(per cell: n_nonfinite in summary.csv and on index.html).",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -69,7 +90,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--ci-unit", choices=list(CI_UNITS), default="scene", help="bootstrap resampling unit (default: scene)"
     )
     r.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (default 10000)")
-    r.add_argument("--confidence", type=float, default=0.95, help="interval level (default 0.95)")
+    r.add_argument(
+        "--confidence", type=float, default=0.95, help="interval level, strictly between 0 and 1 (default 0.95)"
+    )
     r.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     r.add_argument("--no-sheets", action="store_true", help="figures and tables only (no image files needed)")
     r.add_argument("--max-sheets", type=int, default=None, help="build at most this many contact sheets")

@@ -4,11 +4,15 @@ Input is the table ``metamergen score`` writes (CSV or Parquet): one row per gen
 manifest columns (``image_id``, ``path``, ``scene``, ``scene_id``, ``scanpath_id``, ``prefix``,
 ``fixations``, ``fixation_source``, ``condition``, ``peripheral_blur``, ...) plus any subset of the
 metric columns ``psnr``, ``mse``, ``ssim``, ``color_hist``, ``gabor``, ``sobel``, ``clip``,
-``dreamsim``, ``dino``. Output, all written atomically::
+``dreamsim``, ``dino``. Output (the whole folder is built next to ``out`` under a temporary
+name and renamed into place at the end, so ``out`` holds either the complete new report or what
+it held before, never a mix; as the folder is replaced whole, an existing ``out`` must be an
+earlier report or empty, and one holding other files is refused)::
 
     report/
       index.html                 links everything (relative links) + a table of mean scores
       summary.csv                mean, CI, counts per metric x condition x source x prefix
+      baselines_summary.csv      the same per baseline (when ``baselines.csv`` is next to the scores)
       figures/<metric>.png       score vs number of fixations, one line per condition x source
       sheets/<scene>_<scanpath>_<condition>_<source>.png
                                  per prefix N: scene + first N fixations, the model-free foveated
@@ -20,6 +24,17 @@ scene weighs the same however many scanpaths and seeds it has), then across unit
 interval is a percentile bootstrap over those units (``n_boot`` resamples with replacement, seeded
 per cell so a cell's interval does not depend on which other cells or metrics are present). With
 fewer than two units a cell has no interval.
+
+Non-finite scores (NaN or an empty field: no score for that image; ``+inf``/``-inf``: e.g. the PSNR
+of an image identical to its scene) cannot enter a mean. They are **excluded, and counted**: a
+cell's mean, interval, ``n_units`` and ``n_images`` rest on its finite scores only, and
+``summary.csv`` says how many were left out (``n_rows`` scores in the cell, ``n_nonfinite`` of them
+excluded, ``n_inf`` of those infinite); the index page states the policy, puts "k of n
+non-finite, excluded" in every cell concerned and totals the exclusions per metric, and
+``metamergen report`` prints one warning line with those totals. A cell whose scores are all
+non-finite keeps its row (mean empty). Exclusion biases a mean when the excluded scores are not
+typical ones: an infinite PSNR is a perfect reconstruction, so PSNR's mean over the rest
+understates similarity (MSE, 0 there, keeps those images).
 
 The foveated panel is computed without any model weights (:func:`metamergen.viz.figures.foveated_input`),
 following the encoder that made the row: squash fit to the canvas and patch size the manifest
@@ -35,7 +50,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -56,11 +74,16 @@ from metamergen.utils.plotting import figure_classes
 
 __all__ = [
     "CONDITIONS",
+    "COUNT_COLUMNS",
     "ReportError",
     "ReportResult",
     "SOURCES",
+    "cell_statistics",
+    "describe_excluded",
+    "excluded_scores",
     "metric_columns",
     "read_table",
+    "summarize_baselines",
     "summarize_scores",
     "write_report",
 ]
@@ -163,6 +186,87 @@ def _clean(table):
 # --------------------------------------------------------------------------------- statistics
 
 
+#: Summary columns that say what a cell's statistics rest on (module docstring, "Non-finite scores").
+COUNT_COLUMNS: tuple[str, ...] = ("n_units", "n_images", "n_rows", "n_nonfinite", "n_inf")
+
+
+def cell_statistics(
+    values: Sequence[float],
+    units: Sequence[Any],
+    *,
+    n_boot: int = 10000,
+    confidence: float = 0.95,
+    seed: int | Sequence[int] = 0,
+) -> dict[str, Any]:
+    """The one computation behind every summary row: statistics over the finite scores, plus counts.
+
+    Parameters
+    ----------
+    values
+        The cell's scores, one per image (NaN, empty and infinite values allowed).
+    units
+        The resampling unit of each score (e.g. its scene id).
+    n_boot, confidence, seed
+        Bootstrap resamples, interval level, seed of this cell.
+
+    Returns
+    -------
+    dict
+        ``mean`` (mean of unit means over the finite scores; NaN if there are none), ``ci_low``,
+        ``ci_high``, ``n_units`` and ``n_images`` (units and scores that entered), ``n_rows`` (all
+        scores of the cell), ``n_nonfinite`` (scores excluded: NaN, empty or infinite) and
+        ``n_inf`` (of those, the infinite ones).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    finite = np.isfinite(v)
+    means = unit_means(v, units)  # keeps the finite scores only
+    mean, low, high = bootstrap_ci(means, n_boot=n_boot, confidence=confidence, seed=seed)
+    return dict(
+        mean=mean,
+        ci_low=low,
+        ci_high=high,
+        n_units=len(means),
+        n_images=int(finite.sum()),
+        n_rows=len(v),
+        n_nonfinite=int((~finite).sum()),
+        n_inf=int(np.isinf(v).sum()),
+    )
+
+
+def excluded_scores(summary) -> dict[str, dict[str, int]]:
+    """Per metric, how many scores of a summary (:func:`summarize_scores`, :func:`summarize_baselines`)
+    were left out of its means as non-finite.
+
+    Returns
+    -------
+    dict
+        ``{metric: {"n_nonfinite": k, "n_rows": n, "n_inf": j}}`` for the metrics with ``k > 0``,
+        in the summary's metric order.
+    """
+    out: dict[str, dict[str, int]] = {}
+    if not len(summary) or "n_nonfinite" not in summary.columns:
+        return out
+    for metric in dict.fromkeys(summary["metric"]):
+        sel = summary[summary["metric"] == metric]
+        k = int(sel["n_nonfinite"].sum())
+        if k:
+            out[metric] = {"n_nonfinite": k, "n_rows": int(sel["n_rows"].sum()), "n_inf": int(sel["n_inf"].sum())}
+    return out
+
+
+def describe_excluded(excluded: dict[str, dict[str, int]]) -> str:
+    """``"psnr 4 of 32 (4 infinite), clip 2 of 32 (2 NaN or empty)"`` for :func:`excluded_scores`."""
+    parts = []
+    for metric, c in excluded.items():
+        kinds = []
+        if c["n_inf"]:
+            kinds.append(f"{c['n_inf']} infinite")
+        if c["n_nonfinite"] - c["n_inf"]:
+            kinds.append(f"{c['n_nonfinite'] - c['n_inf']} NaN or empty")
+        parts.append(f"{metric} {c['n_nonfinite']} of {c['n_rows']} ({', '.join(kinds)})")
+    return ", ".join(parts)
+
+
 def summarize_scores(
     table,
     metrics: Sequence[str],
@@ -173,6 +277,10 @@ def summarize_scores(
     seed: int = 0,
 ):
     """Mean score and bootstrap CI per metric x condition x fixation source x prefix.
+
+    Non-finite scores (NaN, empty, +-inf) are excluded from every statistic and counted (module
+    docstring, "Non-finite scores"); a cell whose scores are all non-finite keeps its row with an
+    empty mean.
 
     Parameters
     ----------
@@ -191,7 +299,8 @@ def summarize_scores(
     -------
     pandas.DataFrame
         Columns ``metric, condition, fixation_source, prefix`` (label: N or ``"all"``), ``mean,
-        ci_low, ci_high, n_units, n_images, unit``; sorted by metric, condition, source, prefix.
+        ci_low, ci_high``, :data:`COUNT_COLUMNS` and ``unit``; sorted by metric, condition,
+        source, prefix.
     """
     pd = pandas()
     if unit not in UNITS:
@@ -203,43 +312,16 @@ def summarize_scores(
     for metric in metrics:
         values = pd.to_numeric(t[metric], errors="coerce")
         for (cond, src, pre), idx in t.groupby(["condition", "fixation_source", "_prefix"], sort=False).groups.items():
-            v = values.loc[idx].to_numpy(dtype=np.float64)
-            finite = np.isfinite(v)
-            if not finite.any():
-                continue
-            means = unit_means(v, unit_key.loc[idx].to_numpy())
-            mean, low, high = bootstrap_ci(
-                means, n_boot=n_boot, confidence=confidence, seed=derive_cell_seed(seed, (metric, cond, src, pre))
+            stats = cell_statistics(
+                values.loc[idx].to_numpy(dtype=np.float64),
+                unit_key.loc[idx].to_numpy(),
+                n_boot=n_boot,
+                confidence=confidence,
+                seed=derive_cell_seed(seed, (metric, cond, src, pre)),
             )
-            rows.append(
-                dict(
-                    metric=metric,
-                    condition=cond,
-                    fixation_source=src,
-                    prefix=pre,
-                    mean=mean,
-                    ci_low=low,
-                    ci_high=high,
-                    n_units=len(means),
-                    n_images=int(finite.sum()),
-                    unit=unit,
-                )
-            )
-    out = pd.DataFrame(
-        rows,
-        columns=[
-            "metric",
-            "condition",
-            "fixation_source",
-            "prefix",
-            "mean",
-            "ci_low",
-            "ci_high",
-            "n_units",
-            "n_images",
-            "unit",
-        ],
-    )
+            rows.append(dict(metric=metric, condition=cond, fixation_source=src, prefix=pre, **stats, unit=unit))
+    columns = ["metric", "condition", "fixation_source", "prefix", "mean", "ci_low", "ci_high", *COUNT_COLUMNS, "unit"]
+    out = pd.DataFrame(rows, columns=columns)
     if len(out):
         order = {m: i for i, m in enumerate(metrics)}
         out = _sorted_cells(out.assign(_m=out["metric"].map(order)), ["_m"]).drop(columns="_m")
@@ -256,11 +338,13 @@ def summarize_baselines(
 ):
     """Mean score and bootstrap CI over scenes of each baseline (``metamergen score``'s ``baselines.csv``).
 
+    Non-finite scores are excluded and counted as in :func:`summarize_scores`.
+
     Returns
     -------
     pandas.DataFrame
-        Columns ``metric, baseline, label, mean, ci_low, ci_high, n_units``; one row per metric and
-        baseline (the periphery baseline once per ``peripheral_blur`` in the table).
+        Columns ``metric, baseline, label, mean, ci_low, ci_high``, :data:`COUNT_COLUMNS`; one row
+        per metric and baseline (the periphery baseline once per ``peripheral_blur`` in the table).
     """
     pd = pandas()
     _check_columns(baselines, ("baseline", "scene_id"), "the baseline table")
@@ -272,17 +356,15 @@ def summarize_baselines(
         for metric in metrics:
             if metric not in baselines.columns:
                 continue
-            v = pd.to_numeric(baselines.loc[idx, metric], errors="coerce").to_numpy(dtype=np.float64)
-            means = unit_means(v, baselines.loc[idx, "scene_id"].astype(str).to_numpy())
-            if not len(means):
-                continue
-            mean, low, high = bootstrap_ci(
-                means, n_boot=n_boot, confidence=confidence, seed=derive_cell_seed(seed, (metric, "baseline", label))
+            stats = cell_statistics(
+                pd.to_numeric(baselines.loc[idx, metric], errors="coerce").to_numpy(dtype=np.float64),
+                baselines.loc[idx, "scene_id"].astype(str).to_numpy(),
+                n_boot=n_boot,
+                confidence=confidence,
+                seed=derive_cell_seed(seed, (metric, "baseline", label)),
             )
-            rows.append(
-                dict(metric=metric, baseline=kind, label=label, mean=mean, ci_low=low, ci_high=high, n_units=len(means))
-            )
-    columns = ["metric", "baseline", "label", "mean", "ci_low", "ci_high", "n_units"]
+            rows.append(dict(metric=metric, baseline=kind, label=label, **stats))
+    columns = ["metric", "baseline", "label", "mean", "ci_low", "ci_high", *COUNT_COLUMNS]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -380,7 +462,8 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
             label=f"{cond} · {src} fixations",
         )
     if baselines is not None and len(baselines):
-        for j, (_, b) in enumerate(baselines[baselines["metric"] == metric].iterrows()):
+        drawn = baselines[(baselines["metric"] == metric) & np.isfinite(baselines["mean"].astype(float))]
+        for j, (_, b) in enumerate(drawn.iterrows()):
             style = _BASELINE_STYLES[j % len(_BASELINE_STYLES)]
             ax.axhline(b["mean"], color="#666666", linestyle=style, linewidth=1.2, label=f"baseline: {b['label']}")
             if math.isfinite(b["ci_low"]):
@@ -410,6 +493,8 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
 
 
 def _fmt(v: float) -> str:
+    if math.isinf(v):  # a score may be infinite (PSNR of identical images); say so rather than hide it
+        return "inf" if v > 0 else "-inf"
     if not math.isfinite(v):
         return "–"
     if v == 0 or 0.01 <= abs(v) < 100:
@@ -424,7 +509,7 @@ def _caption(row, metrics: Sequence[str], max_metrics: int = 4) -> str:
             v = float(row[m])
         except (TypeError, ValueError):
             continue
-        if math.isfinite(v):
+        if not math.isnan(v):
             parts.append(f"{_info(m).short} {_fmt(v)}")
     return " · ".join(parts) or "no scores"
 
@@ -593,7 +678,16 @@ th { background: #f4f4f4; } td.k { text-align: left; }
 tr.baseline td { background: #f7f7f7; color: #555; }
 figure.sheet { margin: 0 0 1em 0; } figure.sheet img { max-width: 100%; border: 1px solid #eee; }
 figure.sheet figcaption { font-size: 0.85em; color: #555; }
+.excluded { color: #a0522d; }
 """
+
+
+def _excluded_note(row) -> str:
+    """`` (k of n non-finite, excluded)`` for a summary row that left scores out, else ``""``."""
+    k = int(row.get("n_nonfinite", 0) or 0)
+    if not k:
+        return ""
+    return f' <small class="excluded">({k} of {int(row["n_rows"])} non-finite, excluded)</small>'
 
 
 def _href(path: str) -> str:
@@ -641,17 +735,31 @@ def _index_html(
         "count). “all” = the whole scanpath (empty prefix).</p>"
     )
     out.append('<div class="figs">')
+    left_out = excluded_scores(summary)
     for metric, rel in figures:
+        c = left_out.get(metric)
+        excluded = (
+            f' <small class="excluded">({c["n_nonfinite"]} of {c["n_rows"]} non-finite, excluded)</small>' if c else ""
+        )
         out.append(
             f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(metric)}"></a>'
-            f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))})</figcaption></figure>"
+            f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))}){excluded}</figcaption></figure>"
         )
     out.append("</div>")
     out.append("<h2>Mean scores per condition × fixation source × prefix</h2>")
     out.append(
-        f'<p class="note">mean [{confidence:.0%} CI]; n = {e(unit)}s / images. Also as '
-        f'<a href="summary.csv">summary.csv</a>.</p>'
+        f'<p class="note">mean [{confidence:.0%} CI]; n = {e(unit)}s / images. Non-finite scores (NaN, empty, '
+        "±inf) are left out of every mean and interval, and each cell says how many it left out. Also as "
+        f'<a href="summary.csv">summary.csv</a> (columns n_rows, n_nonfinite, n_inf).</p>'
     )
+    for what, table in (("scores", summary), ("baseline scores", baselines)):
+        excluded = excluded_scores(table) if table is not None else {}
+        if excluded:
+            out.append(
+                f'<p class="note excluded"><b>Non-finite {what} excluded from the means:</b> '
+                f"{e(describe_excluded(excluded))}. An infinite PSNR is an image identical to its scene: "
+                "leaving it out lowers PSNR's mean (MSE keeps such images).</p>"
+            )
     out.append(
         "<table><tr><th>condition</th><th>fixations</th><th>N</th>"
         + "".join(
@@ -681,7 +789,7 @@ def _index_html(
                 fewer = ""  # a metric without a value for some images says on how many it rests
                 if (r["n_units"], r["n_images"]) != (counts["n_units"], counts["n_images"]):
                     fewer = f" <small>(n {int(r['n_units'])} / {int(r['n_images'])})</small>"
-                cells.append(f"<td>{_fmt(r['mean'])}{ci}{fewer}</td>")
+                cells.append(f"<td>{_fmt(r['mean'])}{ci}{fewer}{_excluded_note(r)}</td>")
             out.append(
                 f'<tr><td class="k">{e(k["condition"])}</td><td class="k">{e(k["fixation_source"])}</td>'
                 f"<td>{e(k['prefix'])}</td>{''.join(cells)}<td>{n}</td></tr>"
@@ -697,7 +805,7 @@ def _index_html(
                     continue
                 r = r.iloc[0]
                 ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
-                cells.append(f"<td>{_fmt(r['mean'])}{ci}</td>")
+                cells.append(f"<td>{_fmt(r['mean'])}{ci}{_excluded_note(r)}</td>")
             n_scenes = int(sel["n_units"].max())
             out.append(
                 f'<tr class="baseline"><td class="k">baseline</td><td class="k" colspan="2">{e(label)}</td>'
@@ -741,7 +849,11 @@ def _index_html(
 
 @dataclass
 class ReportResult:
-    """Paths written by :func:`write_report` (relative to ``out`` where noted)."""
+    """Paths written by :func:`write_report` (relative to ``out`` where noted).
+
+    ``excluded`` and ``excluded_baselines`` are :func:`excluded_scores` of the two summaries: per
+    metric, how many non-finite scores were left out of the means (empty when none were).
+    """
 
     out: Path
     index: Path
@@ -749,6 +861,108 @@ class ReportResult:
     figures: dict[str, Path] = field(default_factory=dict)
     sheets: list[Path] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
+    excluded: dict[str, dict[str, int]] = field(default_factory=dict)
+    excluded_baselines: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+#: What a report folder holds (see the module docstring): a folder with anything else is not replaced.
+REPORT_ENTRIES: frozenset[str] = frozenset({"index.html", "summary.csv", "baselines_summary.csv", "figures", "sheets"})
+#: Entries a report folder may also hold and that may go with it: file managers' metadata, and
+#: the temporary files of an ``atomic_write`` that was killed (``.<name>.<8 characters>.tmp``).
+_DISPOSABLE = re.compile(r"\.DS_Store|Thumbs\.db|desktop\.ini|\..+\.[a-z0-9_]{8}\.tmp")
+
+
+def check_report_settings(
+    *, unit: str, n_boot: int, confidence: float, max_sheets: int | None, sheet_height: int
+) -> None:
+    """Raise :class:`ReportError` for settings no report can use (before anything is read or written)."""
+    if unit not in UNITS:
+        raise ReportError(f"Unknown resampling unit {unit!r}; choose one of {', '.join(UNITS)}.")
+    if not (isinstance(confidence, (int, float)) and math.isfinite(confidence) and 0 < confidence < 1):
+        raise ReportError(
+            f"--confidence is the interval level, a number strictly between 0 and 1 (e.g. 0.95), got {confidence}."
+        )
+    if n_boot < 1:
+        raise ReportError(f"--n-boot is the number of bootstrap resamples and must be >= 1 (e.g. 10000), got {n_boot}.")
+    if max_sheets is not None and max_sheets < 0:
+        raise ReportError(f"--max-sheets must be >= 0 (0: no sheets), got {max_sheets}.")
+    if sheet_height < 16:
+        raise ReportError(f"--sheet-height is the panel height in pixels and must be >= 16, got {sheet_height}.")
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an ``out`` that the report would replace but that holds something else (a file, other files)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ReportError(f"--out {out} is a file, not a folder: choose a folder for the report.")
+    foreign = sorted(n for n in os.listdir(out) if n not in REPORT_ENTRIES and not _DISPOSABLE.fullmatch(n))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ReportError(
+            f"--out {out} holds files a report does not write ({shown}); the report replaces the whole folder, "
+            "so it refuses: choose a new or empty folder, or move those files out."
+        )
+
+
+def _publish_dir(build: Path, final: Path) -> None:
+    """Rename the finished folder ``build`` to ``final``, replacing a previous report there.
+
+    The previous folder is first renamed aside, so there is no moment at which a half-built report
+    is visible, and an error while swapping puts it back.
+    """
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        os.rmdir(old)  # only its unique name is needed: rename() cannot move a folder onto a folder
+        os.replace(final, old)
+    try:
+        os.replace(build, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _selected_groups(t, max_sheets: int | None) -> tuple[list, int]:
+    """The (key, index) groups that get a contact sheet, in page order, and how many are left out."""
+    keys = ["scene_id", "scanpath_id", "condition", "fixation_source"]
+    groups = sorted(
+        t.groupby(keys, sort=False).groups.items(),
+        key=lambda kv: (kv[0][0], kv[0][1], _condition_rank(kv[0][2]), _source_rank(kv[0][3])),
+    )
+    if max_sheets is not None and len(groups) > max_sheets:
+        return groups[:max_sheets], len(groups) - max_sheets
+    return groups, 0
+
+
+def _check_decodable(t, groups, root: Path) -> None:
+    """Decode every image the sheets will show, so that a broken file stops the report before it starts."""
+    from metamergen.utils.images import ImageLoadError, load_image
+
+    bad, done = [], set()
+    for _, idx in groups:
+        for i in idx:
+            for col in ("scene", "path"):
+                path = _resolve(root, t.at[i, col])
+                if path in done:
+                    continue
+                done.add(path)
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")  # only decodability matters here; the sheets warn once
+                        load_image(path)
+                except (ImageLoadError, FileNotFoundError) as err:
+                    bad.append(f"image_id {t.at[i, 'image_id']} ({col}): {str(err).rstrip('.')}")
+    if bad:
+        more = f" (and {len(bad) - 1} more unreadable image file(s))" if len(bad) > 1 else ""
+        raise ReportError(
+            f"Nothing was written: an image the contact sheets need cannot be read: {bad[0]}{more}. "
+            "Re-render or re-export it, drop its rows from the score table, or pass --no-sheets for the "
+            "figures and tables only."
+        )
 
 
 def write_report(
@@ -769,8 +983,10 @@ def write_report(
 ) -> ReportResult:
     """Build the report folder from a score table (see the module docstring for its layout).
 
-    Everything is checked (columns, values, image files) before anything is written; every file
-    is written atomically.
+    Everything is checked first (settings, columns, values, and every image the sheets show is
+    decoded); the report is then built in a temporary folder next to ``out`` and renamed to
+    ``out`` when complete, replacing a previous report there. A failure at any point leaves
+    ``out`` as it was. An ``out`` holding files a report does not write is refused, not replaced.
 
     Parameters
     ----------
@@ -786,7 +1002,7 @@ def write_report(
     unit
         Bootstrap resampling unit: ``"scene"``, ``"scanpath"`` or ``"image"``.
     n_boot, confidence, seed
-        Bootstrap settings.
+        Bootstrap settings (``confidence`` strictly between 0 and 1).
     sheets, max_sheets, sheet_height
         Build contact sheets; at most ``max_sheets`` of them (None: all); panel height in pixels.
     baselines
@@ -795,9 +1011,18 @@ def write_report(
         summary, the table and every figure.
     notes
         Extra ``(title, text)`` paragraphs for the page (the demo adds its own-vs-other check).
+
+    Raises
+    ------
+    ReportError
+        Bad settings, an unusable table, a missing or unreadable image, an ``out`` that is not a
+        report folder.
     """
     from metamergen import __version__
 
+    check_report_settings(
+        unit=unit, n_boot=n_boot, confidence=confidence, max_sheets=max_sheets, sheet_height=sheet_height
+    )
     scores = Path(scores)
     out = Path(out)
     root = Path(root) if root is not None else scores.parent
@@ -812,11 +1037,15 @@ def write_report(
             "(run `metamergen score` first)."
         )
     t = _clean(table)
+    groups, skipped = ([], 0)
     if sheets:
         for i, fx in enumerate(t["fixations"]):
             _parse_fixations(fx, f"row {i} (image_id {t['image_id'].iloc[i]})")
         _check_files(t, root)
+        groups, skipped = _selected_groups(t, max_sheets)
+        _check_decodable(t, groups, root)
     _matplotlib()  # fail before writing anything if it is missing
+    _check_out(out)
 
     summary = summarize_scores(t, chosen, unit=unit, n_boot=n_boot, confidence=confidence, seed=seed)
     base_summary = None
@@ -825,54 +1054,92 @@ def write_report(
         base_summary = summarize_baselines(
             read_table(base_path), chosen, n_boot=n_boot, confidence=confidence, seed=seed
         )
-        atomic_write(out / "baselines_summary.csv", lambda p: base_summary.to_csv(p, index=False))
-    result = ReportResult(out=out, index=out / "index.html", summary_csv=out / "summary.csv", metrics=list(chosen))
-    atomic_write(result.summary_csv, lambda p: summary.to_csv(p, index=False))
+
+    final = out.resolve()  # resolved: "--out ." has no name of its own to build a sibling next to
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh sibling (same file system, so the final rename is atomic), removed again on any failure
+    build = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(build, 0o777 & ~umask)  # mkdtemp folders are private (0700); give what a plain mkdir would
+        figure_links, sheet_links = _build_report(
+            build,
+            summary=summary,
+            base_summary=base_summary,
+            t=t,
+            root=root,
+            chosen=chosen,
+            groups=groups,
+            confidence=confidence,
+            sheet_height=sheet_height,
+        )
+        page = _index_html(
+            source=str(scores),
+            t=t,
+            metrics=chosen,
+            summary=summary,
+            figures=figure_links,
+            sheets=sheet_links,
+            unit=unit,
+            n_boot=n_boot,
+            confidence=confidence,
+            version=__version__,
+            skipped_sheets=skipped,
+            baselines=base_summary,
+            notes=notes,
+        )
+        atomic_write(build / "index.html", lambda p: Path(p).write_text(page, encoding="utf-8"))
+        _publish_dir(build, final)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return ReportResult(
+        out=out,
+        index=out / "index.html",
+        summary_csv=out / "summary.csv",
+        figures={metric: out / rel for metric, rel in figure_links},
+        sheets=[out / rel for _, rel in sheet_links],
+        metrics=list(chosen),
+        excluded=excluded_scores(summary),
+        excluded_baselines=excluded_scores(base_summary) if base_summary is not None else {},
+    )
+
+
+def _build_report(
+    folder: Path,
+    *,
+    summary,
+    base_summary,
+    t,
+    root: Path,
+    chosen: Sequence[str],
+    groups,
+    confidence: float,
+    sheet_height: int,
+) -> tuple[list[tuple[str, str]], list[tuple[tuple[str, ...], str]]]:
+    """Write summaries, figures and sheets into ``folder``; returns the figure and sheet links."""
+    atomic_write(folder / "summary.csv", lambda p: summary.to_csv(p, index=False))
+    if base_summary is not None:
+        atomic_write(folder / "baselines_summary.csv", lambda p: base_summary.to_csv(p, index=False))
     figure_links = []
     for metric in chosen:
-        if not (summary["metric"] == metric).any():
-            continue
+        if not summary.loc[summary["metric"] == metric, "mean"].notna().any():
+            continue  # every score of this metric is non-finite: nothing to draw (the table says so)
         rel = f"figures/{_safe(metric)}.png"
-        result.figures[metric] = plot_metric(summary, metric, out / rel, confidence=confidence, baselines=base_summary)
+        plot_metric(summary, metric, folder / rel, confidence=confidence, baselines=base_summary)
         figure_links.append((metric, rel))
-
-    sheet_links, skipped = [], 0
-    if sheets:
-        keys = ["scene_id", "scanpath_id", "condition", "fixation_source"]
-        groups = sorted(
-            t.groupby(keys, sort=False).groups.items(),
-            key=lambda kv: (kv[0][0], kv[0][1], _condition_rank(kv[0][2]), _source_rank(kv[0][3])),
-        )
-        if max_sheets is not None and len(groups) > max_sheets:
-            skipped = len(groups) - max_sheets
-            groups = groups[:max_sheets]
-        used, cache = set(), {}
-        for key, idx in groups:
-            name = "_".join(_safe(str(k)) for k in key)
-            base, k = name, 1
-            while name in used:
-                k += 1
-                name = f"{base}-{k}"
-            used.add(name)
-            rel = f"sheets/{name}.png"
-            sheet = build_sheet(t.loc[idx], root, chosen, height=sheet_height, scene_cache=cache)
-            result.sheets.append(atomic_write(out / rel, lambda p, im=sheet: im.save(p, format="PNG")))
-            sheet_links.append((tuple(str(k) for k in key), rel))
-
-    page = _index_html(
-        source=str(scores),
-        t=t,
-        metrics=chosen,
-        summary=summary,
-        figures=figure_links,
-        sheets=sheet_links,
-        unit=unit,
-        n_boot=n_boot,
-        confidence=confidence,
-        version=__version__,
-        skipped_sheets=skipped,
-        baselines=base_summary,
-        notes=notes,
-    )
-    atomic_write(result.index, lambda p: Path(p).write_text(page, encoding="utf-8"))
-    return result
+    sheet_links = []
+    used, cache = set(), {}
+    for key, idx in groups:
+        name = "_".join(_safe(str(k)) for k in key)
+        base, k = name, 1
+        while name in used:
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name)
+        rel = f"sheets/{name}.png"
+        sheet = build_sheet(t.loc[idx], root, chosen, height=sheet_height, scene_cache=cache)
+        atomic_write(folder / rel, lambda p, im=sheet: im.save(p, format="PNG"))
+        sheet_links.append((tuple(str(k) for k in key), rel))
+    return figure_links, sheet_links
