@@ -509,3 +509,138 @@ def test_sharded_backends_are_refused_up_front(tmp_path: Path, monkeypatch, back
     with pytest.raises(RuntimeError, match=f"{backend} was requested.*DDP only"):
         train(tiny_config(tmp_path, images))
     assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+# --------------------------------------------------------------------------- run folders and bad configs
+
+
+def fake_run(cfg: TrainConfig, step: int = 2) -> Path:
+    """A run folder as an interrupted run leaves it: config.yaml and one checkpoint (no weights needed)."""
+    import yaml
+
+    out = Path(cfg.run.output_dir)
+    (out / f"checkpoint-{step}").mkdir(parents=True)
+    state = {"global_step": step, "micro_step": step, "epoch": 0, "batch_in_epoch": step}
+    (out / f"checkpoint-{step}" / "train_state.json").write_text(json.dumps(state))
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    return out
+
+
+def test_resuming_with_a_changed_config_is_refused_naming_the_keys(tmp_path: Path):
+    """Before: any change was accepted and config.yaml overwritten; now only settings that cannot
+    change the weights pass, a few more with allow_config_change, and the rest never."""
+    from metamergen.training.config import ConfigError
+    from metamergen.training.run_folder import plan_run
+    from metamergen.training.trainer import train
+
+    images = tmp_path / "img"
+    out = fake_run(tiny_config(tmp_path, images))
+    recorded = (out / "config.yaml").read_bytes()
+    changed = tiny_config(tmp_path, images, "optim.learning_rate=5e-4", "data.resolution=64", "optim.max_steps=6")
+    with pytest.raises(ConfigError) as err:
+        train(changed, resume="latest", allow_config_change=True)
+    message = str(err.value)
+    assert "\n" not in message and "checkpoint-2 (step 2)" in message
+    assert "data.resolution 32 -> 64; optim.learning_rate 0.001 -> 0.0005" in message
+    assert "(and optim.max_steps 4 -> 6, allowed with --allow-config-change)" in message
+    assert "start a new run.output_dir" in message
+    longer = tiny_config(tmp_path, images, "optim.max_steps=6")
+    with pytest.raises(ConfigError, match=r"optim\.max_steps 4 -> 6\. Pass --allow-config-change"):
+        train(longer, resume="latest")
+    assert (out / "config.yaml").read_bytes() == recorded and sorted(p.name for p in out.iterdir()) == [
+        "checkpoint-2",
+        "config.yaml",
+    ]  # refused before anything was written
+    assert plan_run(longer, "latest", allow_config_change=True).changes == {"optim.max_steps": (4, 6)}
+    free = plan_run(tiny_config(tmp_path, images, "run.log_every=5", "data.num_workers=2"), "latest")
+    assert free.changes == {"data.num_workers": (0, 2), "run.log_every": (1, 5)} and free.step == 2
+    with pytest.raises(ConfigError, match=r"not a complete checkpoint \(no train_state\.json\)"):
+        plan_run(longer, str(tmp_path / "nowhere"))
+    with pytest.raises(ConfigError, match="give only one of them"):
+        plan_run(longer, "latest", overwrite=True)
+
+
+def test_a_new_run_is_not_started_over_an_existing_one_without_overwrite(tmp_path: Path):
+    from metamergen.training.config import ConfigError
+    from metamergen.training.trainer import train
+
+    images = tmp_path / "img"
+    write_images(images, 4)
+    cfg = tiny_config(tmp_path, images)
+    out = fake_run(cfg, step=8)
+    (out / "pipeline").mkdir()
+    (out / "pipeline" / "old.txt").write_text("the previous run's model")
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError) as err:
+        train(cfg)
+    assert str(err.value) == (
+        f"run.output_dir {out} already holds a run (checkpoint-8, pipeline/): pass --resume latest to continue "
+        "it, --overwrite to delete it and start again, or choose another run.output_dir."
+    )
+    assert (out / "checkpoint-8" / "train_state.json").is_file()  # untouched
+    train(cfg, overwrite=True)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]  # no stale step 8
+    assert not (out / "pipeline" / "old.txt").exists() and (out / "pipeline" / "model_index.json").is_file()
+    assert (out / "notes.txt").read_text() == "mine"  # only the run's own outputs are deleted
+
+
+def test_an_interrupted_run_can_be_extended_with_allow_config_change(tmp_path: Path):
+    import yaml
+    from accelerate.state import AcceleratorState
+
+    from metamergen.training.trainer import train
+
+    images = tmp_path / "img"
+    write_images(images, 4)
+    train(tiny_config(tmp_path, images, "run.stop_after_step=2"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    out = train(tiny_config(tmp_path, images, "optim.max_steps=6"), resume="latest", allow_config_change=True)
+    assert json.loads((out / "data_report.json").read_text())["steps"] == 6
+    assert yaml.safe_load((out / "config.yaml").read_text())["optim"]["max_steps"] == 6
+    records = [json.loads(line) for line in (out / "config_changes.jsonl").read_text().splitlines()]
+    assert len(records) == 1 and records[0]["step"] == 2
+    assert records[0]["changes"] == {"optim.max_steps": [4, 6], "run.stop_after_step": [2, None]}
+
+
+TYPOS = [
+    (["optim.learnin_rate=1"], "Unknown key(s) ['learnin_rate'] in section 'optim' (did you mean 'learning_rate'?)"),
+    (["optm.learning_rate=1"], "Unknown config section(s) ['optm'] (did you mean 'optim'?)"),
+    (["learning_rate"], "is not of the form section.key=value"),
+    (["optim.learning_rate=fast"], "Config key 'optim.learning_rate' needs a number, got 'fast'"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", TYPOS, ids=[o[0] for o, _ in TYPOS])
+def test_config_typos_are_one_line_errors_naming_the_key(tmp_path: Path, capsys, overrides, message):
+    """Before: training/train.py (the accelerate launch entry point) printed a traceback."""
+    from metamergen.commands import main as metamergen
+    from metamergen.commands.train import main as train_py
+
+    assert train_py(["--config", str(TINY), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("train.py: error: ") and message in err[0], err
+    if "Unknown key" in message:
+        assert "Valid keys: learning_rate, weight_decay," in err[0]
+    assert metamergen(["train", "--config", str(TINY), *overrides]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("metamergen train: error: ") and message in err[0], err
+
+
+def test_bad_config_files_and_flags_are_one_line_errors(tmp_path: Path, capsys):
+    from metamergen.commands.train import main as train_py
+
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  tiny: true\nrun:\n  output_dri: x\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("optim: [1, 2\n")
+    cases = [
+        (["--config", str(typo)], "Unknown key(s) ['output_dri'] in section 'run' (did you mean 'output_dir'?)"),
+        (["--config", str(broken)], "is not valid YAML"),
+        (["--config", str(tmp_path / "missing.yaml")], "No config file"),
+        (["--config", str(TINY), "--resume", "latest", "--overwrite"], "give only one of them"),
+        (["--config", str(TINY), "--allow-config-change"], "--allow-config-change applies to --resume only"),
+    ]
+    for argv, message in cases:
+        assert train_py(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)

@@ -9,6 +9,7 @@ back next to the run so the run can be reproduced.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,26 @@ import yaml
 
 from metamergen import defaults
 
-__all__ = ["DataConfig", "ModelConfig", "OptimConfig", "RunConfig", "TrainConfig", "apply_overrides"]
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "flat_config",
+]
+
+
+class ConfigError(ValueError):
+    """A training configuration that cannot be used: unknown key, bad value, unreadable file, or a
+    run folder it does not fit (the message names what and says what to do)."""
+
+
+def _did_you_mean(name: str, valid: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 @dataclass
@@ -119,7 +139,7 @@ class OptimConfig:
         for name in ("foveal_dropout", "peripheral_dropout", "joint_dropout"):
             p = getattr(self, name)
             if not 0 <= p <= 1:
-                raise ValueError(f"optim.{name} is a probability and must be in [0, 1], got {p}.")
+                raise ConfigError(f"optim.{name} is a probability and must be in [0, 1], got {p}.")
 
 
 @dataclass
@@ -164,30 +184,69 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Build from nested dicts; unknown keys are errors (a typo must not be ignored)."""
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        """Build from nested dicts; unknown keys are errors (a typo must not be ignored).
+
+        Raises
+        ------
+        ConfigError
+            Not a mapping of sections, an unknown section or key (the message lists the valid
+            ones), or a bad value.
+        """
+        sections = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(data, dict):
+            raise ConfigError(f"A config is a mapping of sections ({', '.join(sections)}), got {type(data).__name__}.")
+        unknown = [k for k in data if k not in sections]
         if unknown:
-            raise ValueError(f"Unknown config section(s) {sorted(unknown)}; expected model, data, optim, run.")
+            hint = _did_you_mean(str(unknown[0]), sections)
+            raise ConfigError(
+                f"Unknown config section(s) {sorted(map(str, unknown))}{hint}; valid sections: {', '.join(sections)}."
+            )
         kwargs = {}
         for f in dataclasses.fields(cls):
             section_cls = type(getattr(cls(), f.name))
             section = data.get(f.name) or {}
-            bad = set(section) - {g.name for g in dataclasses.fields(section_cls)}
+            if not isinstance(section, dict):
+                raise ConfigError(f"Config section '{f.name}' must be a mapping of key: value, got {section!r}.")
+            valid = [g.name for g in dataclasses.fields(section_cls)]
+            bad = [k for k in section if k not in valid]
             if bad:
-                valid = ", ".join(g.name for g in dataclasses.fields(section_cls))
-                raise ValueError(f"Unknown key(s) {sorted(bad)} in section '{f.name}'. Valid keys: {valid}.")
+                hint = _did_you_mean(str(bad[0]), valid)
+                raise ConfigError(
+                    f"Unknown key(s) {sorted(map(str, bad))} in section '{f.name}'{hint}. "
+                    f"Valid keys: {', '.join(valid)}."
+                )
             hints = typing.get_type_hints(section_cls)
-            kwargs[f.name] = section_cls(**{k: _coerce(k, v, hints[k]) for k, v in section.items()})
+            kwargs[f.name] = section_cls(**{k: _coerce(f"{f.name}.{k}", v, hints[k]) for k, v in section.items()})
         return cls(**kwargs)
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-        """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML)."""
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """Read a YAML config and apply ``section.key=value`` overrides (values parsed as YAML).
+
+        Raises
+        ------
+        ConfigError
+            No such file, invalid YAML, or any error of :meth:`from_dict` / :func:`apply_overrides`.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"No config file {path}: give a YAML file such as configs/tiny_cpu.yaml.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (model, data, optim, run), not a list or value.")
         return cls.from_dict(apply_overrides(data, overrides))
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain data (what ``config.yaml`` holds)."""
         return dataclasses.asdict(self)
+
+
+def flat_config(data: dict[str, Any]) -> dict[str, Any]:
+    """``{"optim": {"learning_rate": 1e-4}}`` -> ``{"optim.learning_rate": 1e-4}`` (one level of sections)."""
+    return {f"{section}.{key}": value for section, keys in data.items() for key, value in (keys or {}).items()}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -200,7 +259,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                     return t(value)
                 except ValueError:
                     if str not in args:
-                        raise ValueError(f"Config key {key!r} needs a number, got {value!r}.") from None
+                        raise ConfigError(f"Config key {key!r} needs a number, got {value!r}.") from None
     return value
 
 
@@ -211,13 +270,20 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     out = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"Override {item!r} is not of the form section.key=value.")
+            raise ConfigError(f"Override {item!r} is not of the form section.key=value.")
         key, value = item.split("=", 1)
         parts = key.strip().split(".")
         if len(parts) != 2:
-            raise ValueError(f"Override key {key!r} must be section.key, e.g. optim.learning_rate.")
+            raise ConfigError(f"Override key {key!r} must be section.key, e.g. optim.learning_rate.")
         out.setdefault(parts[0], {})
         if out[parts[0]] is None:
             out[parts[0]] = {}
-        out[parts[0]][parts[1]] = yaml.safe_load(value)
+        if not isinstance(out[parts[0]], dict):
+            raise ConfigError(f"Config section '{parts[0]}' must be a mapping of key: value, got {out[parts[0]]!r}.")
+        try:
+            out[parts[0]][parts[1]] = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ConfigError(
+                f"Override {item!r}: the value is not valid YAML ({' '.join(str(err).split())})."
+            ) from err
     return out

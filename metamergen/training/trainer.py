@@ -29,10 +29,11 @@ from torch import nn
 
 from metamergen.adapters.model import MetamerGenAdapters
 from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
-from metamergen.training.checkpoints import latest_checkpoint, save_checkpoint
+from metamergen.training.checkpoints import save_checkpoint
 from metamergen.training.config import OptimConfig, TrainConfig
 from metamergen.training.data import AdapterTrainingDataset, TrainingItem, collate, list_images, open_rgb
 from metamergen.training.loss import adapter_loss, encode_batch
+from metamergen.training.run_folder import clear_previous_run, plan_run, record_config_changes
 from metamergen.utils.io import atomic_write
 from metamergen.utils.seeds import derive_seed
 
@@ -214,8 +215,32 @@ def _replace_dir(final: Path, save) -> None:
 # ----------------------------------------------------------------------------- the loop
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> Path:
-    """Train the adapters; returns the output folder (``pipeline/``, ``adapters/``, checkpoints, logs)."""
+def train(
+    cfg: TrainConfig, resume: str | None = None, *, allow_config_change: bool = False, overwrite: bool = False
+) -> Path:
+    """Train the adapters; returns the output folder (``pipeline/``, ``adapters/``, checkpoints, logs).
+
+    Parameters
+    ----------
+    cfg
+        The configuration; ``cfg.run.output_dir`` is the run folder.
+    resume
+        ``"latest"`` (the newest checkpoint in the run folder; none there: from scratch) or a
+        checkpoint folder. The config must match the run's ``config.yaml`` but for the keys
+        :mod:`metamergen.training.run_folder` lists.
+    allow_config_change
+        When resuming, also accept changes of
+        :data:`~metamergen.training.run_folder.ALLOWED_ON_RESUME` keys (``optim.max_steps``, ...).
+    overwrite
+        Start a new run in a folder that holds one (checkpoints or an exported pipeline), deleting
+        that run's outputs first; without it such a folder is refused.
+
+    Raises
+    ------
+    ConfigError
+        The run folder and the config do not fit (see :func:`~metamergen.training.run_folder.plan_run`);
+        raised before anything is written.
+    """
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, gather_object, set_seed
     from diffusers import DDPMScheduler
@@ -224,6 +249,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     from tqdm.auto import tqdm
 
     out = Path(cfg.run.output_dir)
+    start = plan_run(cfg, resume, allow_config_change=allow_config_change, overwrite=overwrite)
     cpu = cfg.run.cpu or not torch.cuda.is_available()
     report_to = cfg.run.report_to
     if report_to == "tensorboard":
@@ -258,8 +284,12 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
         logger.setLevel(logging.WARNING)
     set_seed(cfg.run.seed)  # identical fresh adapters on every rank
     if accelerator.is_main_process:
+        if start.clear:
+            clear_previous_run(out)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)))
+        record_config_changes(out, start)
+    accelerator.wait_for_everyone()
 
     # ---- model
     pipe = load_training_pipeline(cfg)
@@ -340,7 +370,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> Path:
     # derived from global_step, because accelerate forces an optimizer step at each epoch's end
     global_step = micro_step = epoch = batch_in_epoch = 0
     if resume:
-        ckpt = latest_checkpoint(out) if resume == "latest" else Path(resume)
+        ckpt = start.checkpoint  # chosen (and its config checked) by plan_run before anything was written
         if ckpt is None:
             logger.info("No checkpoint in %s: starting from scratch.", out)
         else:
