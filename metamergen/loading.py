@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from metamergen import defaults
+from metamergen.utils.dtypes import dtype_kwargs
 
 __all__ = [
     "check_local_reference",
@@ -22,6 +23,7 @@ __all__ = [
     "TINY_MODEL",
     "TINY_WARNING",
     "LoadedModel",
+    "dtype_kwargs",
     "load_model",
     "torch_dtype",
 ]
@@ -141,7 +143,7 @@ def load_model(
         from metamergen.pipeline import MetamerGenPipeline
 
         kw = {"revision": revision} if revision else {}
-        pipe = MetamerGenPipeline.from_pretrained(model, torch_dtype=weights_dtype, **kw)
+        pipe = MetamerGenPipeline.from_pretrained(model, **dtype_kwargs(weights_dtype), **kw)
         loaded = LoadedModel(pipe, model, revision or _snapshot_revision(model))
     else:
         from metamergen.pipeline import MetamerGenPipeline

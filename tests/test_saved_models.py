@@ -78,3 +78,50 @@ def test_new_saves_record_the_public_package_paths_and_load_through_plain_diffus
     np.testing.assert_allclose(
         _render(via_diffusers, steps=3, seed=7, n=2), np.load(DATA / "saved_release_expected.npy"), rtol=0, atol=1e-5
     )
+
+
+def test_loading_with_a_dtype_prints_no_deprecation_warning(tmp_path, monkeypatch):
+    """Before: every load through `--model` printed diffusers' FutureWarning "`torch_dtype` is deprecated"."""
+    import importlib.metadata
+    import logging
+    import warnings
+
+    from metamergen.loading import load_model
+    from metamergen.testing import tiny_pipeline
+    from metamergen.utils import dtypes
+
+    folder = tmp_path / "tiny"
+    tiny_pipeline(seed=0).save_pretrained(folder)
+    logged: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            logged.append(record.getMessage())
+
+    handler = Collect()
+    logging.getLogger("transformers").addHandler(handler)
+    if hasattr(logging.Logger, "warning_once"):  # transformers says each warning once per process
+        logging.Logger.warning_once.cache_clear()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            load_model(model=str(folder), dtype="float32")
+            load_model(
+                adapters=str(folder / "adapters"), base_model=str(folder), image_encoder=str(folder / "image_encoder")
+            )
+    finally:
+        logging.getLogger("transformers").removeHandler(handler)
+    messages = logged + [str(w.message) for w in caught]
+    assert not [m for m in messages if "torch_dtype" in m], messages
+
+    # the oldest diffusers and transformers pyproject.toml allows know only `torch_dtype`
+    real = importlib.metadata.version
+    oldest = {"diffusers": "0.32.0", "transformers": "4.48.0"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: oldest.get(name) or real(name))
+    dtypes._takes_dtype.cache_clear()
+    try:
+        assert dtypes.dtype_kwargs(torch.float16) == {"torch_dtype": torch.float16}
+        assert dtypes.dtype_kwargs(torch.float16, "transformers") == {"torch_dtype": torch.float16}
+        assert dtypes.dtype_kwargs(None) == {}
+    finally:
+        dtypes._takes_dtype.cache_clear()

@@ -38,6 +38,7 @@ from metamergen.foveation.fovea import mask_tokens, token_mask
 from metamergen.foveation.frame import FitMode
 from metamergen.foveation.periphery import PeripheralBlur
 from metamergen.pipeline.guidance import GuidanceMethod, GuidanceRule, guidance_rule
+from metamergen.utils.dtypes import dtype_kwargs
 from metamergen.utils.images import ImageInput
 
 FixationInput = Scanpath | np.ndarray | Sequence[Sequence[float]] | None
@@ -242,14 +243,18 @@ class MetamerGenPipeline(DiffusionPipeline):
             Passed to every ``from_pretrained`` (``cache_dir``, ``local_files_only``, ``token``...).
         """
         kw = dict(hub_kwargs, revision=revision)
-        dtype_kw = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
-        weights_kw = dict(kw, **dtype_kw, **({"variant": variant} if variant else {}))
-        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", **weights_kw)
-        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", **weights_kw)
-        text_encoder = CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", **weights_kw)
+        dtype_kw = dtype_kwargs(torch_dtype, "diffusers")
+        variant_kw = {"variant": variant} if variant else {}
+        vae = AutoencoderKL.from_pretrained(base_model, subfolder="vae", **kw, **dtype_kw, **variant_kw)
+        unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", **kw, **dtype_kw, **variant_kw)
+        text_encoder = CLIPTextModel.from_pretrained(
+            base_model, subfolder="text_encoder", **kw, **dtype_kwargs(torch_dtype, "transformers"), **variant_kw
+        )
         tokenizer = CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer", **kw)
         scheduler = DDIMScheduler.from_pretrained(base_model, subfolder="scheduler", **kw)
-        encoder = AutoModel.from_pretrained(image_encoder, **dtype_kw, **hub_kwargs, revision=image_encoder_revision)
+        encoder = AutoModel.from_pretrained(
+            image_encoder, **dtype_kwargs(torch_dtype, "transformers"), **hub_kwargs, revision=image_encoder_revision
+        )
         if isinstance(adapters, MetamerGenAdapters):
             adapter_module = adapters.to(unet.device)
             if adapter_module.dtype != unet.dtype:  # the K/V live inside the UNet's attention
