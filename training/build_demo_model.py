@@ -292,7 +292,7 @@ def build(
             *overrides,
         ],
     )
-    run = train(cfg)
+    run = train(cfg, overwrite=True)  # the stages above decide what is reused; the run folder is rebuilt
     info["timings_s"]["adapters"] = round(time.time() - t0, 1)
     info["train_config"] = cfg.to_dict()
 

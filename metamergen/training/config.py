@@ -63,6 +63,9 @@ class ModelConfig:
     resampler_hidden_dim: int = 768
     resampler_depth: int = 4
     resampler_heads: int = 12
+    #: Leave all-zero tokens (outside the fovea, a dropped stream) out of the resamplers' keys
+    #: (MetamerGenAdapters.mask_empty_tokens); not in the paper, False = IP-Adapter-Plus as published.
+    mask_empty_tokens: bool = False
     #: LoRA rank on the UNet's attention projections (peft); 0 = off, as the paper (adapters only).
     #: The LoRA is merged into the exported UNet and also saved alone (diffusers' LoRA format).
     lora_rank: int = 0

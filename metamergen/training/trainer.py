@@ -86,6 +86,7 @@ def load_training_pipeline(cfg: TrainConfig) -> MetamerGenPipeline:
         "resampler_hidden_dim": m.resampler_hidden_dim,
         "resampler_depth": m.resampler_depth,
         "resampler_heads": m.resampler_heads,
+        "mask_empty_tokens": m.mask_empty_tokens,
     }
     return MetamerGenPipeline.from_base_models(
         m.base_model,
