@@ -23,7 +23,6 @@ __all__ = [
     "TINY_MODEL",
     "TINY_WARNING",
     "LoadedModel",
-    "dtype_kwargs",
     "load_model",
     "torch_dtype",
 ]

@@ -28,7 +28,6 @@ _EXPORTS = {
     "MANIFEST_COLUMNS": ".manifest",
     "MANIFEST_NAME": ".manifest",
     "append_rows": ".manifest",
-    "completed_image_ids": ".manifest",
     "read_manifest": ".manifest",
     "StudyRunSummary": ".run",
     "run_study": ".run",

@@ -39,7 +39,6 @@ __all__ = [
     "ManifestCheck",
     "append_rows",
     "check_manifest",
-    "completed_image_ids",
     "manifest_parts",
     "merge_manifest",
     "part_name",
@@ -166,17 +165,6 @@ def _clean(path: Path, out_dir: Path) -> list[dict[str, Any]]:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
         atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return kept
-
-
-def completed_image_ids(out_dir: Path) -> set[str]:
-    """image_ids finished in ``out_dir``: in the manifest (or a part) and with their file present.
-    Rows whose file is gone (and an incomplete last line) are removed from their file, atomically.
-
-    Only the file's presence is checked, not the row's inputs nor the PNG's contents: to decide what a
-    resumed study skips, :func:`~metamergen.study.run_study` uses :func:`check_manifest`."""
-    out_dir = Path(out_dir)
-    files = [f for f in (out_dir / MANIFEST_NAME, *manifest_parts(out_dir)) if f.exists()]
-    return {r["image_id"] for f in files for r in _clean(f, out_dir)}
 
 
 def merge_manifest(

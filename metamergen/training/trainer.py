@@ -34,7 +34,7 @@ from metamergen.training.config import OptimConfig, TrainConfig
 from metamergen.training.data import AdapterTrainingDataset, TrainingItem, collate, list_images, open_rgb
 from metamergen.training.loss import adapter_loss, encode_batch
 from metamergen.training.run_folder import clear_previous_run, plan_run, record_config_changes
-from metamergen.utils.io import atomic_write
+from metamergen.utils.io import atomic_write, replace_dir
 from metamergen.utils.seeds import derive_seed
 
 logger = logging.getLogger("metamergen.train")
@@ -203,14 +203,12 @@ def _export(trained: MetamerGenPipeline, cfg: TrainConfig, output_dir: Path) -> 
 
 
 def _replace_dir(final: Path, save) -> None:
-    """``save(tmp)`` into a temporary sibling folder, then rename it over ``final``."""
+    """``save(tmp)`` into a temporary sibling folder, then swap it in for ``final`` (:func:`replace_dir`)."""
     tmp = final.parent / f".{final.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     save(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    replace_dir(tmp, final)
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "remove_temporaries", "temporary_target"]
+__all__ = ["atomic_write", "remove_temporaries", "replace_dir", "temporary_target"]
 
 #: Name of :func:`atomic_write`'s temporary file: ``.<target name>.<8 random characters>.tmp``
 #: (``tempfile.mkstemp``'s random part is 8 characters of ``[a-z0-9_]``).
@@ -92,3 +93,27 @@ def remove_temporaries(folder: str | os.PathLike, *, owned: Callable[[str], bool
             continue
         removed += 1
     return removed
+
+
+def replace_dir(build: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Rename the finished folder ``build`` to ``final``, replacing what ``final`` held.
+
+    The previous ``final`` is first renamed aside (so no reader ever sees half of either), deleted
+    once the new one is in place, and put back if the swap fails. ``build`` should be a sibling of
+    ``final`` (same file system: the renames are then atomic). Returns ``final``.
+    """
+    build, final = Path(build), Path(final)
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
+        os.rmdir(old)  # only its unique name is needed: rename() cannot move a folder onto a folder
+        os.replace(final, old)
+    try:
+        os.replace(build, final)
+    except BaseException:
+        if old is not None:
+            os.replace(old, final)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final

@@ -69,7 +69,7 @@ from metamergen.evaluation.baselines import BASELINES, BASELINES_NAME
 from metamergen.evaluation.registry import METRIC_INFO, MetricInfo, metric_direction, metric_info
 from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed, unit_means
 from metamergen.evaluation.tables import TableError, pandas, read_table
-from metamergen.utils.io import atomic_write
+from metamergen.utils.io import atomic_write, replace_dir, temporary_target
 from metamergen.utils.plotting import figure_classes
 
 __all__ = [
@@ -682,12 +682,13 @@ figure.sheet figcaption { font-size: 0.85em; color: #555; }
 """
 
 
-def _excluded_note(row) -> str:
-    """`` (k of n non-finite, excluded)`` for a summary row that left scores out, else ``""``."""
-    k = int(row.get("n_nonfinite", 0) or 0)
+def _excluded_note(counts) -> str:
+    """`` (k of n non-finite, excluded)`` for a summary row or an :func:`excluded_scores` entry
+    (both have ``n_nonfinite`` and ``n_rows``) that left scores out, else ``""``."""
+    k = int(counts.get("n_nonfinite", 0) or 0)
     if not k:
         return ""
-    return f' <small class="excluded">({k} of {int(row["n_rows"])} non-finite, excluded)</small>'
+    return f' <small class="excluded">({k} of {int(counts["n_rows"])} non-finite, excluded)</small>'
 
 
 def _href(path: str) -> str:
@@ -737,10 +738,7 @@ def _index_html(
     out.append('<div class="figs">')
     left_out = excluded_scores(summary)
     for metric, rel in figures:
-        c = left_out.get(metric)
-        excluded = (
-            f' <small class="excluded">({c["n_nonfinite"]} of {c["n_rows"]} non-finite, excluded)</small>' if c else ""
-        )
+        excluded = _excluded_note(left_out.get(metric, {}))
         out.append(
             f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(metric)}"></a>'
             f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))}){excluded}</figcaption></figure>"
@@ -867,9 +865,9 @@ class ReportResult:
 
 #: What a report folder holds (see the module docstring): a folder with anything else is not replaced.
 REPORT_ENTRIES: frozenset[str] = frozenset({"index.html", "summary.csv", "baselines_summary.csv", "figures", "sheets"})
-#: Entries a report folder may also hold and that may go with it: file managers' metadata, and
-#: the temporary files of an ``atomic_write`` that was killed (``.<name>.<8 characters>.tmp``).
-_DISPOSABLE = re.compile(r"\.DS_Store|Thumbs\.db|desktop\.ini|\..+\.[a-z0-9_]{8}\.tmp")
+#: Entries a report folder may also hold and that may go with it: file managers' metadata (and the
+#: temporary files of an ``atomic_write`` that was killed, :func:`~metamergen.utils.io.temporary_target`).
+_DISPOSABLE = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
 
 
 def check_report_settings(
@@ -896,34 +894,15 @@ def _check_out(out: Path) -> None:
         return
     if not out.is_dir():
         raise ReportError(f"--out {out} is a file, not a folder: choose a folder for the report.")
-    foreign = sorted(n for n in os.listdir(out) if n not in REPORT_ENTRIES and not _DISPOSABLE.fullmatch(n))
+    foreign = sorted(
+        n for n in os.listdir(out) if n not in REPORT_ENTRIES and n not in _DISPOSABLE and temporary_target(n) is None
+    )
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         raise ReportError(
             f"--out {out} holds files a report does not write ({shown}); the report replaces the whole folder, "
             "so it refuses: choose a new or empty folder, or move those files out."
         )
-
-
-def _publish_dir(build: Path, final: Path) -> None:
-    """Rename the finished folder ``build`` to ``final``, replacing a previous report there.
-
-    The previous folder is first renamed aside, so there is no moment at which a half-built report
-    is visible, and an error while swapping puts it back.
-    """
-    old = None
-    if final.exists():
-        old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".old"))
-        os.rmdir(old)  # only its unique name is needed: rename() cannot move a folder onto a folder
-        os.replace(final, old)
-    try:
-        os.replace(build, final)
-    except BaseException:
-        if old is not None:
-            os.replace(old, final)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _selected_groups(t, max_sheets: int | None) -> tuple[list, int]:
@@ -1090,7 +1069,7 @@ def write_report(
             notes=notes,
         )
         atomic_write(build / "index.html", lambda p: Path(p).write_text(page, encoding="utf-8"))
-        _publish_dir(build, final)
+        replace_dir(build, final)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
