@@ -644,3 +644,51 @@ def test_bad_config_files_and_flags_are_one_line_errors(tmp_path: Path, capsys):
         assert train_py(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (argv, err)
+
+
+def test_the_foveal_loss_weight_weighs_the_latent_cells_under_the_shown_patches():
+    """optim.foveal_loss_weight W puts W on the latent cells under the foveal stream's patches (1
+    elsewhere, each sample normalised by its mean weight); a dropped foveal stream shows nothing,
+    so its sample is unweighted; W = 1 is the paper's plain MSE."""
+    from metamergen.foveation.fovea import token_weight_map
+    from metamergen.testing import tiny_scheduler
+    from metamergen.training.config import OptimConfig
+    from metamergen.training.loss import EncodedBatch, adapter_loss
+
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, 4 + 2] = True  # patch (row 1, col 2) of a 4 x 4 grid
+    cells = token_weight_map(mask, (8, 8), 10.0)
+    assert cells.shape == (2, 1, 8, 8)
+    assert (cells[:, 0, 2:4, 4:6] == 10).all() and cells.sum().item() == 2 * (60 + 40)
+    # a non-multiple grid: each cell takes the patch under its centre (rows 1-2 and column 3 of 6)
+    assert token_weight_map(mask, (6, 6), 3.0)[0, 0].eq(3).nonzero().tolist() == [[1, 3], [2, 3]]
+
+    scheduler = tiny_scheduler()
+    alphas = scheduler.alphas_cumprod
+    enc = EncodedBatch(
+        latents=torch.zeros(2, 4, 8, 8), sharp=torch.ones(2, 16, 3), peripheral=torch.ones(2, 16, 3), foveal_mask=mask
+    )
+    text = torch.zeros(1, 77, 8)
+
+    def loss(where: str, **optim) -> float:
+        def model(noisy, t, text, foveal, peripheral):  # latents are 0: noisy = sqrt(1 - abar) * noise
+            noise = noisy / (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+            err = torch.zeros_like(noisy)
+            inside = err[:, :, 2:4, 4:6]
+            (inside if where == "inside" else err).fill_(1.0)
+            if where == "outside":
+                inside.fill_(0.0)
+            return noise + err
+
+        base = dict(foveal_dropout=0.0, peripheral_dropout=0.0)
+        return adapter_loss(
+            model, scheduler, enc, text, OptimConfig(**{**base, **optim}), generator=torch.Generator().manual_seed(0)
+        ).item()
+
+    assert loss("inside") == pytest.approx(4 / 64, rel=1e-4)
+    assert loss("inside", foveal_loss_weight=10.0) == pytest.approx(40 / 100, rel=1e-4)
+    assert loss("outside", foveal_loss_weight=10.0) == pytest.approx(60 / 100, rel=1e-4)
+    assert loss("inside", foveal_loss_weight=10.0, foveal_dropout=1.0) == pytest.approx(4 / 64, rel=1e-4)
+    assert loss("inside", foveal_loss_weight=10.0, snr_gamma=5.0) > loss("inside", snr_gamma=5.0)
+    with pytest.raises(ValueError, match="foveal_loss_weight must be positive"):
+        OptimConfig(foveal_loss_weight=0.0)

@@ -15,7 +15,7 @@ import torch
 
 from metamergen.foveation.frame import EncoderFrame
 
-__all__ = ["foveal_crop", "mask_tokens", "random_patch_mask", "token_mask"]
+__all__ = ["foveal_crop", "mask_tokens", "random_patch_mask", "token_cells", "token_mask", "token_weight_map"]
 
 
 def token_mask(
@@ -162,3 +162,52 @@ def mask_tokens(sharp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
             f"({sharp.shape[0]}, {sharp.shape[1]}) cells, one per patch token."
         )
     return sharp * flat.to(device=sharp.device, dtype=sharp.dtype).unsqueeze(-1)
+
+
+def token_cells(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The token mask carried onto another grid over the same image region (e.g. the VAE latents).
+
+    The token grid and the target grid must frame the same image region (the training data and
+    the diagnostics squash both the VAE pixels and the encoder canvas from the whole image). Each
+    target cell takes the patch its centre falls in (exact when the target side is a multiple of
+    the grid side, as the paper's 64 x 64 latents under 32 x 32 patches).
+
+    Parameters
+    ----------
+    mask
+        ``(B, T)`` or ``(B, G, G)`` bool token mask, grid order (``T = G * G``).
+    size
+        ``(h, w)`` of the target grid, in its cells.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, h, w)`` bool on ``mask``'s device.
+    """
+    b = mask.shape[0]
+    g = math.isqrt(mask[0].numel())
+    if g * g != mask[0].numel():
+        raise ValueError(f"A token mask of {tuple(mask.shape)} is not a square grid of patches.")
+    grid = mask.reshape(b, 1, g, g).float()
+    # "nearest-exact": a cell takes the patch under its centre ("nearest" floors its top-left corner)
+    return torch.nn.functional.interpolate(grid, size=tuple(size), mode="nearest-exact") > 0.5
+
+
+def token_weight_map(mask: torch.Tensor, size: tuple[int, int], weight: float) -> torch.Tensor:
+    """A per-cell weight over another grid: ``weight`` under the masked patches, 1 elsewhere.
+
+    Parameters
+    ----------
+    mask, size
+        As :func:`token_cells`.
+    weight
+        Value under masked patches (> 0).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, 1, h, w)`` float32 on ``mask``'s device.
+    """
+    if weight <= 0:
+        raise ValueError(f"The weight under fixated patches must be positive, got {weight}.")
+    return 1.0 + (float(weight) - 1.0) * token_cells(mask, size).float()

@@ -128,6 +128,10 @@ class OptimConfig:
     #: recipe, where both are dropped only by chance, 0.05 x 0.10 = 0.5 % of samples). Both dropped
     #: is the unconditional state CFG++ renoises with; p > 0 trains it on p + (1 - p) x 0.5 %.
     joint_dropout: float = 0.0
+    #: Weight of the latent cells under the foveal stream's patches in the epsilon MSE, relative
+    #: to 1 elsewhere (1 = the paper's unweighted loss). A few fixated patches are a small share of
+    #: the image, so the plain loss barely rewards using them; > 1 makes it pay to read the fovea.
+    foveal_loss_weight: float = 1.0
     #: Min-SNR loss weighting gamma (None = plain MSE, the paper's implied loss).
     snr_gamma: float | None = None
     noise_offset: float = 0.0
@@ -143,6 +147,10 @@ class OptimConfig:
             p = getattr(self, name)
             if not 0 <= p <= 1:
                 raise ConfigError(f"optim.{name} is a probability and must be in [0, 1], got {p}.")
+        if not self.foveal_loss_weight > 0:
+            raise ConfigError(
+                f"optim.foveal_loss_weight must be positive (1 = the paper's unweighted loss), got {self.foveal_loss_weight}."
+            )
 
 
 @dataclass

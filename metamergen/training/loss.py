@@ -10,7 +10,7 @@ own loops can call them:
    every trainable parameter is used in every step and DDP needs no ``find_unused_parameters``),
    optionally both together with an extra probability (``optim.joint_dropout``, off by default);
 3. :func:`adapter_loss`: noise, timesteps, the prediction and the paper's epsilon-prediction MSE
-   (fp32; optional min-SNR weighting).
+   (fp32; optional min-SNR weighting and extra weight under the fixated patches).
 
 Random draws come from one generator in a fixed order (latent sample, dropout, noise, timesteps),
 so a step is a pure function of its seed: that is what makes resumed training equal an
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from metamergen.encoders.dinov2 import patch_tokens
-from metamergen.foveation.fovea import mask_tokens
+from metamergen.foveation.fovea import mask_tokens, token_weight_map
 from metamergen.foveation.periphery import peripheral_image
 from metamergen.training.config import OptimConfig
 
@@ -171,7 +171,9 @@ def adapter_loss(
     text_embeds
         ``(1, L, D)`` text embeddings (the empty prompt's), expanded over the batch.
     optim
-        Dropout probabilities (per stream and joint), timestep range, noise offset and min-SNR gamma.
+        Dropout probabilities (per stream and joint), timestep range, noise offset, min-SNR gamma
+        and the weight under the foveal stream's patches (``foveal_loss_weight``; each sample's
+        weighted MSE is divided by its mean weight, so the loss stays on the plain MSE's scale).
     generator
         Draws dropout, noise and timesteps, in that order.
     compute_snr
@@ -203,13 +205,23 @@ def adapter_loss(
     v_prediction = noise_scheduler.config.prediction_type == "v_prediction"
     target = noise_scheduler.get_velocity(latents, noise, t) if v_prediction else noise
     pred = model(noisy, t, text_embeds.expand(b, -1, -1), foveal, peripheral)
-    if optim.snr_gamma is None:
+    weighted = optim.foveal_loss_weight != 1.0
+    if optim.snr_gamma is None and not weighted:
         return F.mse_loss(pred.float(), target.float())
+    squared = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if weighted:
+        # weigh the cells under the patches the foveal stream shows (not when the stream was dropped)
+        shown = encoded.foveal_mask.reshape(b, -1).to(device) & foveal.ne(0).any(-1)
+        cells = token_weight_map(shown, tuple(latents.shape[-2:]), optim.foveal_loss_weight)
+        per_sample = (squared * cells).mean(dim=(1, 2, 3)) / cells.mean(dim=(1, 2, 3))
+    else:
+        per_sample = squared.mean(dim=(1, 2, 3))
+    if optim.snr_gamma is None:
+        return per_sample.mean()
     if compute_snr is None:
         from diffusers.training_utils import compute_snr
     snr = compute_snr(noise_scheduler, t)
     weights = torch.minimum(snr, torch.full_like(snr, optim.snr_gamma)) / snr
     if v_prediction:
         weights = weights * snr / (snr + 1)
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
     return (per_sample * weights).mean()
