@@ -43,6 +43,7 @@ _EXPORTS = {
     "wilson_interval": ".analysis",
     "write_analysis": ".analysis",
     "conditioning_reconstruction": ".diagnostics",
+    "stream_contributions": ".diagnostics",
 }
 
 __all__ = sorted(name for name, module in _EXPORTS.items() if module.startswith("."))
