@@ -74,12 +74,10 @@ def parse_fixations(text: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``metamergen render``."""
-    import json
-
     import torch
 
-    from metamergen import __version__
     from metamergen.encoders.dinov2 import canvas_size
+    from metamergen.serve.record import RECORD_NAME, hypothesis_filename, record_json, render_record
     from metamergen.utils.images import ImageLoadError, load_image
     from metamergen.utils.io import atomic_write
     from metamergen.viz.figures import contact_sheet, draw_scanpath, foveated_input
@@ -120,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     paths = []
     for i, im in enumerate(out.images):
-        path = out_dir / f"hypothesis_{i:03d}_seed{args.seed + i}.png"
+        path = out_dir / hypothesis_filename(i, args.seed + i)
         atomic_write(path, lambda p, im=im: im.save(p, format="PNG"))
         paths.append(path)
     view = foveated_input(
@@ -136,21 +134,20 @@ def run(args: argparse.Namespace) -> int:
     ]
     sheet = out_dir / "sheet.png"
     atomic_write(sheet, lambda p: contact_sheet(panels, captions).save(p, format="PNG"))
-    record = {
-        "image": str(args.image),
-        "fixations": scanpath.xy.tolist(),
-        "model": model,
-        "model_revision": revision,
-        "seeds": [args.seed + i for i in range(args.num_images)],
-        "steps": args.steps,
-        "guidance": args.guidance,
-        "guidance_scale": args.guidance_scale,
-        "foveal_scale": args.foveal_scale,
-        "peripheral_scale": args.peripheral_scale,
-        "peripheral_blur": args.peripheral_blur,
-        "outputs": [p.name for p in paths],
-        "metamergen_version": __version__,
-    }
-    atomic_write(out_dir / "render.json", lambda p: Path(p).write_text(json.dumps(record, indent=2)))
+    record = render_record(
+        image=str(args.image),
+        fixations=scanpath.xy,
+        model=model,
+        model_revision=revision,
+        seed=args.seed,
+        num_images=args.num_images,
+        steps=args.steps,
+        guidance=args.guidance,
+        guidance_scale=args.guidance_scale,
+        foveal_scale=args.foveal_scale,
+        peripheral_scale=args.peripheral_scale,
+        peripheral_blur=args.peripheral_blur,
+    )
+    atomic_write(out_dir / RECORD_NAME, lambda p: Path(p).write_text(record_json(record)))
     print(f"Wrote {len(paths)} hypotheses, sheet.png and render.json to {out_dir}")
     return 0
