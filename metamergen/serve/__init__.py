@@ -17,6 +17,16 @@ names are imported on first use, so ``metamergen.serve.record`` works without it
 from metamergen.utils.lazy import lazy_exports
 
 _EXPORTS = {
+    "create_app": ".app",
+    "Batcher": ".batcher",
+    "SceneCache": ".cache",
+    "MetamerGenClient": ".client",
+    "RenderResult": ".client",
+    "ServeError": ".client",
+    "ServerBusy": ".client",
+    "Limits": ".config",
+    "RenderDefaults": ".config",
+    "ServeConfig": ".config",
     "RECORD_NAME": ".record",
     "hypothesis_filename": ".record",
     "record_json": ".record",
