@@ -117,7 +117,10 @@ def test_bad_images_are_replaced_and_counted_or_fatal(tmp_path: Path):
     missing = tmp_path / "img" / "missing.png"
     items = [TrainingItem(str(p), lambda p=p: Image.open(p).convert("RGB")) for p in [corrupt, missing, *paths]]
     batch = collate([make_dataset(items)[i] for i in range(len(items))])
-    assert batch["skipped"] == {"unreadable image": 3}  # index 0 skips 2, index 1 skips 1
+    # index 0 skips both bad items, index 1 the missing one: one pair per replaced draw, named
+    assert batch["skipped"] == [(str(corrupt), "unreadable image"), (str(missing), "unreadable image")] + [
+        (str(missing), "unreadable image")
+    ]
     assert batch["index"].tolist() == [2, 2, 2, 3, 4]
     with pytest.raises(BadSampleError, match="corrupt.png"):
         make_dataset(items, skip_bad_samples=False)[0]
@@ -147,7 +150,10 @@ def test_single_process_run_exports_a_loadable_pipeline_and_reports_bad_data(tmp
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     assert not list(out.glob(".*tmp"))
     report = json.loads((out / "data_report.json").read_text())
-    assert report["steps"] == 4 and report["skipped_samples"]["unreadable image"] >= 1
+    # one bad file, named, however often it was drawn
+    assert report["steps"] == 4 and report["skipped_samples"] == {"unreadable image": 1}
+    assert report["bad_items"] == [{"item": str(images / "corrupt.jpg"), "reason": "unreadable image"}]
+    assert report["replaced_draws"] >= 1
     pipe = MetamerGenPipeline.from_pretrained(out / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     img = pipe(Image.open(images / "000.png"), [[10, 10]], num_inference_steps=2).images[0]
@@ -182,6 +188,27 @@ def test_interrupted_and_resumed_run_ends_with_the_same_adapters(tmp_path: Path,
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_the_data_report_of_a_resumed_run_covers_the_whole_run(tmp_path: Path):
+    """Bad items met before an interruption are still reported after the resume, and the draws
+    replaced are those of the whole run (the report equals an uninterrupted run's)."""
+    from accelerate.state import AcceleratorState
+
+    from metamergen.training.trainer import train
+
+    images = tmp_path / "img"
+    write_images(images, 5)
+    (images / "bad.png").write_bytes(b"not a png")
+    common = ["optim.max_steps=6", "run.checkpointing_steps=2"]
+    full = json.loads((train(tiny_config(tmp_path / "a", images, *common)) / "data_report.json").read_text())
+    train(tiny_config(tmp_path / "b", images, *common, "run.stop_after_step=4"))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    resumed = train(tiny_config(tmp_path / "b", images, *common), resume="latest")
+    report = json.loads((resumed / "data_report.json").read_text())
+    assert report["bad_items"] == full["bad_items"] == [{"item": str(images / "bad.png"), "reason": "unreadable image"}]
+    assert report["replaced_draws"] == full["replaced_draws"] > 1  # drawn in more than one epoch
+    assert report["skipped_samples"] == full["skipped_samples"] == {"unreadable image": 1}
 
 
 def test_multi_process_cpu_training_synchronises(tmp_path: Path):

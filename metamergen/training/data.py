@@ -10,7 +10,8 @@ Two sources (see ``docs/design.md``, "Training" and "Fixations"):
 
 Randomness is a pure function of ``(seed, epoch, index)``, so data order and content do not depend
 on worker processes, and a resumed run sees exactly the samples an uninterrupted run would.
-Unreadable images are replaced by the next readable sample and counted (``skipped`` in each batch),
+Unreadable images are replaced by the next readable sample and reported (``skipped`` in each batch:
+the item and the reason; :class:`BadDataLog` keeps the distinct items for the run's data report),
 or raise when ``skip_bad_samples`` is off.
 """
 
@@ -160,7 +161,7 @@ class SampleSource(torch.utils.data.Dataset):
             except BadSampleError as err:
                 if not self.skip_bad_samples:
                     raise BadSampleError(f"{self.items[i].key}: {err}") from err
-                skipped.append(str(err).split(" (")[0])
+                skipped.append((self.items[i].key, str(err).split(" (")[0]))
                 continue
             sample["index"] = i
             sample["skipped"] = skipped
@@ -241,11 +242,61 @@ class AdapterTrainingDataset(SampleSource):
 
 def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack samples into a batch (tensors stacked, ``blur``/``index`` as tensors); ``skipped``
-    becomes a Counter of reasons."""
+    becomes one list of ``(item key, reason)`` pairs, one per replaced draw."""
     batch: dict[str, Any] = {
         k: torch.stack([s[k] for s in samples]) for k, v in samples[0].items() if isinstance(v, torch.Tensor)
     }
     batch["blur"] = torch.tensor([s["blur"] for s in samples], dtype=torch.float32)
     batch["index"] = torch.tensor([s["index"] for s in samples], dtype=torch.long)
-    batch["skipped"] = Counter(r for s in samples for r in s["skipped"])
+    batch["skipped"] = [tuple(pair) for s in samples for pair in s["skipped"]]
     return batch
+
+
+class BadDataLog:
+    """The unusable items a run met: each distinct item once, with its reason, and the draws replaced.
+
+    A bad item is drawn again every epoch, so counting draws would report the same file many times
+    (and only the draws since the last resume); this counts items. Its :meth:`state_dict` goes into
+    each checkpoint's ``train_state.json`` so a resumed run reports what the whole run met.
+    """
+
+    def __init__(self) -> None:
+        self.items: dict[str, str] = {}
+        self.replaced_draws = 0
+
+    def update(self, skipped: Sequence[tuple[str, str]]) -> None:
+        """Record a batch's ``skipped`` pairs (from :func:`collate`)."""
+        for key, reason in skipped:
+            self.items.setdefault(str(key), str(reason))
+        self.replaced_draws += len(skipped)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"items": dict(self.items), "replaced_draws": self.replaced_draws}
+
+    def load_state_dict(self, state: dict[str, Any], *, count_draws: bool = True) -> None:
+        """Restore a saved log; ``count_draws=False`` takes only the items (the other ranks of a
+        multi-process run, so that the draws are not counted once per process)."""
+        self.items.update({str(k): str(v) for k, v in state.get("items", {}).items()})
+        if count_draws:
+            self.replaced_draws += int(state.get("replaced_draws", 0))
+
+    @classmethod
+    def merged(cls, parts: Sequence[dict[str, Any]]) -> BadDataLog:
+        """One log from every process's :meth:`state_dict`."""
+        log = cls()
+        for part in parts:
+            log.load_state_dict(part)
+        return log
+
+    def counts(self) -> Counter:
+        """Distinct items per reason."""
+        return Counter(self.items.values())
+
+    def summary(self, limit: int = 3) -> str:
+        """One line: items per reason, the first few named (e.g. for the end-of-run warning)."""
+        parts = []
+        for reason, n in sorted(self.counts().items()):
+            names = [k for k, r in self.items.items() if r == reason]
+            shown = ", ".join(Path(k).name for k in names[:limit]) + (", ..." if n > limit else "")
+            parts.append(f"{n} {reason} ({shown})")
+        return "; ".join(parts)

@@ -31,7 +31,14 @@ from metamergen.adapters.model import MetamerGenAdapters
 from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
 from metamergen.training.checkpoints import save_checkpoint
 from metamergen.training.config import OptimConfig, TrainConfig
-from metamergen.training.data import AdapterTrainingDataset, TrainingItem, collate, list_images, open_rgb
+from metamergen.training.data import (
+    AdapterTrainingDataset,
+    BadDataLog,
+    TrainingItem,
+    collate,
+    list_images,
+    open_rgb,
+)
 from metamergen.training.loss import adapter_loss, encode_batch
 from metamergen.training.run_folder import clear_previous_run, plan_run, record_config_changes
 from metamergen.utils.io import atomic_write, replace_dir
@@ -368,6 +375,7 @@ def train(
     # where the data stream stands: micro-steps and the position in the epoch are stored, not
     # derived from global_step, because accelerate forces an optimizer step at each epoch's end
     global_step = micro_step = epoch = batch_in_epoch = 0
+    bad_data = BadDataLog()
     if resume:
         ckpt = start.checkpoint  # chosen (and its config checked) by plan_run before anything was written
         if ckpt is None:
@@ -377,13 +385,13 @@ def train(
             state = json.loads((ckpt / "train_state.json").read_text())
             global_step, micro_step = state["global_step"], state["micro_step"]
             epoch, batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+            bad_data.load_state_dict(state.get("bad_data", {}), count_draws=accelerator.is_main_process)
             logger.info("Resumed from %s (step %d).", ckpt, global_step)
 
     if accelerator.is_main_process:
         accelerator.init_trackers("metamergen", config={k: v for k, v in _flat(cfg.to_dict()).items()})
     with torch.no_grad():
         empty_text = pipe.encode_prompt([""], accelerator.device)
-    skipped: Counter = Counter()
     seen: list[int] = []
     bar = tqdm(
         total=cfg.optim.max_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="train"
@@ -398,7 +406,7 @@ def train(
         epoch_loader = accelerator.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
         for batch in epoch_loader:
             batch_in_epoch += 1
-            skipped.update(batch["skipped"])
+            bad_data.update(batch["skipped"])
             seen.extend(batch["index"].tolist())
             g = torch.Generator(accelerator.device).manual_seed(derive_seed(cfg.run.seed, micro_step, rank, bits=63))
             micro_step += 1
@@ -436,6 +444,7 @@ def train(
                     "micro_step": micro_step,
                     "epoch": epoch,
                     "batch_in_epoch": batch_in_epoch,
+                    "bad_data": BadDataLog.merged(gather_object([bad_data.state_dict()])).state_dict(),
                 }
                 save_checkpoint(accelerator, out, state, cfg.run.checkpoints_total_limit)
                 if cfg.run.stop_after_step is not None and global_step >= cfg.run.stop_after_step:
@@ -451,10 +460,7 @@ def train(
     bar.close()
 
     # ---- report, consistency check, export
-    all_skipped = Counter()
-    for part in gather_object([dict(skipped)]):
-        all_skipped.update(part)
-    all_skipped.update(read_dropped)
+    bad_data = BadDataLog.merged(gather_object([bad_data.state_dict()]))
     checksum = float(sum(p.detach().double().sum() for p in params))
     checksums = gather_object([checksum])
     ranks_dir = out / "ranks"
@@ -471,10 +477,19 @@ def train(
     if accelerator.is_main_process:
         if len(set(checksums)) != 1:
             raise RuntimeError(f"Adapters diverged across processes (checksums {checksums}); please report this.")
-        report = {"steps": global_step, "skipped_samples": dict(all_skipped), "world_size": accelerator.num_processes}
+        report = {
+            "steps": global_step,
+            "world_size": accelerator.num_processes,
+            # distinct items per reason (bad images met while training, records dropped while reading)
+            "skipped_samples": dict(bad_data.counts() + read_dropped),
+            "bad_items": [{"item": k, "reason": r} for k, r in sorted(bad_data.items.items())],
+            "replaced_draws": bad_data.replaced_draws,
+        }
         atomic_write(out / "data_report.json", lambda p: Path(p).write_text(json.dumps(report, indent=2)))
-        if all_skipped:
-            logger.warning("Skipped during training: %s", ", ".join(f"{k}: {v}" for k, v in all_skipped.items()))
+        if bad_data.items or read_dropped:
+            found = [bad_data.summary()] if bad_data.items else []
+            found += [f"{n} {reason}" for reason, n in sorted(read_dropped.items())]
+            logger.warning("Skipped during training: %s; every item is listed in %s.", "; ".join(found), out / "data_report.json")
         _export(pipe, cfg, out)
         logger.info("Saved the trained pipeline to %s and the adapters to %s.", out / "pipeline", out / "adapters")
     accelerator.wait_for_everyone()
