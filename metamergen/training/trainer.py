@@ -489,7 +489,9 @@ def train(
         if bad_data.items or read_dropped:
             found = [bad_data.summary()] if bad_data.items else []
             found += [f"{n} {reason}" for reason, n in sorted(read_dropped.items())]
-            logger.warning("Skipped during training: %s; every item is listed in %s.", "; ".join(found), out / "data_report.json")
+            logger.warning(
+                "Skipped during training: %s; every item is listed in %s.", "; ".join(found), out / "data_report.json"
+            )
         _export(pipe, cfg, out)
         logger.info("Saved the trained pipeline to %s and the adapters to %s.", out / "pipeline", out / "adapters")
     accelerator.wait_for_everyone()
