@@ -511,7 +511,6 @@ def test_serve_without_the_extra_says_which_pip_install(capsys, monkeypatch):
 # ---------------------------------------------------------------------------------- the demo model, over a socket
 
 
-@pytest.mark.slow
 def test_the_demo_model_serves_over_loopback_as_render_renders_it(tmp_path: Path, capsys):
     from metamergen.commands import main
     from metamergen.demo.run import DEMO_MODEL

@@ -8,7 +8,7 @@ from typing import Any
 
 from metamergen.commands._common import add_model_arguments, add_sampling_arguments, check_sampling_arguments
 
-__all__ = ["API_KEY_ENV", "add_parser", "run"]
+__all__ = ["API_KEY_ENV", "add_parser", "is_loopback", "run"]
 
 HELP = "serve renders over HTTP for live experiments (default: the bundled demo model)"
 

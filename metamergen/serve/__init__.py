@@ -7,6 +7,7 @@
 - :mod:`~metamergen.serve.schemas`: the request and response models (the OpenAPI schema);
 - :mod:`~metamergen.serve.config`: limits, batching and default sampling settings;
 - :mod:`~metamergen.serve.metrics`: counters and latency percentiles behind ``/metrics``;
+- :mod:`~metamergen.serve.logs`: JSON-line log records;
 - :mod:`~metamergen.serve.record`: the render record ``render`` and the server share;
 - :mod:`~metamergen.serve.client`: :class:`MetamerGenClient`, a small httpx client (no torch).
 

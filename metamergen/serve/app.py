@@ -327,13 +327,13 @@ api = APIRouter(dependencies=[Depends(require_api_key)], responses=_ERRORS)
 StateDep = Annotated[ServeState, Depends(get_state)]
 
 
-def _scene_info(scene: Scene, warnings: list[str] | None = None) -> SceneInfo:
+def _scene_info(state: ServeState, scene: Scene, warnings: list[str] | None = None) -> SceneInfo:
     return SceneInfo(
         scene_id=scene.scene_id,
         name=scene.name,
         width=scene.width,
         height=scene.height,
-        encoded_blurs=sorted(scene.encodings),
+        encoded_blurs=state.cache.blurs(scene),
         warnings=warnings or [],
     )
 
@@ -349,7 +349,7 @@ async def _register(state: ServeState, scene: Scene, warnings: list[str], respon
     blur = state.config.defaults.peripheral_blur
     if blur not in kept.encodings:
         await asyncio.wrap_future(state.submit(EncodeJob(scene=kept, blur=blur)))
-    return _scene_info(kept, warnings)
+    return _scene_info(state, kept, warnings)
 
 
 @api.post(
@@ -423,7 +423,7 @@ async def get_scene(scene_id: Annotated[str, PathParam(pattern=SCENE_ID_PATTERN)
     scene = state.cache.get(scene_id)
     if scene is None:
         raise InputError(404, _unknown_scene(scene_id, state))
-    return _scene_info(scene)
+    return _scene_info(state, scene)
 
 
 @api.get("/stimuli", response_model=StimuliList, summary="The stimulus folder's image files")

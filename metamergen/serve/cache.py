@@ -147,6 +147,11 @@ class SceneCache:
                 self._scenes.move_to_end(scene.scene_id)
                 self._evict()
 
+    def blurs(self, scene: Scene) -> list[float]:
+        """The blurs ``scene`` has an encoding for, sorted (read under the lock the worker writes under)."""
+        with self._lock:
+            return sorted(scene.encodings)
+
     @property
     def nbytes(self) -> int:
         """Bytes held now."""

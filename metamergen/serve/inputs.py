@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -314,7 +315,7 @@ def resolve_stimulus(root: Path, name: str) -> tuple[Path, str]:
     if not name or "\x00" in name or "\\" in name:
         raise InputError(422, "A stimulus name must be a non-empty relative path with '/' separators.")
     rel = PurePosixPath(name)
-    if rel.is_absolute() or name.startswith("~") or (len(name) > 1 and name[1] == ":"):
+    if rel.is_absolute() or name.startswith("~") or re.match(r"[A-Za-z]:(/|$)", name):  # POSIX, home, drive
         raise InputError(422, f"Stimulus name {name!r} is absolute; name a file relative to the stimulus folder.")
     if ".." in rel.parts:
         raise InputError(422, f"Stimulus name {name!r} contains '..'; name a file inside the stimulus folder.")
