@@ -143,9 +143,11 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     pipe, model, revision = load_pipeline_from_args(args)
     app = create_app(pipe, dataclasses.replace(config, model=model, model_revision=revision))
-    print(
-        f"metamergen serve: {model} on {args.device}; http://{args.host}:{args.port} (API docs at /docs); Ctrl-C stops.",
-        flush=True,
+    where = (
+        f"http://{args.host}:{args.port}"
+        if args.port
+        else f"http://{args.host} on a free port (uvicorn's log names it)"
     )
+    print(f"metamergen serve: {model} on {args.device}; {where} (API docs at /docs); Ctrl-C stops.", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, access_log=False)
     return 0
