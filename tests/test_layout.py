@@ -32,6 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("evaluation",),
     ("viz",),
     ("demo",),
+    ("serve",),
     ("commands",),
     ("__main__",),
 )

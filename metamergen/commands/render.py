@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from metamergen.encoders.dinov2 import canvas_size
-    from metamergen.serve.record import RECORD_NAME, hypothesis_filename, record_json, render_record
+    from metamergen.pipeline.record import RECORD_NAME, hypothesis_filename, record_json, render_record
     from metamergen.utils.images import ImageLoadError, load_image
     from metamergen.utils.io import atomic_write
     from metamergen.viz.figures import contact_sheet, draw_scanpath, foveated_input

@@ -2,7 +2,9 @@
 
 - :mod:`~metamergen.pipeline.pipeline_metamergen`: the pipeline, its loading and saving, and the
   call in named steps;
-- :mod:`~metamergen.pipeline.guidance`: CFG and CFG++ behind one :class:`GuidanceRule` interface.
+- :mod:`~metamergen.pipeline.guidance`: CFG and CFG++ behind one :class:`GuidanceRule` interface;
+- :mod:`~metamergen.pipeline.record`: the record of one render (``render.json``), which
+  ``metamergen render`` writes and ``metamergen serve`` returns.
 
 Saved pipeline folders (and their ``pipeline.py`` shim) import the class from this package path,
 ``metamergen.pipeline``; it stays the public home whatever the files below it are called.

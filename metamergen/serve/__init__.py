@@ -8,11 +8,11 @@
 - :mod:`~metamergen.serve.config`: limits, batching and default sampling settings;
 - :mod:`~metamergen.serve.metrics`: counters and latency percentiles behind ``/metrics``;
 - :mod:`~metamergen.serve.logs`: JSON-line log records;
-- :mod:`~metamergen.serve.record`: the render record ``render`` and the server share;
 - :mod:`~metamergen.serve.client`: :class:`MetamerGenClient`, a small httpx client (no torch).
 
 The server needs the ``serve`` extra (``pip install metamergen[serve]``: fastapi, uvicorn, httpx);
-names are imported on first use, so ``metamergen.serve.record`` works without it.
+names are imported on first use. The render record both ``render`` and the server return is
+:mod:`metamergen.pipeline.record`.
 """
 
 from metamergen.utils.lazy import lazy_exports
@@ -28,10 +28,6 @@ _EXPORTS = {
     "Limits": ".config",
     "RenderDefaults": ".config",
     "ServeConfig": ".config",
-    "RECORD_NAME": ".record",
-    "hypothesis_filename": ".record",
-    "record_json": ".record",
-    "render_record": ".record",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -53,6 +53,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metamergen import __version__
+from metamergen.pipeline.record import hypothesis_filename, render_record
 from metamergen.serve.batcher import Batcher, EncodeJob, QueueFull, RenderJob, RenderOutcome, ShuttingDown
 from metamergen.serve.cache import Scene, SceneCache, scene_id
 from metamergen.serve.config import ServeConfig
@@ -66,7 +67,6 @@ from metamergen.serve.inputs import (
     resolve_stimulus,
 )
 from metamergen.serve.metrics import ServeMetrics
-from metamergen.serve.record import hypothesis_filename, render_record
 from metamergen.serve.schemas import (
     SCENE_ID_PATTERN,
     BatchInfo,

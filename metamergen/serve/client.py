@@ -37,7 +37,7 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 __all__ = ["MetamerGenClient", "RenderResult", "RequestTimeout", "ServeError", "ServerBusy"]
 
-#: File name of the record ``save`` writes (``metamergen.serve.record.RECORD_NAME``).
+#: File name of the record ``save`` writes (``metamergen.pipeline.record.RECORD_NAME``).
 RECORD_NAME = "render.json"
 
 
@@ -115,7 +115,7 @@ class RenderResult:
         folder.mkdir(parents=True, exist_ok=True)
         for name, data in zip(self.names, self.png):
             (folder / name).write_bytes(data)
-        # the text `metamergen render` writes (metamergen.serve.record.record_json)
+        # the text `metamergen render` writes (metamergen.pipeline.record.record_json)
         (folder / RECORD_NAME).write_text(json.dumps(self.record, indent=2))
         return folder
 
