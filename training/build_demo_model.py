@@ -13,7 +13,8 @@ Stages (all seeded; the seeds and step counts are written to ``build_info.json``
    token says what its patch shows and where it is (:func:`metamergen.demo.toymodel.train_image_encoder`),
    then frozen, as DINOv2 is;
 5. **adapters**: the project's own trainer (``training/train.py``'s loop) on the frozen base with
-   ``configs/demo_toyworld.yaml``: random fixations and blur levels, as the paper.
+   ``configs/demo_toyworld.yaml``: the toy viewers' scanpaths and the two strongest blur levels
+   (the config lists its departures from the paper and why).
 
 The exported model is an ordinary :class:`~metamergen.MetamerGenPipeline` folder. Each stage's
 output lands in ``--work`` and is reused by a later run with ``--resume-stages`` (for instance
@@ -283,7 +284,7 @@ def build(
         REPO / "configs" / "demo_toyworld.yaml",
         [
             f"model.pipeline={base_dir}",
-            f"data.images={world / 'train' / 'images'}",
+            f"data.scanpaths={world / 'train' / 'scanpaths.jsonl'}",
             f"data.feature_cache={work / 'feature_cache'}",
             f"run.output_dir={work / 'adapters_run'}",
             f"run.seed={seed}",
