@@ -46,6 +46,7 @@ def test_render_writes_images_sheet_and_record_reproducibly(tmp_path: Path, caps
     record = json.loads((tmp_path / "a" / "render.json").read_text())
     assert record["fixations"] == [[135.0, 150.0], [235.0, 255.0]]
     assert record["seeds"] == [0, 1] and record["model"] == "tiny-random"
+    assert record["guidance"] == "cfg++" and record["guidance_scale"] == 0.6  # the default it resolved to, not null
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == ["hypothesis_000_seed0.png", "hypothesis_001_seed1.png", "render.json", "sheet.png"]
     with pytest.warns(UserWarning):

@@ -53,7 +53,8 @@ def render_record(
     seed, num_images
         Hypothesis ``i`` is rendered with seed ``seed + i``, ``i < num_images``.
     steps, guidance, guidance_scale, foveal_scale, peripheral_scale, peripheral_blur
-        The sampling settings as given (``guidance_scale`` ``None`` = the rule's default).
+        The sampling settings as given; ``guidance_scale`` ``None`` (the rule's default) is
+        recorded as the value that default resolved to, so the record alone reproduces the render.
 
     Returns
     -------
@@ -62,6 +63,10 @@ def render_record(
     """
     import numpy as np
 
+    from metamergen.defaults import GUIDANCE_SCALES
+
+    if guidance_scale is None:  # each rule's default strength (the rules read the same table)
+        guidance_scale = float(GUIDANCE_SCALES[guidance])
     seeds = [int(seed) + i for i in range(int(num_images))]
     return {
         "image": str(image),
