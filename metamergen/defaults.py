@@ -28,6 +28,7 @@ __all__ = [
     "PERIPHERAL_DROPOUT",
     "PERIPHERAL_SCALE",
     "PREFIXES",
+    "resolve_guidance_scale",
 ]
 
 # ----------------------------------------------------------------------------- components (paper)
@@ -74,3 +75,8 @@ CFGPP_SCALE = 0.6
 CFG_SCALE = 7.5
 #: Default strength per guidance rule.
 GUIDANCE_SCALES = {"cfg++": CFGPP_SCALE, "cfg": CFG_SCALE}
+
+
+def resolve_guidance_scale(method: str, scale: float | None = None) -> float:
+    """The strength a render with guidance rule ``method`` uses: ``scale``, or the rule's default."""
+    return float(GUIDANCE_SCALES[method] if scale is None else scale)

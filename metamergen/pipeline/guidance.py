@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from diffusers import DDIMScheduler
 
-from metamergen.defaults import GUIDANCE_SCALES
+from metamergen.defaults import resolve_guidance_scale
 
 GuidanceMethod = Literal["cfg++", "cfg"]
 
@@ -119,7 +119,7 @@ class GuidanceRule(ABC):
     name: ClassVar[str]
 
     def __init__(self, scale: float | None = None) -> None:
-        self.scale = float(GUIDANCE_SCALES[self.name] if scale is None else scale)
+        self.scale = resolve_guidance_scale(self.name, scale)
         self.check_scale(self.scale)
 
     def check_scale(self, scale: float) -> None:  # noqa: B027 - a hook; a rule without limits keeps it

@@ -63,10 +63,8 @@ def render_record(
     """
     import numpy as np
 
-    from metamergen.defaults import GUIDANCE_SCALES
+    from metamergen.defaults import resolve_guidance_scale
 
-    if guidance_scale is None:  # each rule's default strength (the rules read the same table)
-        guidance_scale = float(GUIDANCE_SCALES[guidance])
     seeds = [int(seed) + i for i in range(int(num_images))]
     return {
         "image": str(image),
@@ -76,7 +74,7 @@ def render_record(
         "seeds": seeds,
         "steps": steps,
         "guidance": guidance,
-        "guidance_scale": guidance_scale,
+        "guidance_scale": resolve_guidance_scale(guidance, guidance_scale),
         "foveal_scale": foveal_scale,
         "peripheral_scale": peripheral_scale,
         "peripheral_blur": peripheral_blur,

@@ -355,9 +355,7 @@ def plan_study(
         size_multiple = int(pipe.vae_scale_factor)
         encoder_canvas = canvas_size(pipe.feature_extractor)
         encoder_patch = int(pipe.image_encoder.config.patch_size)
-    guidance_scale = float(
-        defaults.GUIDANCE_SCALES[settings.guidance] if settings.guidance_scale is None else settings.guidance_scale
-    )
+    guidance_scale = defaults.resolve_guidance_scale(settings.guidance, settings.guidance_scale)
     jobs: list[StudyJob] = []
     skipped = 0
     for scene in scenes:
