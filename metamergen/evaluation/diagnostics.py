@@ -16,6 +16,7 @@ for every variant compared, so the differences are the conditioning's alone:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,71 @@ from metamergen.foveation.fovea import token_cells
 from metamergen.training.data import vae_pixels
 
 __all__ = ["conditioning_reconstruction", "stream_contributions"]
+
+
+@dataclass
+class _NoisedScenes:
+    """What both checks share: each scene's latent, its two token streams and fixed noise."""
+
+    pipe: Any
+    latents: torch.Tensor  # (n, C, h, w) scaled VAE latents of the scenes
+    foveal: torch.Tensor  # (n, T, D) masked sharp tokens
+    peripheral: torch.Tensor  # (n, T, D)
+    masks: torch.Tensor  # (n, G, G) bool, the fixated patches
+    text: torch.Tensor  # (n, L, D) empty-prompt embeddings
+    timesteps: tuple[int, ...]
+    noises: list[torch.Tensor]  # one (n, C, h, w) draw per timestep, shared by every variant
+
+    @classmethod
+    def prepare(
+        cls,
+        pipe: Any,
+        images: Sequence[Image.Image],
+        fixations: Sequence[Sequence[Sequence[float]]],
+        *,
+        timesteps: Sequence[int],
+        peripheral_blur: float,
+        resolution: int | None,
+        seed: int,
+    ) -> _NoisedScenes:
+        n = len(images)
+        res = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+        device, dtype = pipe.unet.device, pipe.unet.dtype
+        scene = pipe.encode_scene(list(images), peripheral_blur=peripheral_blur)
+        masks, _, _ = pipe.foveal_masks(scene, [np.asarray(f, dtype=float).reshape(-1, 2) for f in fixations])
+        sharp = scene.sharp.to(device=device, dtype=pipe.adapters.dtype)
+        pixels = torch.stack([vae_pixels(im.convert("RGB"), res) for im in images])
+        z = pipe.vae.encode(pixels.to(device=device, dtype=pipe.vae.dtype)).latent_dist.mean
+        z = z * pipe.vae.config.scaling_factor
+        generator = torch.Generator().manual_seed(seed)
+        return cls(
+            pipe=pipe,
+            latents=z,
+            foveal=sharp * masks.flatten(1)[..., None].to(sharp),
+            peripheral=scene.peripheral.to(device=device, dtype=pipe.adapters.dtype),
+            masks=masks.to(device),
+            text=pipe.encode_prompt([""] * n, device).to(dtype),
+            timesteps=tuple(int(t) for t in timesteps),
+            noises=[torch.randn(z.shape, generator=generator).to(device=device, dtype=z.dtype) for _ in timesteps],
+        )
+
+    def squared_errors(self, foveal: torch.Tensor, peripheral: torch.Tensor) -> torch.Tensor:
+        """``(n, C, h, w)`` float32: squared error of the one-step ``x0`` estimate from these
+        tokens, averaged over the timesteps (adapters at scale 1, as trained)."""
+        from diffusers import DDPMScheduler
+
+        pipe, z = self.pipe, self.latents
+        noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        hidden = (self.text, [h.to(self.text.dtype) for h in pipe.adapters.project(foveal, peripheral)])
+        total = torch.zeros(z.shape, device=z.device)
+        for t, noise in zip(self.timesteps, self.noises):
+            tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
+            noisy = noise_scheduler.add_noise(z, noise, tt)
+            with pipe.adapters.scaled(pipe.unet, 1.0, 1.0):  # the scales the adapters were trained at
+                eps = pipe.unet(noisy, tt, encoder_hidden_states=hidden).sample
+            a = noise_scheduler.alphas_cumprod[t].to(z.device)
+            total += ((noisy - (1 - a).sqrt() * eps) / a.sqrt() - z).float() ** 2
+        return total / len(self.timesteps)
 
 
 @torch.no_grad()
@@ -67,37 +133,16 @@ def conditioning_reconstruction(
         averaged over scenes and ``timesteps``; ``own_per_scene`` / ``other_per_scene``: ``(n,)``
         lists; ``own_better``: share of scenes whose own-token error is lower.
     """
-    from diffusers import DDPMScheduler
-
     n = len(images)
     if n < 2 or len(fixations) != n:
         raise ValueError(f"Need >= 2 images and one fixation list per image; got {n} images, {len(fixations)} lists.")
-    res = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    scene = pipe.encode_scene(list(images), peripheral_blur=peripheral_blur)
-    masks, _, _ = pipe.foveal_masks(scene, [np.asarray(f, dtype=float).reshape(-1, 2) for f in fixations])
-    sharp = scene.sharp.to(device=device, dtype=pipe.adapters.dtype)
-    foveal = sharp * masks.flatten(1)[..., None].to(sharp)
-    peripheral = scene.peripheral.to(device=device, dtype=pipe.adapters.dtype)
-    pixels = torch.stack([vae_pixels(im.convert("RGB"), res) for im in images]).to(device=device, dtype=pipe.vae.dtype)
-    z = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-    text = pipe.encode_prompt([""] * n, device).to(dtype)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    generator = torch.Generator().manual_seed(seed)
-    noises = [torch.randn(z.shape, generator=generator).to(device=device, dtype=z.dtype) for _ in timesteps]
+    noised = _NoisedScenes.prepare(
+        pipe, images, fixations, timesteps=timesteps, peripheral_blur=peripheral_blur, resolution=resolution, seed=seed
+    )
     errors = {}
     for name, perm in (("own", torch.arange(n)), ("other", torch.arange(n).roll(-1))):
-        hidden = (text, [h.to(dtype) for h in pipe.adapters.project(foveal[perm], peripheral[perm])])
-        total = torch.zeros(n, device=device)
-        for t, noise in zip(timesteps, noises):
-            tt = torch.full((n,), int(t), device=device, dtype=torch.long)
-            noisy = noise_scheduler.add_noise(z, noise, tt)
-            with pipe.adapters.scaled(pipe.unet, 1.0, 1.0):  # the scales the adapters were trained at
-                eps = pipe.unet(noisy, tt, encoder_hidden_states=hidden).sample
-            a = noise_scheduler.alphas_cumprod[int(t)].to(device)
-            x0 = (noisy - (1 - a).sqrt() * eps) / a.sqrt()
-            total += ((x0 - z) ** 2).float().mean(dim=(1, 2, 3))
-        errors[name] = (total / len(timesteps)).cpu().numpy()
+        sq = noised.squared_errors(noised.foveal[perm], noised.peripheral[perm])
+        errors[name] = sq.mean(dim=(1, 2, 3)).cpu().numpy()
     return {
         "own": float(errors["own"].mean()),
         "other": float(errors["other"].mean()),
@@ -156,47 +201,23 @@ def stream_contributions(
         helps where it looked), with ``foveal_gain_per_scene`` and ``foveal_gain_share`` (the
         share of scenes where it is positive).
     """
-    from diffusers import DDPMScheduler
-
     n = len(images)
     if n < 1 or len(fixations) != n:
         raise ValueError(f"Need >= 1 image and one fixation list per image; got {n} images, {len(fixations)} lists.")
-    res = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    device, dtype = pipe.unet.device, pipe.unet.dtype
-    scene = pipe.encode_scene(list(images), peripheral_blur=peripheral_blur)
-    masks, _, _ = pipe.foveal_masks(scene, [np.asarray(f, dtype=float).reshape(-1, 2) for f in fixations])
-    if not masks.flatten(1).any(dim=1).all():
+    noised = _NoisedScenes.prepare(
+        pipe, images, fixations, timesteps=timesteps, peripheral_blur=peripheral_blur, resolution=resolution, seed=seed
+    )
+    if not noised.masks.flatten(1).any(dim=1).all():
         raise ValueError("Every scene needs at least one fixation on the image: the fixated region is empty.")
-    sharp = scene.sharp.to(device=device, dtype=pipe.adapters.dtype)
-    foveal = sharp * masks.flatten(1)[..., None].to(sharp)
-    peripheral = scene.peripheral.to(device=device, dtype=pipe.adapters.dtype)
-    pixels = torch.stack([vae_pixels(im.convert("RGB"), res) for im in images]).to(device=device, dtype=pipe.vae.dtype)
-    z = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-    cells = token_cells(masks.to(device), tuple(z.shape[-2:])).float()
-    text = pipe.encode_prompt([""] * n, device).to(dtype)
-    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    generator = torch.Generator().manual_seed(seed)
-    noises = [torch.randn(z.shape, generator=generator).to(device=device, dtype=z.dtype) for _ in timesteps]
+    cells = token_cells(noised.masks, tuple(noised.latents.shape[-2:])).float()  # (n, 1, h, w)
     out: dict[str, Any] = {}
     for name, (keep_f, keep_p) in STREAM_CONDITIONS.items():
-        tokens = (foveal * keep_f, peripheral * keep_p)
-        hidden = (text, [h.to(dtype) for h in pipe.adapters.project(*tokens)])
-        whole = torch.zeros(n, device=device)
-        fixated = torch.zeros(n, device=device)
-        for t, noise in zip(timesteps, noises):
-            tt = torch.full((n,), int(t), device=device, dtype=torch.long)
-            noisy = noise_scheduler.add_noise(z, noise, tt)
-            with pipe.adapters.scaled(pipe.unet, 1.0, 1.0):  # the scales the adapters were trained at
-                eps = pipe.unet(noisy, tt, encoder_hidden_states=hidden).sample
-            a = noise_scheduler.alphas_cumprod[int(t)].to(device)
-            err = ((noisy - (1 - a).sqrt() * eps) / a.sqrt() - z).float() ** 2
-            whole += err.mean(dim=(1, 2, 3))
-            fixated += (err * cells).sum(dim=(1, 2, 3)) / (cells.sum(dim=(1, 2, 3)) * err.shape[1])
-        per_scene = (fixated / len(timesteps)).cpu().numpy()
+        sq = noised.squared_errors(noised.foveal * keep_f, noised.peripheral * keep_p)
+        fixated = ((sq * cells).sum(dim=(1, 2, 3)) / (cells.sum(dim=(1, 2, 3)) * sq.shape[1])).cpu().numpy()
         out[name] = {
-            "whole": float((whole / len(timesteps)).mean()),
-            "fixated": float(per_scene.mean()),
-            "fixated_per_scene": per_scene.tolist(),
+            "whole": float(sq.mean()),
+            "fixated": float(fixated.mean()),
+            "fixated_per_scene": fixated.tolist(),
         }
     gain = np.asarray(out["peripheral"]["fixated_per_scene"]) - np.asarray(out["both"]["fixated_per_scene"])
     out["foveal_gain"] = float(gain.mean())
