@@ -25,7 +25,7 @@ def freeview_file(tmp_path: Path) -> Path:
         {
             "name": "000000000001.jpg",
             "subject": 1,
-            "X": [840.0, 100.0, NAN, 300.0],
+            "X": [840.0, 240.0, NAN, 300.0],
             "Y": [525.0, 200.0, 300.0, 400.0],
             "T": [90, 200, 250, 300],
             "length": 4,
@@ -34,7 +34,7 @@ def freeview_file(tmp_path: Path) -> Path:
         {
             "name": "000000000002.jpg",
             "subject": 2,
-            "X": [840.0, 1700.0, 50.0],
+            "X": [840.0, 1700.0, 250.0],
             "Y": [525.0, 10.0, 60.0],
             "T": [80, 60, 70],
             "length": 3,
@@ -64,8 +64,8 @@ def no_warnings(fn, *args, **kwargs):
 def test_freeview_counts_and_kept_coordinates(tmp_path: Path) -> None:
     scanpaths, report = no_warnings(convert_coco_freeview, freeview_file(tmp_path))
     assert [s.id for s in scanpaths] == ["000000000001-1", "000000000002-2"]
-    np.testing.assert_array_equal(scanpaths[0].xy, [[100.0, 200.0], [300.0, 400.0]])
-    np.testing.assert_array_equal(scanpaths[1].xy, [[50.0, 60.0]])
+    np.testing.assert_array_equal(scanpaths[0].xy, [[240.0, 200.0], [300.0, 400.0]])
+    np.testing.assert_array_equal(scanpaths[1].xy, [[250.0, 60.0]])
     assert [f.duration_ms for f in scanpaths[0]] == [200.0, 300.0]
     assert all(f.onset_ms is None for s in scanpaths for f in s)
     assert (scanpaths[0].width, scanpaths[0].height, scanpaths[0].subject) == (1680, 1050, "1")
@@ -89,12 +89,12 @@ def test_freeview_counts_and_kept_coordinates(tmp_path: Path) -> None:
 
 def test_freeview_keep_initial_and_clip(tmp_path: Path) -> None:
     scanpaths, report = convert_coco_freeview(freeview_file(tmp_path), drop_initial_fixation=False)
-    np.testing.assert_array_equal(scanpaths[0].xy, [[840.0, 525.0], [100.0, 200.0], [300.0, 400.0]])
+    np.testing.assert_array_equal(scanpaths[0].xy, [[840.0, 525.0], [240.0, 200.0], [300.0, 400.0]])
     assert scanpaths[0].fixations[0].duration_ms == 90.0
     assert report.fixations_kept == 5 and "initial centre fixation" not in report.dropped
 
     scanpaths, report = convert_coco_freeview(freeview_file(tmp_path), off_image="clip")
-    np.testing.assert_array_equal(scanpaths[1].xy, [[np.nextafter(1680.0, 0.0), 10.0], [50.0, 60.0]])
+    np.testing.assert_array_equal(scanpaths[1].xy, [[np.nextafter(1680.0, 0.0), 10.0], [250.0, 60.0]])
     assert report.fixations_clipped == 1 and "off-image fixation" not in report.dropped
     with pytest.raises(ValueError, match=r"record 1 fixation 1: .*outside the 1680x1050 image"):
         convert_coco_freeview(freeview_file(tmp_path), off_image="error")
@@ -128,17 +128,43 @@ def test_rescaled_copy_warning_without_rescaling() -> None:
     record = {
         "name": "a.jpg",
         "subject": 1,
-        "X": [256.0, 100.0, 500.0],
+        "X": [256.0, 100.0, 400.0],
         "Y": [160.0, 50.0, 310.0],
         "T": [1, 2, 3],
         "length": 3,
     }
-    with pytest.warns(UserWarning, match="pass width=512, height=320"):
+    with pytest.warns(UserWarning) as caught:
         scanpaths, report = convert_coco_freeview([record])
-    np.testing.assert_array_equal(scanpaths[0].xy, [[100.0, 50.0], [500.0, 310.0]])
+    assert any("pass width=512, height=320" in str(w.message) for w in caught)
+    # in the wrong frame the centre fixation (256, 160) is not at the centre either: kept, and said
+    np.testing.assert_array_equal(scanpaths[0].xy, [[256.0, 160.0], [100.0, 50.0], [400.0, 310.0]])
+    assert "start away from the frame centre" in report.summary()
     assert scanpaths[0].width == 1680 and "rescaled copy" in report.summary()
     scanpaths, report = no_warnings(convert_coco_freeview, [record], width=512, height=320)
     assert (scanpaths[0].width, scanpaths[0].height) == (512, 320) and not report.notes
+    np.testing.assert_array_equal(scanpaths[0].xy, [[100.0, 50.0], [400.0, 310.0]])
+
+
+def test_freeview_drops_the_first_fixation_only_where_the_centre_fixation_lands() -> None:
+    centre = {"name": "a.jpg", "subject": 1, "X": [850.0, 600.0], "Y": [510.0, 300.0], "T": [90, 200]}
+    removed = {"name": "b.jpg", "subject": 1, "X": [600.0, 700.0], "Y": [300.0, 400.0], "T": [200, 210]}
+    with pytest.warns(UserWarning, match=r"1 record\(s\) start away from the frame centre \(e.g. record 1\)"):
+        scanpaths, report = convert_coco_freeview([centre, removed])
+    np.testing.assert_array_equal(scanpaths[0].xy, [[600.0, 300.0]])
+    np.testing.assert_array_equal(scanpaths[1].xy, [[600.0, 300.0], [700.0, 400.0]])  # its real first fixation kept
+    assert report.dropped == Counter({"initial centre fixation": 1})
+
+
+def test_fixations_on_the_padding_bars_are_counted_and_dropped_on_request() -> None:
+    # a 4:3 photo fitted to 1680 x 1050 leaves bars x < 140 and x >= 1540
+    record = {"name": "a.jpg", "subject": 1, "X": [840.0, 139.0, 140.0, 1539.0, 1540.0], "Y": [525.0] * 5}
+    with pytest.warns(UserWarning, match=r"2 fixation\(s\) lie on the black side bars .*x < 140 or x >= 1540"):
+        scanpaths, report = convert_coco_freeview([record])
+    np.testing.assert_array_equal(scanpaths[0].xy[:, 0], [139.0, 140.0, 1539.0, 1540.0])
+    scanpaths, report = no_warnings(convert_coco_freeview, [record], drop_bar_fixations=True)
+    np.testing.assert_array_equal(scanpaths[0].xy[:, 0], [140.0, 1539.0])
+    assert report.dropped["on the padding bars"] == 2
+    assert report.examples["on the padding bars"] == ["record 0 fixation 1", "record 0 fixation 4"]
 
 
 def test_wrong_input_is_a_clear_error(tmp_path: Path) -> None:
@@ -256,7 +282,7 @@ def test_cli_convert_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[st
         ),
         (  # every fixation off a frame given too small
             lambda d: d.joinpath("fv.json").write_text(
-                json.dumps([{"name": "a.jpg", "subject": 1, "X": [840.0, 900.0], "Y": [525.0, 600.0], "T": [9, 9]}])
+                json.dumps([{"name": "a.jpg", "subject": 1, "X": [256.0, 900.0], "Y": [160.0, 600.0], "T": [9, 9]}])
             ),
             ["--width", "512", "--height", "320"],
             ["off-image fixation: 1 fixations", "--off-image clip"],

@@ -47,8 +47,10 @@ def run(args: argparse.Namespace) -> int:
             source=f"{args.format}: {args.input}",
         )
         if args.format == "csv":
-            if args.keep_initial_fixation or args.image_prefix:
-                raise SystemExit("error: --keep-initial-fixation and --image-prefix apply to the COCO formats only.")
+            if args.keep_initial_fixation or args.image_prefix or args.drop_bar_fixations:
+                raise SystemExit(
+                    "error: --keep-initial-fixation, --image-prefix and --drop-bar-fixations apply to the COCO formats only."
+                )
             sizes = None if args.width is None else defaultdict(lambda: (args.width, args.height))
             scanpaths, report = convert_csv(
                 args.input, image_sizes=sizes, image_root=args.image_root, off_image=args.off_image
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
                 drop_initial_fixation=not args.keep_initial_fixation,
                 off_image=args.off_image,
                 image_prefix=args.image_prefix,
+                drop_bar_fixations=args.drop_bar_fixations,
             )
     except (ValueError, TypeError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
@@ -97,7 +100,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     c.add_argument(
         "--keep-initial-fixation",
         action="store_true",
-        help="COCO: keep the forced centre fixation (dropped by default)",
+        help="COCO: keep the forced centre fixation (dropped by default when it lies near the frame centre)",
+    )
+    c.add_argument(
+        "--drop-bar-fixations",
+        action="store_true",
+        help="COCO: drop fixations on the black side bars of the padded frame (x < 140 or x >= 1540 at "
+        "1680x1050; kept and counted by default)",
     )
     c.add_argument(
         "--off-image",

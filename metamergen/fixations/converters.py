@@ -35,6 +35,12 @@ __all__ = [
 COCO_WIDTH, COCO_HEIGHT = 1680, 1050
 """Display frame (pixels) of the COCO-FreeView / COCO-Search18 images as distributed."""
 _RESCALED = (512, 320)
+#: The forced centre fixation counts as such only within this share of the frame's width and
+#: height of its centre: a file whose centre fixation was already removed keeps its first one.
+CENTRE_TOLERANCE = 0.1
+#: Aspect (width / height) of the photos the COCO frames pad: the bars are the frame's columns
+#: left and right of such a photo fitted to the frame's height (140 px a side at 1680 x 1050).
+PHOTO_ASPECT = 4 / 3
 _MAX_EXAMPLES = 5
 _CSV_COLUMNS = ("image", "subject", "x", "y", "duration_ms", "onset_ms")
 _UNITS = {"length mismatch": "records", "empty after filtering": "scanpaths", "unserialisable field": "fields"}
@@ -211,6 +217,33 @@ def _build(
     return scanpath
 
 
+def _near_centre(x: Any, y: Any, width: int, height: int) -> bool:
+    """Is ``(x, y)`` (frame pixels) where the forced centre fixation lands (:data:`CENTRE_TOLERANCE`)?"""
+    fx, fy = _number(x), _number(y)
+    return (
+        fx is not None
+        and fy is not None
+        and abs(fx - width / 2) <= CENTRE_TOLERANCE * width
+        and abs(fy - height / 2) <= CENTRE_TOLERANCE * height
+    )
+
+
+def bar_width(width: int, height: int) -> float:
+    """Width in frame pixels of each black side bar of a :data:`PHOTO_ASPECT` photo padded to the frame.
+
+    Parameters
+    ----------
+    width, height
+        The frame's size in pixels (1680 x 1050 for COCO-FreeView / COCO-Search18).
+
+    Returns
+    -------
+    float
+        ``(width - height * PHOTO_ASPECT) / 2``, or 0 if such a photo fills the frame's width.
+    """
+    return max(0.0, (width - height * PHOTO_ASPECT) / 2)
+
+
 def _load_records(records_or_path: Any, kind: str) -> tuple[list[Any], str]:
     if isinstance(records_or_path, (str, os.PathLike)):
         path = Path(records_or_path)
@@ -241,6 +274,7 @@ def _convert_coco(
     drop_initial_fixation: bool,
     off_image: OffImagePolicy,
     image_prefix: str | None,
+    drop_bar_fixations: bool,
 ) -> tuple[list[Scanpath], ConversionReport]:
     _check_policy(off_image)
     width, height = _size(width, "width"), _size(height, "height")
@@ -285,6 +319,9 @@ def _convert_coco(
 
     scanpaths: list[Scanpath] = []
     seen: set[str] = set()
+    off_centre: list[str] = []  # records whose first fixation is not the centre one (kept)
+    bar = bar_width(width, height)
+    on_bars = 0
     for i, rec in enumerate(records):
         name, subject = str(rec["name"]), _subject(rec["subject"])
         task = None if not search or rec.get("task") is None else str(rec["task"])
@@ -301,8 +338,22 @@ def _convert_coco(
             (x, y, None if ts is None else ts[j], None, f"{where} fixation {j}") for j, (x, y) in enumerate(zip(xs, ys))
         ]
         if drop_initial_fixation and points:
-            report.drop("initial centre fixation")
-            points = points[1:]
+            if _near_centre(points[0][0], points[0][1], width, height):
+                report.drop("initial centre fixation")
+                points = points[1:]
+            else:
+                off_centre.append(where)
+        if bar:
+            kept_points = []
+            for point in points:
+                fx = _number(point[0])
+                if fx is not None and 0 <= fx < width and not bar <= fx < width - bar:
+                    if drop_bar_fixations:
+                        report.drop("on the padding bars", where=point[4])
+                        continue
+                    on_bars += 1
+                kept_points.append(point)
+            points = kept_points
         extra: dict[str, Any] = {}
         for key, value in rec.items():
             if key in consumed:
@@ -334,6 +385,19 @@ def _convert_coco(
         )
         if scanpath is not None:
             scanpaths.append(scanpath)
+    if off_centre:
+        _warn(
+            report,
+            f"{len(off_centre)} record(s) start away from the frame centre (e.g. {', '.join(off_centre[:_MAX_EXAMPLES])}): "
+            "their first fixation was kept, as the centre fixation seems already removed.",
+        )
+    if on_bars:
+        _warn(
+            report,
+            f"{on_bars} fixation(s) lie on the black side bars of the {width}x{height} frame (x < {bar:g} or "
+            f"x >= {width - bar:g}, outside a {PHOTO_ASPECT:.3g}:1 photo padded to it): kept, as they are on the "
+            "image file; pass drop_bar_fixations=True (CLI: --drop-bar-fixations) to drop them.",
+        )
     return scanpaths, report
 
 
@@ -345,6 +409,7 @@ def convert_coco_freeview(
     drop_initial_fixation: bool = True,
     off_image: OffImagePolicy = "drop",
     image_prefix: str | None = None,
+    drop_bar_fixations: bool = False,
 ) -> tuple[list[Scanpath], ConversionReport]:
     """Convert COCO-FreeView fixation records to scanpaths.
 
@@ -361,12 +426,18 @@ def convert_coco_freeview(
         a warning says the file may be the rescaled copy.
     drop_initial_fixation : bool
         Drop each scanpath's first fixation, the forced centre fixation before free viewing
-        (counted as "initial centre fixation").
+        (counted as "initial centre fixation"), if it lies within :data:`CENTRE_TOLERANCE` of
+        the frame's width and height of its centre; a record starting elsewhere keeps it (its
+        centre fixation was already removed) and a warning says how many did.
     off_image : {"drop", "clip", "error"}
         Fixations outside ``[0, width) x [0, height)``: dropped ("off-image fixation"), clipped to
         the border (counted in ``fixations_clipped``), or a ``ValueError``.
     image_prefix : str, optional
         Folder prepended to ``name`` to form ``Scanpath.image``.
+    drop_bar_fixations : bool
+        Drop fixations on the black side bars of the padded frame (:func:`bar_width`), counted as
+        "on the padding bars". False (default): they are kept, being on the image file, and a
+        warning says how many there are.
 
     Returns
     -------
@@ -393,6 +464,7 @@ def convert_coco_freeview(
         drop_initial_fixation=drop_initial_fixation,
         off_image=off_image,
         image_prefix=image_prefix,
+        drop_bar_fixations=drop_bar_fixations,
     )
 
 
@@ -404,6 +476,7 @@ def convert_coco_search18(
     drop_initial_fixation: bool = True,
     off_image: OffImagePolicy = "drop",
     image_prefix: str | None = None,
+    drop_bar_fixations: bool = False,
 ) -> tuple[list[Scanpath], ConversionReport]:
     """Convert COCO-Search18 fixation records to scanpaths.
 
@@ -423,6 +496,7 @@ def convert_coco_search18(
         drop_initial_fixation=drop_initial_fixation,
         off_image=off_image,
         image_prefix=image_prefix,
+        drop_bar_fixations=drop_bar_fixations,
     )
 
 
