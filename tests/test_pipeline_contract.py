@@ -290,6 +290,14 @@ def test_attention_slicing_slices_self_attention_and_keeps_the_adapters(own_pipe
     torch.testing.assert_close(latents_of(own_pipe, scene=scene), base, atol=1e-5, rtol=0)
 
 
+def test_sequential_cpu_offload_is_refused_before_it_touches_a_weight(own_pipe, scene):
+    base = latents_of(own_pipe, scene=scene)
+    with pytest.raises(NotImplementedError, match=r"enable_model_cpu_offload\(\) instead"):
+        own_pipe.enable_sequential_cpu_offload()
+    assert not any(p.is_meta for p in own_pipe.adapters.parameters())
+    torch.testing.assert_close(latents_of(own_pipe, scene=scene), base, atol=0, rtol=0)
+
+
 def test_saving_keeps_the_user_s_processors_and_writes_no_orphan_weights(own_pipe, tmp_path: Path):
     from safetensors import safe_open
 

@@ -362,6 +362,21 @@ class MetamerGenPipeline(DiffusionPipeline):
         if self.unet is not None and self.adapters is not None:
             self.adapters.install(self.unet, attention=self._attention_backend, keep_other_processors=True)
 
+    def enable_sequential_cpu_offload(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: use :meth:`enable_model_cpu_offload` (whole components moved in turn).
+
+        Sequential offload puts every UNet submodule's weights on the meta device between uses.
+        The UNet's cross-attention processors hold the adapters' K/V projections (shared, not
+        copied), so offloading the UNet would take the adapters' weights too and the first render
+        fails with "Cannot copy out of meta tensor". Model offload keeps each component whole.
+        """
+        raise NotImplementedError(
+            "MetamerGenPipeline does not support enable_sequential_cpu_offload(): the UNet's attention layers "
+            "share the adapters' K/V weights, which it would move to the meta device. Use "
+            "pipe.enable_model_cpu_offload() instead (or fp16 weights, a smaller batch; docs/design.md, "
+            "'Attention slicing and memory')."
+        )
+
     # ------------------------------------------------------------------ conditioning
 
     @property
