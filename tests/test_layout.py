@@ -30,6 +30,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("loading",),
     ("training", "study"),
     ("evaluation",),
+    ("metamers",),
     ("viz",),
     ("demo",),
     ("serve",),
