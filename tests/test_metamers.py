@@ -35,25 +35,7 @@ from metamergen.metamers import (  # noqa: E402 - after the skip: these need ple
     recognition_table,
     similarity,
 )
-
-
-def tiny_cnn(seed: int = 0, *, inplace: bool = False) -> nn.Module:
-    """conv-relu (16 px) -> conv-relu (8 px) -> conv-relu (4 px) -> pool -> 4 classes; frozen, eval."""
-    torch.manual_seed(seed)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1),
-        nn.ReLU(inplace=inplace),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1),
-        nn.ReLU(inplace=inplace),
-        nn.Conv2d(16, 16, 3, stride=2, padding=1),
-        nn.ReLU(inplace=inplace),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(16, 4),
-    )
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval()
+from metamergen.metamers.toy import tiny_cnn  # noqa: E402
 
 
 def natural(n: int, seed: int, size: int = 16) -> torch.Tensor:

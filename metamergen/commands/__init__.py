@@ -10,6 +10,7 @@ handler ``run(args)`` that imports the library it drives. Subcommands, in the or
 * ``score``: manifest -> similarity table (:mod:`metamergen.evaluation`);
 * ``report``: score table -> figures, contact sheets and an HTML index (:mod:`metamergen.viz`);
 * ``analyze``: same/different responses + scores -> the paper's regression analysis;
+* ``model-metamers``: images a *network* cannot tell apart, by optimisation (:mod:`metamergen.metamers`);
 * ``serve``: the pipeline behind HTTP for live, gaze-contingent experiments (:mod:`metamergen.serve`);
 * ``convert``: eye-tracking exports -> canonical scanpath JSON Lines (:mod:`metamergen.fixations`);
 * ``train``: train the adapters (:mod:`metamergen.training`);
@@ -32,6 +33,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "score",
     "report",
     "analyze",
+    "metamers",
     "serve",
     "convert",
     "train",

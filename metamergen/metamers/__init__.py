@@ -10,7 +10,8 @@
   (needs ``pip install 'metamergen[metamers]'``), resumable;
 - :mod:`~metamergen.metamers.null`: the null distribution and Feather's null test;
 - :mod:`~metamergen.metamers.recognition`: recognition by the generating and other models, with
-  bootstrap intervals.
+  bootstrap intervals;
+- :mod:`~metamergen.metamers.toy`: a tiny random CNN (tests, ``model-metamers --tiny``).
 
 ``docs/model_metamers.md`` describes the recipes, the tests' semantics and what is plenoptic's.
 """
@@ -44,6 +45,7 @@ _EXPORTS = {
     "predict": ".recognition",
     "recognition_accuracy": ".recognition",
     "recognition_table": ".recognition",
+    "tiny_cnn": ".toy",
 }
 
 __all__ = sorted(name for name, module in _EXPORTS.items() if module.startswith("."))

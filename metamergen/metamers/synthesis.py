@@ -212,6 +212,11 @@ class ModelMetamer(po.Metamer):
         self.setup()
 
     @property
+    def steps_done(self) -> int:
+        """Synthesis steps taken so far (loaded ones included)."""
+        return len(self._losses)
+
+    @property
     def seed(self) -> int:
         """Seed of the initial noise."""
         return self._seed

@@ -1,0 +1,158 @@
+"""``metamergen model-metamers``: the output folder, resuming after an interruption, the config, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("plenoptic")
+
+from metamergen.commands import main  # noqa: E402
+from metamergen.metamers.run import MetamerRunConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--set", "images.size=16", "--set", "recipe.block_iterations=20", "--set", "recipe.n_blocks=3"]
+QUICK += ["--set", "recipe.step_size=0.5", "--set", "synthesis.save_every=25", "--set", "recognition.n_boot=200"]
+
+
+def _images(folder: Path, n: int, seed: int) -> Path:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        low = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+        Image.fromarray(low).resize((24, 24), Image.BILINEAR).save(folder / f"im{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mm")
+    return {"images": _images(root / "images", 2, 0), "null": _images(root / "null", 5, 1), "root": root}
+
+
+def _run(data, out: Path, *extra: str) -> int:
+    argv = ["model-metamers", "--tiny", "--images", str(data["images"]), "--null-images", str(data["null"])]
+    return main([*argv, "--layers", "3,5", "--out", str(out), *QUICK, *extra])
+
+
+def test_the_command_writes_metamers_a_manifest_and_both_tests(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(data, out) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["image_id"], r["layer"], r["steps"]) for r in rows] == [
+        ("im0", "3", 60),
+        ("im0", "5", 60),
+        ("im1", "3", 60),
+        ("im1", "5", 60),
+    ]
+    for r in rows:
+        assert Image.open(out / r["file"]).size == (16, 16) and (out / r["checkpoint"]).is_file()
+    null_rows = (out / "null_test.csv").read_text().splitlines()
+    assert null_rows[0].startswith("image_id,layer,spearman,pearson,snr_db,null_max_spearman")
+    assert len(null_rows) == 5 and all(line.split(",")[-1] == "20" for line in null_rows[1:])  # 5 x 4 ordered pairs
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["layers"]) == {"3", "5"} and summary["n_images"] == 2
+    assert 0 <= summary["layers"]["3"]["recognition"]["accuracy"] <= 1
+    assert "3: mean loss" in capsys.readouterr().out
+
+
+def test_an_interrupted_run_resumes_to_the_same_metamers(data, tmp_path, monkeypatch):
+    from metamergen.metamers.synthesis import ModelMetamer
+
+    whole = tmp_path / "whole"
+    assert _run(data, whole) == 0
+
+    part = tmp_path / "part"
+    real_save, saves = ModelMetamer.save, []
+
+    def save_then_stop(self, path):
+        saves.append(path)
+        if len(saves) == 5:  # the second checkpoint of the second metamer: its first one (step 25) stays
+            raise KeyboardInterrupt
+        real_save(self, path)
+
+    monkeypatch.setattr(ModelMetamer, "save", save_then_stop)
+    assert _run(data, part) == 130
+    assert not (part / "manifest.jsonl").exists()
+    monkeypatch.setattr(ModelMetamer, "save", real_save)
+    real_synthesize, steps = ModelMetamer.synthesize, []
+
+    def counting(self, max_iter=None, *args, **kwargs):
+        steps.append(max_iter)
+        real_synthesize(self, max_iter, *args, **kwargs)
+
+    monkeypatch.setattr(ModelMetamer, "synthesize", counting)
+    assert _run(data, part) == 0
+    assert sum(steps) == 0 + (60 - 25) + 60 + 60  # the first metamer is done, the second resumes at step 25
+    assert (part / "manifest.jsonl").read_text() == (whole / "manifest.jsonl").read_text()
+    for png in sorted((whole / "metamers").rglob("*.png")):
+        assert (part / png.relative_to(whole)).read_bytes() == png.read_bytes(), png
+
+
+def test_a_folder_made_with_other_settings_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _run(data, out) == 0
+    capsys.readouterr()
+    assert _run(data, out, "--set", "synthesis.seed=1") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the --tiny notice
+    assert err.startswith("metamergen model-metamers: error:") and "seed differ" in err
+
+
+def test_the_feather_config_file_is_the_built_in_default():
+    assert MetamerRunConfig.from_yaml(REPO / "configs" / "metamers_feather.yaml") == MetamerRunConfig()
+    adam = MetamerRunConfig.from_yaml(REPO / "configs" / "metamers_adam.yaml")
+    assert adam.recipe_object.max_iter == 12000 and adam.recipe["penalty_lambda"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--layers", "3,nope"], "layer 'nope' is not a module path of Sequential (0, 1, 2, 3, 4, 5, 6, 7, 8)"),
+        (["--set", "synthesis.steps=3"], "unknown key(s) ['steps'] in section 'synthesis'"),
+        (["--set", "recipe.name=sgd"], "recipe name must be one of feather, adam, got 'sgd'"),
+        (["--set", "images.transform=vit"], "images.transform must be one of imagenet, none"),
+        (["--null-images", "missing_folder"], "--null-images missing_folder: no such file or folder"),
+    ],
+)
+def test_bad_input_gets_one_line_and_exit_2(data, tmp_path, capsys, extra, message):
+    argv = ["model-metamers", "--tiny", "--images", str(data["images"]), "--layers", "3", "--out", str(tmp_path / "o")]
+    assert main([*argv, *QUICK, *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("metamergen model-metamers: error:") and message in err[-1], err
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ([], "give one of --model module:name or --tiny"),
+        (["--model", "nocolon"], "--model takes module:name"),
+        (["--model", "metamergen.metamers.toy:nope"], "metamergen.metamers.toy has no attribute 'nope'"),
+        (["--model", "metamergen.metamers.toy:__doc__"], "is a str, not a torch.nn.Module or a function returning one"),
+    ],
+)
+def test_the_model_must_be_named_as_module_colon_name(data, tmp_path, capsys, model, message):
+    argv = ["model-metamers", *model, "--images", str(data["images"]), "--layers", "3", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_user_model_is_loaded_frozen_and_in_eval_mode(data, tmp_path):
+    # tiny_cnn is already frozen; a factory returning a trainable model must be frozen by the command
+    out = tmp_path / "user"
+    argv = ["model-metamers", "--model", "tests.test_metamers_cli:trainable", "--images", str(data["images"])]
+    assert main([*argv, "--layers", "1", "--out", str(out), *QUICK]) == 0
+    assert (out / "metamers" / "im0" / "1.png").is_file()
+
+
+def trainable():
+    """A trainable, training-mode model (as a user's factory might return)."""
+    from metamergen.metamers.toy import tiny_cnn
+
+    model = tiny_cnn(3).train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return model
