@@ -361,6 +361,23 @@ BAD_INPUTS = [
     ("too many pixels", "upload", BIG_PNG, 413, "90000 pixels, more than this server's limit of 40000"),
     ("multipart form", "upload-form", SCENE_PNG, 415, "not multipart/form-data"),
     ("no stimulus folder", "stimulus", {"name": "scene.png"}, 404, "has no stimulus folder"),
+    ("unknown condition", "render", {"condition": "fovea"}, 422, "condition: Input should be 'both'"),
+    ("stream: steps over limit", "stream", {"steps": 51}, 422, "steps must be between 1 and 50"),
+    ("stream: unknown scene", "stream", {"scene_id": "0" * 32}, 404, "No scene 000"),
+    ("model view: render option", "view", {"steps": 5}, 422, "steps: Extra inputs are not permitted"),
+    (
+        "model view: off image, policy error",
+        "view",
+        {"fixations": [[10, 500]], "off_image": "error"},
+        422,
+        "off the image",
+    ),
+    ("model view: blur over 1", "view", {"peripheral_blur": 2}, 422, "peripheral_blur: Input should be less than"),
+    ("model view: unknown scene", "view", {"scene_id": "f" * 32}, 404, "No scene fff"),
+    ("scene image: unknown scene", "image", "0" * 32, 404, "No scene 000"),
+    ("scene image: id not hex", "image", "ZZ" * 16, 422, "String should match pattern"),
+    ("demo scene: unknown name", "demo", {"name": "../scene-001000000.png"}, 404, "No demo scene"),
+    ("demo scene: empty name", "demo", {"name": ""}, 422, "name: String should have at least 1 character"),
 ]
 
 
@@ -377,9 +394,18 @@ def test_bad_input_gets_a_4xx_json_error_saying_what_is_wrong(bad_input_server, 
         response = http.post("/scenes", params={"name": "bad.png"}, content=payload)
     elif route == "upload-form":
         response = http.post("/scenes", files={"file": ("scene.png", payload, "image/png")})
+    elif route == "stream":
+        response = http.post("/render/stream", json={**_render_body(sid), **payload})
+    elif route == "view":
+        response = http.post("/model-view", json={**_render_body(sid), **payload})
+    elif route == "image":
+        response = http.get(f"/scenes/{payload}/image")
+    elif route == "demo":
+        response = http.post("/scenes/demo", json=payload)
     else:
         response = http.post("/scenes/stimulus", json=payload)
     assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"  # an error, not the start of an event stream
     body = response.json()
     assert message in body["message"], body["message"]
     assert "Traceback" not in response.text
@@ -481,6 +507,178 @@ def test_percentiles_are_nearest_rank():
     values = [float(v) for v in range(1, 101)]
     assert percentile(values, 50) == 50.0 and percentile(values, 95) == 95.0 and percentile([], 50) is None
     assert percentile([3.0], 95) == 3.0
+
+
+# ---------------------------------------------------------------------------------- the explorer's endpoints
+
+
+def events(text: str) -> list[tuple[str, Any]]:
+    """The server-sent events of a stream's text, ``(event, data)``; comment-only blocks (keep-alives) skipped."""
+    out = []
+    for block in text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        if lines:
+            out.append((lines["event"], json.loads(lines["data"])))
+    return out
+
+
+def test_a_streamed_render_reports_each_step_then_the_render_response(pipe):
+    body = {"fixations": [[10, 10], [60, 40]], "hypotheses": 2, "seed": 5, "steps": 3}
+    with served(pipe) as (http, client):
+        sid = client.upload_scene(SCENE_PNG)["scene_id"]
+        streamed = http.post("/render/stream", json={"scene_id": sid, **body})
+        plain = http.post("/render", json={"scene_id": sid, **body}).json()
+        stats = client.metrics()
+    assert streamed.status_code == 200 and streamed.headers["content-type"].startswith("text/event-stream")
+    got = events(streamed.text)
+    names = [name for name, _ in got]
+    assert names == ["queued", "started", "step", "step", "step", "result"], names
+    assert got[0][1] == {"ahead": 0, "steps": 3} and got[1][1] == {"requests": 1, "encoding": False}
+    assert [data for name, data in got if name == "step"] == [{"step": i, "steps": 3} for i in (1, 2, 3)]
+    result = got[-1][1]
+    assert result["record"] == plain["record"]  # the same render: the same record and the same PNG bytes
+    assert [im["png_base64"] for im in result["images"]] == [im["png_base64"] for im in plain["images"]]
+    assert result["scores"] is None and stats["renders"] == 2 and stats["batches"] == 2
+
+
+def test_a_streamed_render_whose_client_goes_away_is_cancelled(pipe):
+    gate = Gate(pipe)
+    app = create_app(gate, config(max_batch=1))
+    with loopback(app) as url, MetamerGenClient(url) as client:
+        sid = client.upload_scene(SCENE_PNG)["scene_id"]
+        host, port = url.removeprefix("http://").split(":")
+        data = json.dumps({"scene_id": sid, "fixations": [[5, 5]]}).encode()
+        conn = socket.create_connection((host, int(port)))
+        head = f"POST /render/stream HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        conn.sendall(head.encode() + data)
+        assert gate.entered.acquire(timeout=120)  # inside the pipeline call
+        received = b""
+        conn.settimeout(60)
+        while b"event: queued" not in received:  # the headers and the first event may come in separate packets
+            chunk = conn.recv(65536)
+            assert chunk, received
+            received += chunk
+        conn.close()
+        wait_until(lambda: client.metrics()["cancelled"] == 1)
+        gate.open()
+        wait_until(lambda: client.metrics()["batches"] == 1)
+        stats = client.metrics()
+    assert stats["interrupted_batches"] == 1 and stats["renders"] == 0
+
+
+def test_a_condition_removes_a_stream_as_the_study_does(pipe):
+    import torch
+
+    with served(pipe) as (http, client):
+        sid = client.upload_scene(SCENE_PNG)["scene_id"]
+        dropped = client.render(sid, [[10, 10]], seed=2, condition="peripheral")
+        off = client.render(sid, [[10, 10]], seed=2, condition="foveal:off")
+        both = client.render(sid, [[10, 10]], seed=2)
+    assert dropped.record["condition"] == "peripheral" and "condition" not in both.record
+    assert off.record["condition"] == "foveal:off" and off.record["peripheral_scale"] == 0.0
+    assert dropped.record["foveal_scale"] == both.record["foveal_scale"]  # dropped keeps the scale, drops the tokens
+    scene = pipe.encode_scene(SCENE)
+    direct = pipe(
+        scene=scene,
+        fixations=[[[10, 10]]],
+        num_inference_steps=STEPS,
+        drop_streams=["foveal"],
+        generator=[torch.Generator().manual_seed(2)],
+    ).images[0]
+    assert np.array_equal(np.asarray(direct), np.asarray(dropped.images()[0]))
+    assert dropped.png[0] != both.png[0] != off.png[0]
+
+
+def test_scores_are_the_weight_free_metrics_of_each_hypothesis_against_the_scene(pipe):
+    from metamergen.evaluation.metrics import build_metrics
+    from metamergen.evaluation.registry import WEIGHT_FREE_METRICS
+
+    with served(pipe) as (http, client):
+        sid = client.upload_scene(SCENE_PNG)["scene_id"]
+        body = http.post("/render", json={"scene_id": sid, "fixations": [[5, 5]], "hypotheses": 2, "scores": True})
+    result = body.json()
+    images = [Image.open(io.BytesIO(base64.b64decode(im["png_base64"]))).convert("RGB") for im in result["images"]]
+    assert [m["name"] for m in result["scores"]] == list(WEIGHT_FREE_METRICS)
+    for metric, scored in zip(build_metrics(list(WEIGHT_FREE_METRICS)), result["scores"]):
+        assert scored["values"] == pytest.approx(metric([SCENE, SCENE], images).tolist(), rel=1e-12)
+        assert scored["higher_is_similar"] == metric.higher_is_similar and scored["label"]
+
+
+def test_the_model_view_is_foveated_input_with_the_patch_grid_and_the_fovea_outlined(pipe):
+    from metamergen.encoders.view import foveated_input
+    from metamergen.foveation.frame import EncoderFrame
+
+    fixations = [[2, 2], [5, 5], [80, 50], [500, 5]]  # two in one patch; one off the image (dropped)
+    with served(pipe) as (http, client):
+        sid = client.upload_scene(SCENE_PNG)["scene_id"]
+        both = http.post("/model-view", json={"scene_id": sid, "fixations": fixations, "peripheral_blur": 0.5})
+        periphery = http.post("/model-view", json={"scene_id": sid, "fixations": fixations, "condition": "peripheral"})
+        first = http.post("/model-view", json={"scene_id": sid, "fixations": fixations, "n": 1, "foveal_scale": 0})
+    assert both.status_code == 200 and both.headers["content-type"] == "image/png"
+    h = both.headers
+    assert (h["x-canvas-size"], h["x-patch-size"], h["x-grid-size"]) == ("112", "14", "8")
+    assert (h["x-patches-shown"], h["x-view"], h["x-fixations-used"], h["x-scale"]) == ("2", "both", "3", "6")
+    assert (periphery.headers["x-patches-shown"], periphery.headers["x-view"]) == ("0", "peripheral")
+    assert (first.headers["x-view"], first.headers["x-fixations-used"]) == ("peripheral", "1")  # λ_f = 0: no fovea
+    view = Image.open(io.BytesIO(both.content)).convert("RGB")
+    assert view.size == (90 * 6, 60 * 6)
+    expected = foveated_input(SCENE, np.array(fixations[:3], float), 0.5, size=112, patch_size=14)
+    frame = EncoderFrame.fit(90, 60, size=112, patch_size=14)
+    centres = frame.patch_centers()  # image px; the grid and the outlines never cover a cell's centre
+    got = np.asarray(view)[(centres[:, 1] * 6).astype(int), (centres[:, 0] * 6).astype(int)]
+    want = np.asarray(expected)[centres[:, 1].astype(int), centres[:, 0].astype(int)]
+    assert np.array_equal(got, want)
+
+
+def test_demo_scenes_are_listed_registered_and_served_back_as_decoded(pipe, tmp_path: Path):
+    from metamergen.demo.run import demo_model_info, write_demo_scenes
+
+    with served(pipe) as (http, client):
+        listed = http.get("/demo/scenes").json()["scenes"]
+        chosen = listed[3]
+        info = http.post("/scenes/demo", json={"name": chosen["name"]})
+        again = http.post("/scenes/demo", json={"name": chosen["name"]})
+        served_png = http.get(f"/scenes/{info.json()['scene_id']}/image")
+        rendered = client.render(info.json()["scene_id"], chosen["viewer_fixations"][:2])
+    write_demo_scenes(tmp_path, 8, demo_model_info())  # what `metamergen demo --scenes 8` writes
+    on_disk = sorted(p.name for p in (tmp_path / "images").iterdir())
+    assert [s["name"] for s in listed] == on_disk and len(listed) == 8
+    image = Image.open(tmp_path / "images" / chosen["name"]).convert("RGB")
+    assert base64.b64decode(chosen["png_base64"]) == png_bytes(image)
+    assert info.status_code == 201 and again.status_code == 200 and info.json()["scene_id"] == scene_id(image)
+    assert served_png.headers["content-type"] == "image/png"
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(served_png.content))), np.asarray(image))
+    assert len(chosen["viewer_fixations"]) >= 2 and rendered.record["image"] == chosen["name"]
+    assert rendered.record["fixations"] == [list(map(float, p)) for p in chosen["viewer_fixations"][:2]]
+
+
+def test_the_settings_the_page_fills_its_form_with(pipe):
+    with served(pipe, defaults=RenderDefaults(steps=7, peripheral_blur=0.125)) as (http, _):
+        settings = http.get("/settings").json()
+    assert settings["defaults"]["steps"] == 7 and settings["defaults"]["peripheral_blur"] == 0.125
+    assert settings["defaults"]["guidance_scale"] == 0.6  # the rule's default, resolved as the record has it
+    assert settings["limits"]["max_steps"] == 200 and settings["conditions"][0] == "both"
+    assert (settings["canvas_size"], settings["patch_size"], settings["grid_size"]) == (112, 14, 8)
+    assert settings["blur_levels"] == [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0]
+
+
+def test_the_page_is_served_offline_under_a_same_origin_policy(pipe):
+    import re
+
+    with served(pipe, api_key="k" * 32) as (http, _):
+        root = http.get("/", follow_redirects=False)
+        page = http.get("/explorer/")  # no key needed for the page; the API behind it still wants one
+        script = http.get("/explorer/explorer.js")
+        assert http.get("/settings").status_code == 401
+    assert root.status_code in (302, 307) and root.headers["location"] == "/explorer/"
+    assert page.status_code == 200 and "<title>MetamerGen explorer</title>" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert script.headers["content-type"].startswith(("text/javascript", "application/javascript"))
+    static = REPO / "metamergen" / "serve" / "static"
+    assert sorted(p.name for p in static.iterdir()) == ["explorer.css", "explorer.js", "index.html"]
+    for path in static.iterdir():  # no CDN, no web font: the only URL in the files is SVG's namespace
+        urls = set(re.findall(r"(?:https?:)?//[\w.-]+\.[a-z]{2,}[^\s\"'`)]*", path.read_text()))
+        assert urls <= {"http://www.w3.org/2000/svg"}, (path.name, urls)
 
 
 # ---------------------------------------------------------------------------------- the command line

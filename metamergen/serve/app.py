@@ -10,6 +10,13 @@ Routes (all JSON; ``/docs`` and ``/openapi.json`` are FastAPI's own):
 ``GET /scenes/{scene_id}``  a registered scene
 ``GET /stimuli``            the stimulus folder's image files
 ``POST /render``            scene id + fixations + options -> PNGs (base64) and the render record
+``POST /render/stream``     the same render as server-sent events: progress per step, then the result
+``POST /model-view``        scene id + fixations + options -> PNG of what the model is given
+``GET /scenes/{id}/image``  a registered scene's decoded pixels (PNG)
+``GET /demo/scenes``        the demo's toy scenes (PNG, base64) and their viewer scanpaths
+``POST /scenes/demo``       ``{"name": "<a demo scene>"}`` -> a scene id
+``GET /settings``           defaults, limits, conditions and the model's canvas, for a form
+``GET /explorer/``          the explorer page (static files; ``GET /`` redirects there)
 ==========================  ==================================================================
 
 Threads: the event loop only parses, queues and awaits. The :class:`~metamergen.serve.batcher.Batcher`
@@ -20,8 +27,14 @@ input the server refuses, and a 500 only for a failure of its own (logged, no tr
 
 Uploads are the request body itself (``Content-Type: image/png`` or any image type), not a
 multipart form: the byte limit then holds while the body streams in, nothing is spooled, and
-no multipart parser is needed. Routes live on an :class:`~fastapi.APIRouter`, so static files (an
-explorer page, say) can be mounted beside them without touching them.
+no multipart parser is needed. Routes live on an :class:`~fastapi.APIRouter`; the explorer's
+static files are mounted beside them and need no API key (they hold no data: the page asks for
+the key when the API wants one).
+
+Progress is streamed as server-sent events over the ``POST`` itself rather than by polling a job
+id: one request carries the render from start to result, so the server keeps no job table to
+expire, and a client that goes away cancels its work exactly as ``POST /render``'s does. Browsers
+read the stream with ``fetch`` (``EventSource`` can neither ``POST`` nor send ``X-API-Key``).
 """
 
 from __future__ import annotations
@@ -29,14 +42,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import dataclasses
 import functools
 import io
+import json
 import logging
 import math
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
@@ -46,14 +61,16 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, Secur
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from metamergen import __version__
 from metamergen.pipeline.record import hypothesis_filename, render_record
+from metamergen.serve import explorer
 from metamergen.serve.batcher import Batcher, EncodeJob, QueueFull, RenderJob, RenderOutcome, ShuttingDown
 from metamergen.serve.cache import Scene, SceneCache, scene_id
 from metamergen.serve.config import ServeConfig
@@ -70,12 +87,18 @@ from metamergen.serve.metrics import ServeMetrics
 from metamergen.serve.schemas import (
     SCENE_ID_PATTERN,
     BatchInfo,
+    DemoScene,
+    DemoSceneRequest,
+    DemoScenes,
     ErrorBody,
     Health,
     Hypothesis,
+    MetricScores,
+    ModelViewRequest,
     RenderRequest,
     RenderResponse,
     SceneInfo,
+    ServerSettings,
     StimuliList,
     StimulusRequest,
     Timing,
@@ -84,7 +107,10 @@ from metamergen.serve.schemas import (
 if TYPE_CHECKING:
     from PIL import Image
 
+    from metamergen.fixations.records import Scanpath
+    from metamergen.foveation.frame import EncoderFrame
     from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
+    from metamergen.serve.inputs import RenderSettings
 
 __all__ = ["API_KEY_HEADER", "ServeState", "create_app"]
 
@@ -95,6 +121,9 @@ API_KEY_HEADER = "X-API-Key"
 
 #: Status logged for a request whose client went away before its response (nginx's convention).
 CLIENT_CLOSED = 499
+
+#: Seconds between keep-alive comments of an event stream with nothing else to say.
+KEEP_ALIVE_S = 1.0
 
 T = TypeVar("T")
 
@@ -137,6 +166,15 @@ class ServeState:
 
         factor = self.pipe.vae_scale_factor
         return output_size(scene.width, scene.height, int(self.pipe.unet.config.sample_size) * factor, factor)
+
+    async def frame(self, scene: Scene) -> EncoderFrame:
+        """The encoder frame the pipeline maps ``scene`` with, from its encoding (the same at every blur)."""
+        for blur in self.cache.blurs(scene):
+            encoding = scene.encodings.get(blur)
+            if encoding is not None:
+                return encoding.frames[0]
+        job = EncodeJob(scene=scene, blur=self.config.defaults.peripheral_blur)
+        return (await asyncio.wrap_future(self.submit(job))).frames[0]
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained by one batch (at least 1)."""
@@ -276,6 +314,35 @@ class RequestLogMiddleware:
                     }
                 },
             )
+
+
+class PageHeaders:
+    """The explorer's static files, served with a content security policy: this origin only.
+
+    The page must work offline, so nothing it loads may come from elsewhere; the policy makes the
+    browser refuse (and the browser test notice) any script, style, image or request that does.
+    """
+
+    POLICY = (
+        "default-src 'self'; img-src 'self' data: blob:; connect-src 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+    )
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [
+                    (b"content-security-policy", self.POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"cache-control", b"no-cache"),
+                ]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 # ---------------------------------------------------------------------------------- errors
@@ -446,21 +513,29 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")  # as `render` saves its files: the same encoder, the same bytes
+    return buf.getvalue()
+
+
 def _pngs(images: list[Image.Image]) -> list[tuple[str, int, int]]:
-    out = []
-    for im in images:
-        buf = io.BytesIO()
-        im.save(buf, format="PNG")  # as `render` saves its files: the same encoder, the same bytes
-        out.append((base64.b64encode(buf.getvalue()).decode("ascii"), im.width, im.height))
-    return out
+    return [(base64.b64encode(_png(im)).decode("ascii"), im.width, im.height) for im in images]
 
 
-@api.post("/render", response_model=RenderResponse, summary="Render hypotheses of a scene from fixations")
-async def render(body: RenderRequest, request: Request, state: StateDep) -> Response | RenderResponse:
-    """Queue one render; batch-compatible requests arriving together share a pipeline call. If the
-    client disconnects first, the request is dropped from the queue (or its batch stopped, when no
-    other client waits on it)."""
-    arrived = time.monotonic()
+@dataclass
+class _Prepared:
+    """A checked render request, queued or about to be."""
+
+    scene: Scene
+    settings: RenderSettings
+    scanpath: Scanpath
+    warnings: list[str]
+    arrived: float
+
+
+async def _prepare(body: ModelViewRequest, state: ServeState, arrived: float) -> _Prepared:
+    """A request's scene, settings and fixation list, checked as for every render (4xx on bad input)."""
     config = state.config
     scene = state.cache.get(body.scene_id)
     if scene is None:
@@ -476,32 +551,39 @@ async def render(body: RenderRequest, request: Request, state: StateDep) -> Resp
         image=scene.name,
         limits=config.limits,
     )
-    job = RenderJob(
-        scene=scene, scanpath=scanpath, settings=settings, seed=body.seed, output_size=state.output_size(scene)
+    return _Prepared(scene=scene, settings=settings, scanpath=scanpath, warnings=warnings, arrived=arrived)
+
+
+def _render_job(body: RenderRequest, prepared: _Prepared, state: ServeState, progress: Any = None) -> RenderJob:
+    return RenderJob(
+        scene=prepared.scene,
+        scanpath=prepared.scanpath,
+        settings=prepared.settings,
+        seed=body.seed,
+        output_size=state.output_size(prepared.scene),
+        progress=progress,
     )
-    result = asyncio.wrap_future(state.submit(job))
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if not result.done():
-        state.batcher.cancel(job)
-        result.cancel()
-        state.metrics.observe_cancelled()
-        logger.info(
-            "cancelled",
-            extra={"fields": {"event": "cancelled", "request_id": request.scope.get("state", {}).get("request_id")}},
-        )
-        return Response(status_code=CLIENT_CLOSED)
-    try:
-        outcome: RenderOutcome = result.result()
-    except ShuttingDown as err:
-        raise HTTPException(503, str(err)) from None
+
+
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+async def _response(
+    body: RenderRequest, prepared: _Prepared, outcome: RenderOutcome, request: Request, state: ServeState
+) -> RenderResponse:
+    """The response of a finished render: PNGs, the record, timing, deadline, scores if asked."""
+    config = state.config
+    settings, scene = prepared.settings, prepared.scene
     pngs = await run_in_threadpool(_pngs, outcome.images)
+    scores = None
+    if body.scores:
+        scores = [
+            MetricScores(**m) for m in await run_in_threadpool(explorer.score_images, scene.image, outcome.images)
+        ]
     record = render_record(
         image=scene.name,
-        fixations=scanpath.xy,
+        fixations=prepared.scanpath.xy,
         model=config.model,
         model_revision=config.model_revision,
         seed=body.seed,
@@ -513,7 +595,9 @@ async def render(body: RenderRequest, request: Request, state: StateDep) -> Resp
         peripheral_scale=settings.peripheral_scale,
         peripheral_blur=settings.peripheral_blur,
     )
-    total_ms = (time.monotonic() - arrived) * 1e3
+    if settings.condition != "both":  # render has no condition; `metamergen generate --conditions` does
+        record["condition"] = settings.condition
+    total_ms = (time.monotonic() - prepared.arrived) * 1e3
     missed = settings.deadline_ms is not None and total_ms > settings.deadline_ms
     state.metrics.observe_render(total_ms, deadline_missed=missed)
     if missed:
@@ -522,7 +606,7 @@ async def render(body: RenderRequest, request: Request, state: StateDep) -> Resp
             extra={
                 "fields": {
                     "event": "deadline_missed",
-                    "request_id": request.scope.get("state", {}).get("request_id"),
+                    "request_id": _request_id(request),
                     "deadline_ms": settings.deadline_ms,
                     "total_ms": round(total_ms, 2),
                     "queued_ms": round(outcome.queued_s * 1e3, 2),
@@ -538,11 +622,212 @@ async def render(body: RenderRequest, request: Request, state: StateDep) -> Resp
             )
             for i, (b64, w, h) in enumerate(pngs)
         ],
-        warnings=warnings,
+        warnings=prepared.warnings,
         deadline_ms=settings.deadline_ms,
         deadline_missed=missed,
         timing=Timing(queued_ms=outcome.queued_s * 1e3, render_ms=outcome.render_s * 1e3, total_ms=total_ms),
         batch=BatchInfo(requests=outcome.batch_requests, images=outcome.batch_images),
+        scores=scores,
+    )
+
+
+def _cancelled(state: ServeState, job: RenderJob, request: Request) -> None:
+    state.batcher.cancel(job)
+    state.metrics.observe_cancelled()
+    logger.info("cancelled", extra={"fields": {"event": "cancelled", "request_id": _request_id(request)}})
+
+
+@api.post("/render", response_model=RenderResponse, summary="Render hypotheses of a scene from fixations")
+async def render(body: RenderRequest, request: Request, state: StateDep) -> Response | RenderResponse:
+    """Queue one render; batch-compatible requests arriving together share a pipeline call. If the
+    client disconnects first, the request is dropped from the queue (or its batch stopped, when no
+    other client waits on it)."""
+    prepared = await _prepare(body, state, time.monotonic())
+    job = _render_job(body, prepared, state)
+    result = asyncio.wrap_future(state.submit(job))
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({result, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not result.done():
+        result.cancel()
+        _cancelled(state, job, request)
+        return Response(status_code=CLIENT_CLOSED)
+    try:
+        outcome: RenderOutcome = result.result()
+    except ShuttingDown as err:
+        raise HTTPException(503, str(err)) from None
+    return await _response(body, prepared, outcome, request, state)
+
+
+def _event(name: str, data: Any) -> bytes:
+    """One server-sent event (``event:`` and a one-line JSON ``data:``)."""
+    return f"event: {name}\ndata: {json.dumps(jsonable_encoder(data), allow_nan=False)}\n\n".encode()
+
+
+@api.post(
+    "/render/stream",
+    summary="Render as server-sent events: progress per denoising step, then the result",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}, "description": "the event stream (docs/serve.md)"}},
+)
+async def render_stream(body: RenderRequest, request: Request, state: StateDep) -> StreamingResponse:
+    """The body and its checks are ``POST /render``'s, and refused input gets the same JSON 4xx
+    before any event. Then ``text/event-stream``: ``queued`` (``ahead``: requests before it,
+    ``steps``), ``started`` (``requests`` sharing the call, ``encoding``), one ``step`` per
+    denoising step (``step`` of ``steps``), and last either ``result`` (``POST /render``'s
+    response body) or ``error`` (``status``, ``message``). Closing the connection cancels the
+    render as for ``POST /render``."""
+    prepared = await _prepare(body, state, time.monotonic())
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+
+    def progress(event: str, fields: dict[str, Any]) -> None:  # on the worker thread
+        loop.call_soon_threadsafe(events.put_nowait, (event, fields))
+
+    job = _render_job(body, prepared, state, progress)
+    ahead = state.batcher.depth
+    result = asyncio.wrap_future(state.submit(job))  # a full queue is a 503 here, before the stream
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield _event("queued", {"ahead": ahead, "steps": prepared.settings.steps})
+        try:
+            while not result.done() or not events.empty():
+                got = asyncio.ensure_future(events.get())
+                await asyncio.wait({got, result}, timeout=KEEP_ALIVE_S, return_when=asyncio.FIRST_COMPLETED)
+                if got.done():
+                    yield _event(*got.result())
+                    continue
+                got.cancel()
+                if not result.done():
+                    yield b": keep-alive\n\n"  # a comment line: a gone client is noticed within a second
+            try:
+                outcome: RenderOutcome = result.result()
+            except ShuttingDown as err:
+                yield _event("error", {"status": 503, "message": str(err)})
+                return
+            except Exception as err:  # noqa: BLE001 - the stream has started: reported as its last event
+                request_id = _request_id(request)
+                logger.error(
+                    "render failed", exc_info=err, extra={"fields": {"event": "error", "request_id": request_id}}
+                )
+                message = f"Internal error ({type(err).__name__}); the server log has the details under request id {request_id}."
+                yield _event("error", {"status": 500, "message": message})
+                return
+            response = await _response(body, prepared, outcome, request, state)
+            yield _event("result", response.model_dump())
+        finally:
+            if not result.done():  # the client went away (Starlette cancelled this generator)
+                result.cancel()
+                _cancelled(state, job, request)
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # no proxy buffering of the events
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+@api.post(
+    "/model-view",
+    summary="What the model is given for a fixation list (PNG)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "the view, with the patch grid"}},
+)
+async def model_view(body: ModelViewRequest, state: StateDep) -> Response:
+    """The model's input for this scene, fixation list, blur and condition, as ``render``'s contact
+    sheet shows it (:func:`metamergen.encoders.view.foveated_input`), enlarged to at least 512 px
+    with the model's patch grid drawn and the foveal patches given outlined. Headers
+    ``X-Canvas-Size``, ``X-Patch-Size``, ``X-Grid-Size``, ``X-Patches-Shown``, ``X-View`` (both,
+    peripheral or foveal) and ``X-Fixations-Used`` describe it."""
+    prepared = await _prepare(body, state, time.monotonic())
+    frame = await state.frame(prepared.scene)
+    fovea, periphery = prepared.settings.streams_shown
+
+    def draw() -> tuple[bytes, dict[str, Any]]:
+        image, info = explorer.model_view(
+            prepared.scene.image,
+            prepared.scanpath.xy,
+            frame,
+            peripheral_blur=prepared.settings.peripheral_blur,
+            fovea=fovea,
+            periphery=periphery,
+        )
+        return _png(image), info
+
+    png, info = await run_in_threadpool(draw)
+    headers = {f"X-{k.replace('_', '-').title()}": str(v) for k, v in info.items()}
+    headers["X-Fixations-Used"] = str(len(prepared.scanpath.xy))
+    return Response(png, media_type="image/png", headers=headers)
+
+
+@api.get(
+    "/scenes/{scene_id}/image",
+    summary="A registered scene's pixels (PNG)",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}, "description": "the decoded scene fixations refer to"}},
+)
+async def scene_image(scene_id: Annotated[str, PathParam(pattern=SCENE_ID_PATTERN)], state: StateDep) -> Response:
+    """The scene as the server decoded it (orientation and transparency as the image loader made
+    them): the pixels whose coordinates fixations are given in."""
+    scene = state.cache.get(scene_id)
+    if scene is None:
+        raise InputError(404, _unknown_scene(scene_id, state))
+    return Response(await run_in_threadpool(_png, scene.image), media_type="image/png")
+
+
+@api.get("/demo/scenes", response_model=DemoScenes, summary="The demo's toy scenes and their viewer scanpaths")
+async def demo_scene_list() -> DemoScenes:
+    """The first held-out scenes of the bundled demo model (the files ``metamergen demo --scenes 8``
+    writes), each with its PNG and its toy viewer's fixations. Any model can render them."""
+
+    def listing() -> DemoScenes:
+        return DemoScenes(
+            scenes=[
+                DemoScene(
+                    name=d.name,
+                    width=d.image.width,
+                    height=d.image.height,
+                    png_base64=base64.b64encode(_png(d.image)).decode("ascii"),
+                    viewer_fixations=list(d.viewer_fixations),
+                )
+                for d in explorer.demo_scenes()
+            ]
+        )
+
+    return await run_in_threadpool(listing)
+
+
+@api.post("/scenes/demo", status_code=201, response_model=SceneInfo, summary="Register one of the demo's toy scenes")
+async def demo_scene(body: DemoSceneRequest, response: Response, state: StateDep) -> SceneInfo:
+    """Name a scene of ``GET /demo/scenes``; render records name it by that file name."""
+    scenes = {d.name: d for d in await run_in_threadpool(explorer.demo_scenes)}
+    found = scenes.get(body.name)
+    if found is None:
+        raise InputError(404, f"No demo scene {body.name!r}; GET /demo/scenes lists them.")
+    return await _register(state, _identify(found.image.copy(), found.name), [], response)
+
+
+@api.get("/settings", response_model=ServerSettings, summary="Defaults, limits, conditions, the model's canvas")
+async def server_settings(state: StateDep) -> ServerSettings:
+    """What a form needs to offer a render's options: the values a request inherits, the limits
+    it must keep, the conditions, the paper's blur levels and the model's canvas and patch grid."""
+    from metamergen.defaults import BLUR_LEVELS, resolve_guidance_scale
+    from metamergen.encoders.dinov2 import canvas_size
+    from metamergen.study.plan import CONDITIONS
+
+    config, pipe = state.config, state.pipe
+    size, patch = canvas_size(pipe.feature_extractor), int(pipe.image_encoder.config.patch_size)
+    defaults = dataclasses.asdict(config.defaults)
+    defaults["guidance_scale"] = resolve_guidance_scale(config.defaults.guidance, config.defaults.guidance_scale)
+    return ServerSettings(
+        model=config.model,
+        defaults=defaults,
+        limits=dataclasses.asdict(config.limits),
+        conditions=list(CONDITIONS),
+        blur_levels=list(BLUR_LEVELS),
+        canvas_size=size,
+        patch_size=patch,
+        grid_size=size // patch,
+        metrics=list(explorer.SCORE_METRICS),
     )
 
 
@@ -653,6 +938,12 @@ def create_app(pipe: MetamerGenPipeline, config: ServeConfig) -> FastAPI:
         return JSONResponse(body.model_dump(), status_code=503 if status == "stopped" else 200)
 
     app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/explorer/")
+
+    app.mount("/explorer", PageHeaders(StaticFiles(directory=explorer.STATIC_DIR, html=True)), name="explorer")
     # added last = outermost: the log line sees every response, the 413s of the body limit included
     app.add_middleware(
         BodyLimitMiddleware,

@@ -21,7 +21,9 @@ Queue: bounded (``max_queue``); :meth:`Batcher.submit` raises :class:`QueueFull`
 Results travel back in :class:`concurrent.futures.Future` objects, the standard library's
 executor protocol: a job cancelled while queued (its client went away) is removed and skipped; a
 running batch whose every client went away stops at the next denoising step
-(``pipe._interrupt``, diffusers' way).
+(``pipe._interrupt``, diffusers' way). The same ``callback_on_step_end`` reports each step to
+the jobs' progress listeners (:data:`ProgressListener`), which ``POST /render/stream`` turns into
+server-sent events.
 
 Written on a :class:`collections.deque` under a :class:`threading.Condition` rather than
 :class:`queue.Queue` because batching takes compatible jobs out of the middle of the queue.
@@ -35,7 +37,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +52,16 @@ if TYPE_CHECKING:
     from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
     from metamergen.serve.inputs import RenderSettings
 
-__all__ = ["Batcher", "EncodeJob", "QueueFull", "RenderJob", "RenderOutcome", "ShuttingDown", "concat_scenes"]
+__all__ = [
+    "Batcher",
+    "EncodeJob",
+    "ProgressListener",
+    "QueueFull",
+    "RenderJob",
+    "RenderOutcome",
+    "ShuttingDown",
+    "concat_scenes",
+]
 
 logger = logging.getLogger("metamergen.serve")
 
@@ -84,15 +95,35 @@ class EncodeJob(_Job):
     blur: float
 
 
+#: A render job's progress listener: ``(event, fields)``, called on the worker thread. Events:
+#: ``"started"`` (``requests`` in the batch, ``encoding``: whether a scene is encoded first) and
+#: ``"step"`` (``step``, 1-based, of ``steps``), from the pipeline's ``callback_on_step_end``.
+ProgressListener = Callable[[str, dict[str, Any]], None]
+
+
 @dataclass(eq=False)
 class RenderJob(_Job):
-    """Render ``settings.hypotheses`` images of ``scene`` from ``scanpath``, seeds ``seed + i``."""
+    """Render ``settings.hypotheses`` images of ``scene`` from ``scanpath``, seeds ``seed + i``.
+
+    ``progress``, if given, hears the job's batch start and each denoising step (it must return
+    quickly: it runs inside the denoising loop; an exception it raises is logged and ignored).
+    """
 
     scene: Scene
     scanpath: Scanpath
     settings: RenderSettings
     seed: int
     output_size: tuple[int, int]
+    progress: ProgressListener | None = None
+
+    def tell(self, event: str, **fields: Any) -> None:
+        """Hand ``event`` to the progress listener, if any, without letting it break the render."""
+        if self.progress is None:
+            return
+        try:
+            self.progress(event, fields)
+        except Exception:  # noqa: BLE001 - a listener's failure must not fail the batch
+            logger.exception("progress listener failed", extra={"fields": {"event": "progress_failed"}})
 
     @property
     def key(self) -> Hashable:
@@ -324,13 +355,19 @@ class Batcher:
         k = settings.hypotheses
         interrupted = False
 
-        def stop_when_nobody_waits(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+        def step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
             nonlocal interrupted
             if all(job.abandoned.is_set() for job in batch):
                 pipe._interrupt = True  # diffusers' documented way to end the loop early
                 interrupted = True
+            total = int(getattr(pipe, "_num_timesteps", None) or settings.steps)
+            for job in batch:
+                job.tell("step", step=step + 1, steps=total)
             return callback_kwargs
 
+        encoding = any(settings.peripheral_blur not in job.scene.encodings for job in batch)
+        for job in batch:
+            job.tell("started", requests=len(batch), encoding=encoding)
         try:
             by_scene: dict[str, SceneEncoding] = {}
             for job in batch:
@@ -350,8 +387,9 @@ class Batcher:
                 guidance_scale=settings.guidance_scale,
                 foveal_scale=settings.foveal_scale,
                 peripheral_scale=settings.peripheral_scale,
+                drop_streams=settings.drop_streams,
                 generator=generators,
-                callback_on_step_end=stop_when_nobody_waits,
+                callback_on_step_end=step_end,
             )
         except Exception as err:  # noqa: BLE001 - delivered to every waiting request of the batch
             self.metrics.observe_failed_batch()

@@ -85,6 +85,9 @@ class RenderResult:
         ``queued_ms``, ``render_ms``, ``total_ms`` as the server measured them.
     batch
         ``requests`` and ``images`` of the pipeline call this render shared.
+    scores
+        With ``render(..., scores=True)``: one entry per metric (``name``, ``label``,
+        ``higher_is_similar``, ``values`` per hypothesis); else ``None``.
     """
 
     scene_id: str
@@ -96,6 +99,7 @@ class RenderResult:
     deadline_missed: bool = False
     timing: dict[str, float] = field(default_factory=dict)
     batch: dict[str, int] = field(default_factory=dict)
+    scores: list[dict[str, Any]] | None = None
 
     def images(self) -> list[Any]:
         """The hypotheses as PIL images (needs Pillow)."""
@@ -234,12 +238,16 @@ class MetamerGenClient:
         peripheral_scale: float | None = None,
         peripheral_blur: float | None = None,
         off_image: str | None = None,
+        condition: str | None = None,
         deadline_ms: float | None = None,
+        scores: bool = False,
         timeout: float | None = None,
     ) -> RenderResult:
         """``POST /render``: hypotheses of a registered scene from ``(x, y)`` fixations in its pixels.
 
-        Options left ``None`` take the server's defaults. ``timeout`` (seconds) bounds the wait;
+        Options left ``None`` take the server's defaults; ``condition`` is a study condition
+        (``"both"``, ``"foveal"``, ``"peripheral"``, ...), and ``scores=True`` adds each hypothesis's
+        weight-free scores against the scene (:attr:`RenderResult.scores`). ``timeout`` (seconds) bounds the wait;
         when it passes the connection is closed, the server drops the request, and
         :class:`RequestTimeout` is raised. Raises :class:`ServerBusy` on 503, :class:`ServeError`
         on any other error status.
@@ -255,7 +263,9 @@ class MetamerGenClient:
             "peripheral_scale": peripheral_scale,
             "peripheral_blur": peripheral_blur,
             "off_image": off_image,
+            "condition": condition,
             "deadline_ms": deadline_ms,
+            "scores": scores or None,
         }
         body.update({k: v for k, v in options.items() if v is not None})
         body["seed"] = int(seed)
@@ -270,4 +280,5 @@ class MetamerGenClient:
             deadline_missed=reply["deadline_missed"],
             timing=reply["timing"],
             batch=reply["batch"],
+            scores=reply.get("scores"),
         )

@@ -81,6 +81,9 @@ class RenderSettings:
 
     ``guidance_scale`` stays ``None`` when neither the request nor the server gave one, as
     ``render`` records it; ``resolved_guidance_scale`` is the strength actually used.
+    ``foveal_scale`` and ``peripheral_scale`` are the scales the pipeline gets once ``condition``
+    (a study condition, :data:`metamergen.study.CONDITIONS`) is applied, and ``drop_streams`` the
+    streams it drops: both by the study's own rule (:class:`metamergen.study.StudySettings`).
     """
 
     steps: int
@@ -93,6 +96,16 @@ class RenderSettings:
     hypotheses: int
     off_image: str
     deadline_ms: float | None
+    condition: str = "both"
+    drop_streams: tuple[str, ...] = ()
+
+    @property
+    def streams_shown(self) -> tuple[bool, bool]:
+        """``(fovea, periphery)``: whether each stream reaches the model (not dropped, scale above 0)."""
+        return (
+            "foveal" not in self.drop_streams and self.foveal_scale > 0,
+            "peripheral" not in self.drop_streams and self.peripheral_scale > 0,
+        )
 
     def batch_key(self) -> tuple[Any, ...]:
         """Requests with equal keys (and output sizes) can share one pipeline call."""
@@ -104,6 +117,7 @@ class RenderSettings:
             self.peripheral_scale,
             self.peripheral_blur,
             self.hypotheses,
+            self.drop_streams,
         )
 
 
@@ -115,7 +129,9 @@ def resolve_settings(options: dict[str, Any], defaults: RenderDefaults, limits: 
     options
         ``steps``, ``guidance``, ``guidance_scale``, ``foveal_scale``, ``peripheral_scale``,
         ``peripheral_blur``, ``hypotheses``, ``off_image``, ``deadline_ms``; missing or ``None``
-        takes the server's default.
+        takes the server's default. ``condition`` (default ``"both"``) then removes a stream as
+        the study does: a ``":off"`` condition sets that stream's scale to 0, a ``":dropped"`` one
+        (``"foveal"`` and ``"peripheral"`` included) drops its tokens.
 
     Raises
     ------
@@ -125,6 +141,7 @@ def resolve_settings(options: dict[str, Any], defaults: RenderDefaults, limits: 
     """
     from metamergen.foveation.periphery import DownUpBlur
     from metamergen.pipeline.guidance import guidance_rule
+    from metamergen.study.plan import StudySettings
 
     def pick(name: str) -> Any:
         value = options.get(name)
@@ -155,17 +172,25 @@ def resolve_settings(options: dict[str, Any], defaults: RenderDefaults, limits: 
     for name, value in scales.items():
         if not (math.isfinite(value) and value >= 0):
             raise InputError(422, f"{name} must be a finite number >= 0 (0 switches the stream off), got {value}.")
+    condition = options.get("condition") or "both"
+    try:  # the study's rule for what a condition keeps (the one owner), on these scales
+        study = StudySettings(conditions=(condition,), **scales)
+    except ValueError as err:
+        raise InputError(422, str(err)) from None
+    foveal_scale, peripheral_scale = study.scales(condition)
     return RenderSettings(
         steps=steps,
         guidance=guidance,
         guidance_scale=guidance_scale,
         resolved_guidance_scale=rule.scale,
-        foveal_scale=scales["foveal_scale"],
-        peripheral_scale=scales["peripheral_scale"],
+        foveal_scale=foveal_scale,
+        peripheral_scale=peripheral_scale,
         peripheral_blur=blur,
         hypotheses=hypotheses,
         off_image=pick("off_image"),
         deadline_ms=pick("deadline_ms"),
+        condition=condition,
+        drop_streams=study.drop_streams(condition),
     )
 
 

@@ -13,14 +13,23 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
+from metamergen.study.plan import CONDITIONS
+
 __all__ = [
     "BatchInfo",
+    "Condition",
+    "DemoScene",
+    "DemoSceneRequest",
+    "DemoScenes",
     "ErrorBody",
     "Health",
     "Hypothesis",
+    "MetricScores",
+    "ModelViewRequest",
     "RenderRequest",
     "RenderResponse",
     "SceneInfo",
+    "ServerSettings",
     "StimulusRequest",
     "StimuliList",
     "Timing",
@@ -39,8 +48,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class RenderRequest(_Strict):
-    """One render: a registered scene, one fixation list and the sampling options."""
+#: A study condition (:data:`metamergen.study.CONDITIONS`): which adapter streams a render uses.
+Condition = Literal[CONDITIONS]
+
+
+class ModelViewRequest(_Strict):
+    """What the model is shown for a fixation list: the options of a render that change its input."""
 
     scene_id: str = Field(pattern=SCENE_ID_PATTERN, description="id returned by POST /scenes")
     fixations: list[tuple[Float, Float]] = Field(
@@ -50,21 +63,35 @@ class RenderRequest(_Strict):
     n: Int | None = Field(
         default=None, ge=0, description="use the first n fixations (after the off-image policy); null = all"
     )
-    hypotheses: Int | None = Field(default=None, ge=1, description="images to render; hypothesis i uses seed + i")
-    seed: Int = Field(default=0, ge=0, lt=2**63, description="seed of the first hypothesis")
-    steps: Int | None = Field(default=None, ge=1, description="DDIM steps (paper 50)")
-    guidance: Literal["cfg++", "cfg"] | None = Field(default=None, description="sampler guidance (paper cfg++)")
-    guidance_scale: Float | None = Field(default=None, description="CFG++'s λ in [0, 1] (default 0.6) or CFG's w >= 0")
     foveal_scale: Float | None = Field(default=None, ge=0, description="λ_f (paper 1.2; 0 = foveal stream off)")
     peripheral_scale: Float | None = Field(default=None, ge=0, description="λ_p (paper 0.7; 0 = periphery off)")
     peripheral_blur: Float | None = Field(
         default=None, gt=0, le=1, description="peripheral down/up scale s in (0, 1] (1 = no blur; paper 0.25)"
     )
+    condition: Condition | None = Field(
+        default=None,
+        description="both streams (default), or one kept and the other dropped (foveal, peripheral, *:dropped) "
+        "or switched off by a zero scale (*:off), as `metamergen generate --conditions` has them",
+    )
     off_image: Literal["drop", "clip", "error"] | None = Field(
         default=None, description="fixations outside the image: drop (default, reported), clip or error"
     )
+
+
+class RenderRequest(ModelViewRequest):
+    """One render: a registered scene, one fixation list and the sampling options."""
+
+    hypotheses: Int | None = Field(default=None, ge=1, description="images to render; hypothesis i uses seed + i")
+    seed: Int = Field(default=0, ge=0, lt=2**63, description="seed of the first hypothesis")
+    steps: Int | None = Field(default=None, ge=1, description="DDIM steps (paper 50)")
+    guidance: Literal["cfg++", "cfg"] | None = Field(default=None, description="sampler guidance (paper cfg++)")
+    guidance_scale: Float | None = Field(default=None, description="CFG++'s λ in [0, 1] (default 0.6) or CFG's w >= 0")
     deadline_ms: Float | None = Field(
         default=None, gt=0, description="report the response as late beyond this many ms after arrival"
+    )
+    scores: bool = Field(
+        default=False,
+        description="also score every hypothesis against the scene with the weight-free metrics (no downloads)",
     )
 
 
@@ -89,6 +116,51 @@ class StimuliList(BaseModel):
     """The image files of the stimulus folder."""
 
     names: list[str]
+
+
+class DemoSceneRequest(_Strict):
+    """A scene named from the demo's toy scenes (``GET /demo/scenes``)."""
+
+    name: str = Field(min_length=1, max_length=255, description="a name GET /demo/scenes lists")
+
+
+class DemoScene(BaseModel):
+    """One toy scene of the bundled demo model's held-out split, as `metamergen demo` writes it."""
+
+    name: str = Field(description="its file name under <metamergen demo --out>/scenes/images")
+    width: int
+    height: int
+    png_base64: str = Field(description="the PNG file, base64")
+    viewer_fixations: list[tuple[float, float]] = Field(description="the toy viewer's scanpath, (x, y) image pixels")
+
+
+class DemoScenes(BaseModel):
+    """The demo's toy scenes."""
+
+    scenes: list[DemoScene]
+
+
+class MetricScores(BaseModel):
+    """One metric's score of every hypothesis against the scene."""
+
+    name: str = Field(description="the score column `metamergen score` names it")
+    label: str
+    higher_is_similar: bool
+    values: list[float | None] = Field(description="one per hypothesis, in seed order (null: not finite)")
+
+
+class ServerSettings(BaseModel):
+    """What a client needs to offer a render's options: defaults, limits, the model's canvas."""
+
+    model: str
+    defaults: dict[str, Any] = Field(description="the option values a request inherits")
+    limits: dict[str, int] = Field(description="max_steps, max_hypotheses, max_fixations, max_pixels, ...")
+    conditions: list[str]
+    blur_levels: list[float] = Field(description="the paper's peripheral blur levels")
+    canvas_size: int = Field(description="the encoder's square canvas, pixels")
+    patch_size: int = Field(description="the encoder's patch side, canvas pixels")
+    grid_size: int = Field(description="patches along each side of the canvas")
+    metrics: list[str] = Field(description="what a render with scores: true is scored with")
 
 
 class Hypothesis(BaseModel):
@@ -129,6 +201,7 @@ class RenderResponse(BaseModel):
     deadline_missed: bool
     timing: Timing
     batch: BatchInfo
+    scores: list[MetricScores] | None = Field(default=None, description="with scores: true")
 
 
 class Health(BaseModel):
