@@ -13,7 +13,6 @@ import io
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_scene
+from conftest import loopback, make_scene, wait_until
 from PIL import Image
 
 fastapi = pytest.importorskip("fastapi", reason="the serve extra (pip install metamergen[serve]) is not installed")
@@ -80,13 +79,6 @@ def served(pipe: Any, **kw: Any) -> Iterator[tuple[TestClient, MetamerGenClient]
     app = create_app(pipe, config(**kw))
     with TestClient(app) as http:
         yield http, MetamerGenClient(client=http)
-
-
-def wait_until(condition, timeout: float = 120.0) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.01)
 
 
 def in_thread(fn, *args, **kwargs) -> tuple[threading.Thread, dict]:
@@ -239,23 +231,6 @@ def test_a_missed_deadline_is_reported_in_the_response_and_the_metrics(pipe):
     assert late.deadline_missed and late.deadline_ms == 0.001 and late.timing["total_ms"] > 0.001
     assert not in_time.deadline_missed
     assert stats["deadline_misses"] == 1 and stats["renders"] == 2
-
-
-@contextmanager
-def loopback(app) -> Iterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
 
 
 def open_render(url: str, body: dict) -> socket.socket:
