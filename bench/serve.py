@@ -130,8 +130,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     image.save(buf, format="PNG")
     scene_png = buf.getvalue()
     n_throughput = args.clients * args.requests_per_client
-    lists = bl.random_fixation_lists(max(n_throughput, 1), width, height, seed=args.seed)
-    latency_list = lists[2].tolist()  # 3 fixations
+    lists = bl.random_fixation_lists(max(n_throughput, 3), width, height, seed=args.seed)
+    latency_list = lists[2].tolist()  # 3 fixations (the lists' counts cycle 1, 2, 3, 5, 10)
     direct_scene = pipe.encode_scene(image)
     throughput_steps = args.throughput_steps or args.steps
 
@@ -276,7 +276,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "unbatched_over_batched_cpu": cpu_speedup,
         },
         cpu_seconds=cpu_seconds,
-        targets={"served_over_direct": {"target": f"<= {TARGET}", "value": overhead, "verdict": verdict}},
+        targets={
+            "served_over_direct": {
+                "metric": "served / direct latency",
+                "target": f"<= {TARGET}",
+                "value": overhead,
+                "verdict": verdict,
+            }
+        },
         percentiles_seconds={"latency": lat_pct, "requests": req_pct},
         images_per_second=ips,
         batch_sizes=batch_sizes,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-NAMES = ("unet_step", "encoding", "batched", "study_throughput", "train_step", "data_loading")
+NAMES = ("unet_step", "encoding", "batched", "study_throughput", "serve", "train_step", "data_loading")
 KEYS = {"benchmark", "machine", "settings", "raw_seconds", "median_seconds", "ratios", "table"}
 
 
@@ -56,6 +56,8 @@ def results(tmp_path_factory):
             str(out),
             "--extra",
             "data_loading:--workers 1",
+            "--extra",
+            "serve:--steps 2 --clients 2 --requests-per-client 1",
         ]
     )
     return out, summary
