@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 pytest.importorskip("plenoptic")
@@ -128,7 +129,8 @@ def test_bad_input_gets_one_line_and_exit_2(data, tmp_path, capsys, extra, messa
 @pytest.mark.parametrize(
     ("model", "message"),
     [
-        ([], "give one of --model module:name or --tiny"),
+        ([], "give one of --model module:name, --pretrained source:name or --tiny"),
+        (["--pretrained", "keras:resnet50"], "source one of torchvision, timm, transformers"),
         (["--model", "nocolon"], "--model takes module:name"),
         (["--model", "metamergen.metamers.toy:nope"], "metamergen.metamers.toy has no attribute 'nope'"),
         (["--model", "metamergen.metamers.toy:__doc__"], "is a str, not a torch.nn.Module or a function returning one"),
@@ -156,3 +158,46 @@ def trainable():
     for p in model.parameters():
         p.requires_grad_(True)
     return model
+
+
+def test_a_pretrained_transformers_classifier_loads_with_its_own_normalisation(data, tmp_path, capsys):
+    """A local folder in the hub layout stands in for a download (no network in tests)."""
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from metamergen.metamers.pretrained import load_pretrained
+
+    folder = tmp_path / "vit"
+    config = ViTConfig(
+        image_size=16, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    )
+    ViTForImageClassification(config).save_pretrained(folder)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    ViTImageProcessor(size={"height": 16, "width": 16}, image_mean=mean, image_std=std).save_pretrained(folder)
+
+    loaded = load_pretrained(f"transformers:{folder}")
+    assert loaded.input_size == 16 and loaded.name == f"transformers:{folder}"
+    assert loaded.normalize.mean.flatten().tolist() == pytest.approx(mean)
+    assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
+    x = torch.rand(2, 3, 16, 16)
+    assert loaded.model(x).shape == (2, 2)  # logits, not the library's output object
+
+    out = tmp_path / "run"
+    argv = ["model-metamers", "--pretrained", f"transformers:{folder}", "--images", str(data["images"])]
+    assert main([*argv, "--layers", "net.vit.layernorm", "--out", str(out), *QUICK]) == 0
+    assert json.loads((out / "run.json").read_text())["transform"]["std"] == pytest.approx(std)
+
+
+def test_a_pretrained_source_whose_package_is_missing_says_which_pip_install(data, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm":
+            raise ImportError("No module named 'timm'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    argv = ["model-metamers", "--pretrained", "timm:resnet50", "--images", str(data["images"]), "--layers", "x"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert "needs the timm package: pip install timm" in capsys.readouterr().err

@@ -24,6 +24,12 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--model", help="module:name of an nn.Module or a function returning one (e.g. mypackage.nets:resnet50)"
     )
+    model.add_argument(
+        "--pretrained",
+        metavar="SOURCE:NAME",
+        help="a pretrained classifier with its own normalisation: torchvision:resnet50, timm:<name>, "
+        "transformers:<hub id or folder> (weights download on first use)",
+    )
     model.add_argument("--tiny", action="store_true", help="a tiny random CNN (tests the machinery; metamers of noise)")
     p.add_argument("--images", nargs="+", required=True, help="image files or folders of them (ids: file stems)")
     p.add_argument("--layers", required=True, help="comma-separated module paths, e.g. layer1,layer4.2.relu")
@@ -100,8 +106,8 @@ def _load_model(spec: str) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``metamergen model-metamers``."""
-    if bool(args.model) == bool(args.tiny):
-        raise SystemExit("error: give one of --model module:name or --tiny.")
+    if sum(map(bool, (args.model, args.pretrained, args.tiny))) != 1:
+        raise SystemExit("error: give one of --model module:name, --pretrained source:name or --tiny.")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
     if not layers:
         raise SystemExit("error: --layers is empty; name module paths such as layer1,layer4.")
@@ -121,11 +127,26 @@ def run(args: argparse.Namespace) -> int:
         config = MetamerRunConfig.from_yaml(args.config, args.overrides)
     else:
         config = MetamerRunConfig.from_dict(apply_overrides({}, args.overrides))
+    normalize = None
     if args.tiny:
         from metamergen.metamers.toy import tiny_cnn
 
         print("model-metamers: --tiny is a tiny random CNN: its metamers test the machinery only.", file=sys.stderr)
         model, name = tiny_cnn(0), "tiny_cnn"
+    elif args.pretrained:
+        from metamergen.metamers.pretrained import load_pretrained
+
+        try:
+            loaded = load_pretrained(args.pretrained)
+        except (ImportError, OSError) as err:  # a missing package, no network, an unknown hub id
+            raise SystemExit(f"error: --pretrained {args.pretrained}: {' '.join(str(err).split())}") from None
+        model, name, normalize = loaded.model, loaded.name, loaded.normalize
+        if loaded.input_size != config.image_size:
+            print(
+                f"model-metamers: {name} was trained at {loaded.input_size} px; images are resized to "
+                f"{config.image_size} px (--set images.size={loaded.input_size} to match).",
+                file=sys.stderr,
+            )
     else:
         model, name = _load_model(args.model), args.model
         import plenoptic as po
@@ -140,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         config=config,
         model_name=name,
         null_image_paths=null_images,
+        normalize=normalize,
         device=args.device,
         log=lambda line: print(line, file=sys.stderr),
     )

@@ -11,7 +11,9 @@
 - :mod:`~metamergen.metamers.null`: the null distribution and Feather's null test;
 - :mod:`~metamergen.metamers.recognition`: recognition by the generating and other models, with
   bootstrap intervals;
-- :mod:`~metamergen.metamers.toy`: a tiny random CNN (tests, ``model-metamers --tiny``).
+- :mod:`~metamergen.metamers.toy`: a tiny random CNN (tests, ``model-metamers --tiny``);
+- :mod:`~metamergen.metamers.pretrained`: torchvision, timm and transformers classifiers by name,
+  with their own input normalisation (weights download on the user's machine).
 
 ``docs/model_metamers.md`` describes the recipes, the tests' semantics and what is plenoptic's.
 """
@@ -46,6 +48,8 @@ _EXPORTS = {
     "recognition_accuracy": ".recognition",
     "recognition_table": ".recognition",
     "tiny_cnn": ".toy",
+    "PretrainedModel": ".pretrained",
+    "load_pretrained": ".pretrained",
 }
 
 __all__ = sorted(name for name, module in _EXPORTS.items() if module.startswith("."))

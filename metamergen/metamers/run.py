@@ -207,6 +207,7 @@ def run_model_metamers(
     config: MetamerRunConfig | None = None,
     model_name: str = "model",
     null_image_paths: Sequence[str | os.PathLike] = (),
+    normalize: Normalize | None = None,
     device: str | torch.device = "cpu",
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -228,6 +229,10 @@ def run_model_metamers(
         How records name the model.
     null_image_paths
         Natural images for the null distribution (at least 2; none: no null test).
+    normalize
+        The model's own input normalisation (e.g. :attr:`PretrainedModel.normalize
+        <metamergen.metamers.pretrained.PretrainedModel>`); given, it replaces ``config.transform``
+        and ``run.json`` records its mean and std.
     device
         Where the model and the images go.
     log
@@ -251,7 +256,10 @@ def run_model_metamers(
     if null_images is not None and len(null_images) < 2:
         raise ValueError("the null distribution needs at least 2 null images.")
     model = model.to(device)
-    transform = Normalize.imagenet() if config.transform == "imagenet" else None
+    if normalize is not None:
+        transform: Normalize | None = normalize
+    else:
+        transform = Normalize.imagenet() if config.transform == "imagenet" else None
     members = {
         layer: LayerActivations(
             model, layer, transform=transform, fake_relu=config.fake_relu, name=f"{model_name}:{layer}"
@@ -259,6 +267,8 @@ def run_model_metamers(
         for layer in layers
     }
     record = {"model": model_name, "layers": layers, "images": ids, "null_images": null_ids, **config.to_dict()}
+    if normalize is not None:
+        record["transform"] = {"mean": normalize.mean.flatten().tolist(), "std": normalize.std.flatten().tolist()}
     _check_settings(out, record)
     images = images.to(device)
 
