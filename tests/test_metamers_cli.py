@@ -44,14 +44,15 @@ def test_the_command_writes_metamers_a_manifest_and_both_tests(data, tmp_path, c
     out = tmp_path / "run"
     assert _run(data, out) == 0
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [(r["image_id"], r["layer"], r["steps"]) for r in rows] == [
-        ("im0", "3", 60),
-        ("im0", "5", 60),
-        ("im1", "3", 60),
-        ("im1", "5", 60),
+    assert [(r["image_id"], r["source_id"], r["layer"], r["steps"]) for r in rows] == [
+        ("im0/3", "im0", "3", 60),
+        ("im0/5", "im0", "5", 60),
+        ("im1/3", "im1", "3", 60),
+        ("im1/5", "im1", "5", 60),
     ]
     for r in rows:
-        assert Image.open(out / r["file"]).size == (16, 16) and (out / r["checkpoint"]).is_file()
+        assert Image.open(out / r["path"]).size == (16, 16) and (out / r["checkpoint"]).is_file()
+        assert r["scene"] == str((data["images"] / f"{r['source_id']}.png").resolve())
     null_rows = (out / "null_test.csv").read_text().splitlines()
     assert null_rows[0].startswith("image_id,layer,spearman,pearson,snr_db,null_max_spearman")
     assert len(null_rows) == 5 and all(line.split(",")[-1] == "20" for line in null_rows[1:])  # 5 x 4 ordered pairs
@@ -201,3 +202,24 @@ def test_a_pretrained_source_whose_package_is_missing_says_which_pip_install(dat
     argv = ["model-metamers", "--pretrained", "timm:resnet50", "--images", str(data["images"]), "--layers", "x"]
     assert main([*argv, "--out", str(tmp_path / "o")]) == 2
     assert "needs the timm package: pip install timm" in capsys.readouterr().err
+
+
+def test_metamergen_score_scores_the_metamers_against_their_originals(data, tmp_path, capsys):
+    """The run's manifest is a score manifest: the scene metamers' metrics apply unchanged."""
+    import csv
+
+    from metamergen.evaluation.metrics import build_metrics
+
+    out = tmp_path / "run"
+    assert _run(data, out) == 0
+    table = tmp_path / "scores.csv"
+    assert main(["score", "--manifest", str(out / "manifest.jsonl"), "--metrics", "mse,ssim", "--out", str(table)]) == 0
+    scored = list(csv.DictReader(table.open()))
+    assert [r["image_id"] for r in scored] == ["im0/3", "im0/5", "im1/3", "im1/5"]
+    mse = build_metrics(["mse"])[0]
+    for r in scored:
+        original = Image.open(data["images"] / f"{r['source_id']}.png").convert("RGB")
+        metamer = Image.open(tmp_path / r["path"]).convert("RGB")  # the table names files from its own folder
+        assert float(r["mse"]) == pytest.approx(float(mse([original], [metamer])[0]), rel=1e-6)
+    baselines = list(csv.DictReader((tmp_path / "baselines.csv").open()))  # what no optimisation gives
+    assert {(b["baseline"], b["scene_id"]) for b in baselines} >= {("flat", "im0"), ("flat", "im1")}

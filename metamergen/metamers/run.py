@@ -5,7 +5,10 @@ The output folder::
     OUT/run.json                    the settings (a rerun with other settings is refused)
     OUT/metamers/<image id>/<layer>.png
     OUT/checkpoints/<image id>/<layer>.pt   plenoptic's save of each synthesis (resume from here)
-    OUT/manifest.jsonl              one row per (image, layer): files, steps, final loss, recipe, seed
+    OUT/manifest.jsonl              one row per (image, layer): files, steps, final loss, recipe, seed;
+                                    ``image_id``, ``path`` and ``scene`` (the original) as in a study's
+                                    manifest, so ``metamergen score OUT/manifest.jsonl`` scores the
+                                    metamers against their originals with the scene metamers' metrics
     OUT/recognition.csv             the generating model's accuracy per layer (95 % bootstrap interval)
     OUT/null_test.csv               with null images: Spearman, Pearson, dB SNR, null maxima, passed
     OUT/summary.json                per layer: mean loss, null-test passes, recognition
@@ -290,11 +293,13 @@ def run_model_metamers(
             loss = float(synth.losses[-1])
             rows.append(
                 {
-                    "image_id": image_id,
-                    "image": str(Path(image_paths[k])),
+                    "image_id": f"{image_id}/{_safe(layer)}",  # one row per metamer, as `metamergen score` reads rows
+                    "path": str(png.relative_to(out)),
+                    "scene": str(Path(image_paths[k]).resolve()),  # the original, scored against
+                    "scene_id": image_id,  # score's baselines (a flat image, a blurred copy) are per original
+                    "source_id": image_id,
                     "layer": layer,
                     "model": model_name,
-                    "file": str(png.relative_to(out)),
                     "checkpoint": str(checkpoint.relative_to(out)),
                     "steps": synth.steps_done,
                     "loss": loss,
