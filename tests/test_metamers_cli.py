@@ -59,7 +59,13 @@ def test_the_command_writes_metamers_a_manifest_and_both_tests(data, tmp_path, c
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["layers"]) == {"3", "5"} and summary["n_images"] == 2
     assert 0 <= summary["layers"]["3"]["recognition"]["accuracy"] <= 1
-    assert "3: mean loss" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "3: mean loss" in printed and printed.strip().splitlines()[-1] == str(out / "report" / "index.html")
+    page = (out / "report" / "index.html").read_text()
+    assert page.count("<tr><td>") == 2 and "recognition_by_layer.png" in page and "metamers.png" in page
+    sheet = Image.open(out / "report" / "metamers.png")
+    assert sheet.height > 2 * 128 and sheet.width > 3 * 128  # 2 images x (natural + 2 layers)
+    assert Image.open(out / "report" / "recognition_by_layer.png").size[0] > 300
 
 
 def test_an_interrupted_run_resumes_to_the_same_metamers(data, tmp_path, monkeypatch):

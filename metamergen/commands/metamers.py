@@ -13,7 +13,7 @@ __all__ = ["add_parser", "main", "run"]
 DESCRIPTION = (
     "Optimise one model metamer per (image, layer) of a torch model (Feather et al. 2023 by default), then "
     "test them: recognition by the model with bootstrap intervals and, with --null-images, the null test. "
-    "Writes OUT/metamers/, manifest.jsonl, recognition.csv, null_test.csv and summary.json; run the same "
+    "Writes OUT/metamers/, manifest.jsonl, recognition.csv, null_test.csv, summary.json and report/; run the same "
     "command again to resume from OUT/checkpoints/."
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -165,11 +165,14 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         log=lambda line: print(line, file=sys.stderr),
     )
+    from metamergen.viz.metamers import write_metamers_report
+
+    report = write_metamers_report(args.out)
     for layer, s in summary["layers"].items():
         rec = s["recognition"]
         passed = f", null test passed {s['null_test_passed']}/{summary['n_images']}" if "null_test_passed" in s else ""
         print(f"{layer}: mean loss {s['mean_loss']:.4g}, recognised {rec['accuracy']:.2f}{passed}")
-    print(args.out)
+    print(report / "index.html")
     return 0
 
 
