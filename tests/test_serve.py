@@ -13,6 +13,7 @@ import io
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -446,6 +447,30 @@ def test_oversize_uploads_are_refused_before_and_while_streaming(pipe):
         assert response.headers["content-type"] == "application/json"
         assert "limit of 1000 bytes" in response.json()["message"]
     assert small.status_code == 201
+
+
+def test_a_slow_client_holds_only_its_own_connection(pipe):
+    """An upload dribbled in over seconds, and a render response nobody reads, do not stall others."""
+    other = make_scene(40, 30, seed=7)
+    with loopback(create_app(pipe, config())) as url, MetamerGenClient(url) as client:
+        host, port = url.removeprefix("http://").split(":")
+        slow = socket.create_connection((host, int(port)))
+        head = f"POST /scenes?name=slow.png HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\n"
+        slow.sendall(f"{head}Content-Length: {len(SCENE_PNG)}\r\n\r\n".encode() + SCENE_PNG[:100])
+        sid = client.upload_scene(png_bytes(other))["scene_id"]  # served while the slow body is incomplete
+        assert client.render(sid, [[5, 5]]).images()[0].size[0] > 0
+        deaf = open_render(url, {"scene_id": sid, "fixations": [[6, 6]]})  # never reads its response
+        for i in range(100, len(SCENE_PNG), 400):  # the rest, slowly
+            slow.sendall(SCENE_PNG[i : i + 400])
+            time.sleep(0.01)
+        slow.settimeout(60)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += slow.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 201")  # the slow upload itself succeeds
+        assert client.render(sid, [[7, 7]]).record["fixations"] == [[7.0, 7.0]]
+        slow.close()
+        deaf.close()
 
 
 def test_an_api_key_guards_every_route_but_health(pipe):
