@@ -1,4 +1,4 @@
-"""Run all seven benchmarks and write the combined markdown table for the README's Performance section.
+"""Run all eight benchmarks and write the combined markdown table for the README's Performance section.
 
 Each benchmark runs in its own Python process by default (so one benchmark's memory does not
 weigh on the next, and CUDA peak-memory counters start clean); ``--in-process`` runs them in this
@@ -27,7 +27,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchlib as bl  # noqa: E402
 
 #: In run order: train_step before data_loading, which compares against its result.
-BENCHMARKS = ("unet_step", "encoding", "batched", "study_throughput", "serve", "train_step", "data_loading")
+BENCHMARKS = (
+    "unet_step",
+    "encoding",
+    "batched",
+    "study_throughput",
+    "serve",
+    "model_metamers",
+    "train_step",
+    "data_loading",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -69,7 +69,8 @@ def load(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> 
     loaded = load_model(model=args.model or str(DEMO_MODEL), device=str(device), dtype=args.dtype)
     pipe = loaded.pipe
     pipe.set_progress_bar_config(disable=True)
-    return pipe, loaded.description, int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    name = "demo model" if args.model is None else loaded.description  # not this machine's absolute path
+    return pipe, name, int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
 @contextmanager

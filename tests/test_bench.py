@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-NAMES = ("unet_step", "encoding", "batched", "study_throughput", "serve", "train_step", "data_loading")
+NAMES = (
+    "unet_step",
+    "encoding",
+    "batched",
+    "study_throughput",
+    "serve",
+    "model_metamers",
+    "train_step",
+    "data_loading",
+)
 KEYS = {"benchmark", "machine", "settings", "raw_seconds", "median_seconds", "ratios", "table"}
 
 
