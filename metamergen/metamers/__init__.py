@@ -11,6 +11,8 @@
 - :mod:`~metamergen.metamers.null`: the null distribution and Feather's null test;
 - :mod:`~metamergen.metamers.recognition`: recognition by the generating and other models, with
   bootstrap intervals;
+- :mod:`~metamergen.metamers.similarity`: representational similarity and the Jensen-Shannon shift
+  of its distribution from natural images to metamers (Boehm et al. 2025);
 - :mod:`~metamergen.metamers.toy`: a tiny random CNN (tests, ``model-metamers --tiny``);
 - :mod:`~metamergen.metamers.pretrained`: torchvision, timm and transformers classifiers by name,
   with their own input normalisation (weights download on the user's machine).
@@ -48,6 +50,9 @@ _EXPORTS = {
     "recognition_accuracy": ".recognition",
     "recognition_table": ".recognition",
     "tiny_cnn": ".toy",
+    "SimilarityShift": ".similarity",
+    "representational_similarity": ".similarity",
+    "similarity_shift": ".similarity",
     "PretrainedModel": ".pretrained",
     "load_pretrained": ".pretrained",
     "crop_dataset": ".miniature",
