@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from metamergen.encoders.dinov2 import canvas_size
     from metamergen.pipeline.record import RECORD_NAME, hypothesis_filename, record_json, render_record
-    from metamergen.utils.images import ImageLoadError, load_image
+    from metamergen.utils.images import ImageLoadError, SceneSizeError, check_scene_size, load_image
     from metamergen.utils.io import atomic_write
     from metamergen.viz.figures import contact_sheet, draw_scanpath, foveated_input
 
@@ -88,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: --num-images must be >= 1, got {args.num_images}.")
     try:
         image = load_image(args.image)
+        check_scene_size(image.width, image.height, name=str(args.image))  # before the model loads
     except FileNotFoundError:
         raise SystemExit(f"error: no image at {args.image}.") from None
-    except ImageLoadError as err:
+    except (ImageLoadError, SceneSizeError) as err:  # one line saying what to do
         raise SystemExit(f"error: {err}") from None
     from metamergen.fixations.records import Scanpath
 

@@ -41,14 +41,16 @@ class StudyScene:
 
 
 def _image_size(path: Path, what: str) -> tuple[int, int]:
-    from metamergen.utils.images import ImageLoadError, load_image
+    from metamergen.utils.images import ImageLoadError, SceneSizeError, check_scene_size, load_image
 
     if not path.is_file():
         raise FileNotFoundError(f"{what}: no image at {path}.")
     try:  # decoded whole: a truncated file must stop the study before anything is written
-        return load_image(path).size
-    except ImageLoadError as err:
+        size = load_image(path).size
+        check_scene_size(*size, name=str(path))  # too small or too thin: stop before anything is written
+    except (ImageLoadError, SceneSizeError) as err:
         raise ValueError(f"{what}: {err}") from None
+    return size
 
 
 def _line_numbers(path: Path) -> list[int]:

@@ -31,7 +31,19 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["BACKGROUND", "ImageInput", "ImageLoadError", "load_image", "rgb", "to_pil"]
+__all__ = [
+    "BACKGROUND",
+    "MAX_SCENE_ASPECT",
+    "MIN_SCENE_SIDE",
+    "WIDE_SCENE_ASPECT",
+    "ImageInput",
+    "ImageLoadError",
+    "SceneSizeError",
+    "check_scene_size",
+    "load_image",
+    "rgb",
+    "to_pil",
+]
 
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor
@@ -39,12 +51,27 @@ ImageInput = Image.Image | np.ndarray | torch.Tensor
 #: Background that transparent pixels are composited on: the encoder canvas's padding colour.
 BACKGROUND: tuple[int, int, int] = (128, 128, 128)
 
+#: Shortest scene side, pixels, that ``render`` and ``generate`` accept. Below it the encoder's
+#: canvas is one blown-up blur, the rendering is an upsampled guess of a few pixels, and SSIM's
+#: 11-px window cannot fit (the demo's toy scenes are 64 px, the test scenes 32 px and up).
+MIN_SCENE_SIDE = 16
+#: Longer / shorter side above which a scene is refused: the encoder squashes every scene onto a
+#: square canvas (an 8:1 scene's patches are 8 times wider than tall) and the generation keeps
+#: the aspect ratio at the UNet's native area (a 10000 x 10 scene rendered 1012 x 2 pixels).
+MAX_SCENE_ASPECT = 8.0
+#: Longer / shorter side above which a scene is rendered with a warning (a 3:1 panorama).
+WIDE_SCENE_ASPECT = 3.0
+
 #: EXIF tag 0x0112 (Orientation); 1 is "as stored".
 _ORIENTATION = 0x0112
 
 
 class ImageLoadError(ValueError):
     """An image file that cannot be decoded (truncated, empty, not an image, unsupported)."""
+
+
+class SceneSizeError(ValueError):
+    """A scene too small, or too long and thin, to render (the message says what to do)."""
 
 
 def _warn(message: str) -> None:
@@ -134,6 +161,47 @@ def load_image(path: str | os.PathLike, *, background: tuple[int, int, int] = BA
             "(the frame fixation datasets use); rotate the file itself if your fixations are in the rotated frame."
         )
     return out
+
+
+def check_scene_size(width: int, height: int, *, name: str = "the scene") -> None:
+    """Refuse a scene no render could use; warn about a very wide (or tall) one.
+
+    Parameters
+    ----------
+    width, height
+        The scene's size in pixels.
+    name
+        How the message names the scene (its path, usually).
+
+    Raises
+    ------
+    SceneSizeError
+        The shorter side is under :data:`MIN_SCENE_SIDE` pixels, or the longer side is more than
+        :data:`MAX_SCENE_ASPECT` times the shorter one.
+
+    Warns
+    -----
+    UserWarning
+        The longer side is more than :data:`WIDE_SCENE_ASPECT` times the shorter one.
+    """
+    short, long = min(width, height), max(width, height)
+    if short < MIN_SCENE_SIDE:
+        raise SceneSizeError(
+            f"{name} is {width}x{height} px; a scene needs at least {MIN_SCENE_SIDE} px on each side "
+            "(the model renders at its own size and would only blow up a few pixels): use the full-size image."
+        )
+    aspect = long / short
+    if aspect > MAX_SCENE_ASPECT:
+        raise SceneSizeError(
+            f"{name} is {width}x{height} px, {aspect:.0f}:1; scenes longer than {MAX_SCENE_ASPECT:.0f}:1 are refused "
+            "(the encoder squashes every scene to a square): crop it into pieces of at most "
+            f"{MAX_SCENE_ASPECT:.0f}:1 and render each with its own fixations."
+        )
+    if aspect > WIDE_SCENE_ASPECT:
+        _warn(
+            f"{name} is {width}x{height} px, {aspect:.1f}:1: the encoder squashes it to a square canvas, so its "
+            f"patches are {aspect:.1f} times longer one way; crop it to at most {WIDE_SCENE_ASPECT:.0f}:1 for faithful renders."
+        )
 
 
 def to_pil(image: ImageInput) -> Image.Image:
