@@ -170,7 +170,13 @@ def test_table_is_joined_with_the_manifest(study, scored):
     assert [r["image_id"] for r in ordered] == list(manifest)  # manifest order, one row per image
     for row in ordered:
         assert {k: row[k] for k in manifest[row["image_id"]]} == manifest[row["image_id"]]
-        assert list(row) == [*MANIFEST_COLUMNS, *ALL_METRICS]
+        assert list(row) == [*MANIFEST_COLUMNS, *ALL_METRICS, "score_resolution"]
+        # the study's scenes are under 512 px: the weight-free metrics compare at the scene's own size
+        scene_size = "48x32" if row["scene_id"] == "A.png" else "40x40"
+        assert (
+            row["score_resolution"]
+            == f"psnr/mse/ssim/color_hist/gabor/sobel {scene_size}; clip 32x32; dreamsim 224x224; dino 112x112"
+        )
         assert all(np.isfinite(row[m]) for m in ALL_METRICS if not (m == "psnr" and row["image_id"] == "identical"))
     assert sum(scored["dreamsim"].batches) == len(ordered) and max(scored["dreamsim"].batches) <= 4
 
@@ -180,7 +186,7 @@ def test_csv_and_parquet_tables(study, scored, tmp_path):
     write_score_table(rows, tmp_path / "s.csv")
     with open(tmp_path / "s.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == [*MANIFEST_COLUMNS, *ALL_METRICS] and len(table) == len(rows)
+    assert list(table[0]) == [*MANIFEST_COLUMNS, *ALL_METRICS, "score_resolution"] and len(table) == len(rows)
     for written, row in zip(table, rows):
         assert json.loads(written["fixations"]) == row["fixations"]
         assert written["model_revision"] == "" and float(written["psnr"]) == row["psnr"]
@@ -249,7 +255,7 @@ def test_cli_scores_end_to_end(study, tmp_path, monkeypatch, capsys):
     assert torch.hub.get_dir() == hub_dir
     with open(out, newline="") as f:
         table = list(csv.DictReader(f))
-    assert list(table[0]) == [*MANIFEST_COLUMNS, *WEIGHT_FREE_METRICS, "clip", "dreamsim"]  # the default set
+    assert list(table[0]) == [*MANIFEST_COLUMNS, *WEIGHT_FREE_METRICS, "clip", "dreamsim", "score_resolution"]
     assert len(table) == len(read_manifest(study["manifest"]))
     ident = next(r for r in table if r["image_id"] == "identical")
     assert ident["psnr"] == "inf" and float(ident["clip"]) == pytest.approx(1.0, abs=1e-5)
@@ -272,7 +278,7 @@ def test_cli_scores_end_to_end(study, tmp_path, monkeypatch, capsys):
     )
     import pyarrow.parquet as pq
 
-    assert pq.read_table(parquet).column_names == [*MANIFEST_COLUMNS, "ssim", "dino"]
+    assert pq.read_table(parquet).column_names == [*MANIFEST_COLUMNS, "ssim", "dino", "score_resolution"]
 
 
 def test_cli_errors_write_nothing(study, tmp_path, monkeypatch):

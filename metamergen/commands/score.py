@@ -5,12 +5,42 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from metamergen.evaluation.registry import DEFAULT_METRICS, METRIC_INFO
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "main", "parse_score_size", "run"]
+
+#: The weight-free metrics' default score resolution (longer side, pixels): the value of
+#: ``metamergen.evaluation.metrics.SCORE_SIZE``, repeated here so ``--help`` imports no torch
+#: (tests/test_scoring.py checks that the two agree).
+_SCORE_SIZE = 512
+#: Smallest --score-size: SSIM's window is 11 px, and scenes are at least 16 px (utils.images).
+_MIN_SCORE_SIZE = 16
+
+
+def parse_score_size(text: str) -> int | None:
+    """``--score-size``: a whole number of pixels >= 16, or ``"full"`` (``None``: the original's size).
+
+    Raises
+    ------
+    SystemExit
+        One line naming the flag and what it takes.
+    """
+    if text.strip().lower() == "full":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < _MIN_SCORE_SIZE:
+        raise SystemExit(
+            f"error: --score-size takes a longer side in pixels >= {_MIN_SCORE_SIZE} (default {_SCORE_SIZE}) or "
+            f"'full' for the original's size, got {text!r}."
+        )
+    return value
 
 
 def _add_score_arguments(s: argparse.ArgumentParser) -> None:
@@ -31,6 +61,13 @@ def _add_score_arguments(s: argparse.ArgumentParser) -> None:
         help="folder of DreamSim's weights (default $METAMERGEN_DREAMSIM_CACHE or ~/.cache/metamergen/dreamsim)",
     )
     s.add_argument("--dreamsim-type", default="ensemble", help="DreamSim variant (default ensemble)")
+    s.add_argument(
+        "--score-size",
+        default=str(_SCORE_SIZE),
+        help=f"longer side, pixels, at which the weight-free metrics compare each pair (the original's aspect "
+        f"ratio; an original already within it keeps its size); 'full' = the original's size (default {_SCORE_SIZE}; "
+        "clip, dreamsim and dino use their own square inputs); recorded in the score_resolution column",
+    )
     s.add_argument("--batch-size", type=int, default=16, help="pairs per batch (default 16)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.add_argument("--model", help="saved MetamerGenPipeline whose DINOv2 the dino metric uses")
@@ -51,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from metamergen.commands._common import process_state
     from metamergen.evaluation.metrics import METRICS
     from metamergen.evaluation.scoring import (
+        ScoreWarning,
         build_score_metrics,
         load_manifest_rows,
         manifest_order,
@@ -60,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}.")
+    score_size = parse_score_size(args.score_size)
     if args.model and args.tiny:
         raise SystemExit("error: give --model or --tiny, not both.")
     names = None
@@ -101,12 +140,24 @@ def run(args: argparse.Namespace) -> int:
             dreamsim_cache=args.dreamsim_cache,
             dreamsim_type=args.dreamsim_type,
             pipe=pipe,
+            score_size=score_size,
         )
         split = {} if state is None else {"process_index": state.process_index, "num_processes": state.num_processes}
         main_process = state is None or state.is_main_process
-        rows = score_manifest(
-            args.manifest, metrics, batch_size=args.batch_size, progress=not args.no_progress and main_process, **split
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ScoreWarning)
+            rows = score_manifest(
+                args.manifest,
+                metrics,
+                batch_size=args.batch_size,
+                progress=not args.no_progress and main_process,
+                **split,
+            )
+        for w in caught:  # one line each: "warning: ssim: 2 of 18 image(s) are smaller than ..."
+            if issubclass(w.category, ScoreWarning):
+                print(f"warning: {w.message}", file=sys.stderr)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         if state is not None:  # each process scored its scenes; the main process writes one table
             from accelerate.utils import gather_object
 

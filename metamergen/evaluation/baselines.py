@@ -88,9 +88,11 @@ def score_baselines(
     -------
     list of dict
         One row per scene for ``"flat"`` and per (scene, blur, encoder frame) for ``"periphery"``:
-        ``baseline, scene, scene_id, peripheral_blur, encoder_canvas, encoder_patch`` and one
-        column per metric.
+        ``baseline, scene, scene_id, peripheral_blur, encoder_canvas, encoder_patch``, one
+        column per metric, and ``score_resolution`` (what each metric compared at, as in the score table).
     """
+    from metamergen.evaluation.scoring import resolution_label
+
     root = Path(root) if root is not None else Path(".")
     cases: dict[tuple, dict[str, Any]] = {}
     for r in rows:
@@ -123,5 +125,6 @@ def score_baselines(
         row = {"baseline": case["baseline"], **{k: v for k, v in case.items() if k != "baseline"}}
         for metric in metrics:
             row[metric.name] = float(metric([scene], [image])[0])
+        row["score_resolution"] = resolution_label(metrics, scene.size)
         out.append(row)
     return out

@@ -9,12 +9,20 @@ Every metric compares ``originals[i]`` with ``generations[i]`` and returns one f
 Two families:
 
 * **weight-free** (``psnr``, ``mse``, ``ssim``, ``color_hist``, ``gabor``, ``sobel``): each first
-  resizes the generation to the original's size with PIL bicubic resampling (when the sizes
-  differ), then works on RGB values in [0, 1]; SSIM, Gabor and Sobel work on the luminance
-  ``Y = 0.299 R + 0.587 G + 0.114 B``. Deterministic, CPU, no downloads.
+  brings both images to the **score resolution** (:func:`score_resolution`): the original's
+  aspect ratio with its longer side at most ``score_size`` pixels (default :data:`SCORE_SIZE`,
+  512, Stable Diffusion 1.5's native side; an original already within it keeps its size), with PIL
+  bicubic resampling (when the sizes differ), then works on RGB values in [0, 1]; SSIM, Gabor and
+  Sobel work on the luminance ``Y = 0.299 R + 0.587 G + 0.114 B``. Deterministic, CPU, no downloads.
+  A COCO-FreeView original (1680 x 1050) and its 648 x 408 render are compared at 512 x 320, not
+  at 1680 x 1050 (upsampling the render adds no information and made SSIM 20 times slower).
 * **model-based** (``clip``, ``dreamsim``, ``dino``): each squashes the whole image to the model's
   square input (aspect ratio not kept, **no centre crop**, since cropping removes the periphery
-  MetamerGen is about). Models are loaded once, at construction, and run in batches.
+  MetamerGen is about): 224 x 224 for DreamSim and ViT-L/14 CLIP, the encoder canvas for ``dino``.
+  Models are loaded once, at construction, and run in batches.
+
+Every metric says what it compares at with :meth:`Metric.input_size`; ``metamergen score`` records
+it per row in the ``score_resolution`` column.
 
 Images may be PIL images, ``(H, W, 3)`` uint8 arrays or ``(3, H, W)`` float tensors in [0, 1]
 (see :func:`metamergen.encoders.to_pil`).
@@ -60,16 +68,22 @@ __all__ = [
     "MSE",
     "Metric",
     "PSNR",
+    "SCORE_SIZE",
     "SSIM",
     "SobelEnergyDistance",
     "WEIGHT_FREE_METRICS",
     "build_metrics",
     "dreamsim_missing_files",
+    "score_resolution",
 ]
 
 #: OpenAI CLIP's normalisation, used when no processor config is available.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+#: Longer side, pixels, of the score resolution of the weight-free metrics (Stable Diffusion
+#: 1.5's native 512; ``score_size=None`` compares at the original's full size).
+SCORE_SIZE = 512
 
 #: ITU-R BT.601 luma weights (R, G, B).
 _LUMA = (0.299, 0.587, 0.114)
@@ -117,6 +131,21 @@ class Metric(ABC):
     @abstractmethod
     def _score(self, originals: list[ImageInput], generations: list[ImageInput]) -> np.ndarray: ...
 
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int] | None:
+        """``(width, height)`` at which a pair with an original of ``original_size`` is compared.
+
+        Parameters
+        ----------
+        original_size
+            ``(width, height)`` of the original, pixels.
+
+        Returns
+        -------
+        tuple of int, or None
+            The comparison size; ``None`` when the metric does not say.
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, higher_is_similar={self.higher_is_similar})"
 
@@ -124,11 +153,46 @@ class Metric(ABC):
 # --------------------------------------------------------------------------- weight-free metrics
 
 
-def _aligned_uint8(original: ImageInput, generation: ImageInput) -> tuple[np.ndarray, np.ndarray]:
-    """Both images as ``(H, W, 3)`` uint8 RGB at the original's size (generation resized, bicubic)."""
+def score_resolution(width: int, height: int, score_size: int | None = SCORE_SIZE) -> tuple[int, int]:
+    """``(width, height)`` at which the weight-free metrics compare a pair whose original is ``width`` x ``height``.
+
+    Parameters
+    ----------
+    width, height
+        The original's size, pixels.
+    score_size
+        Longest side of the comparison, pixels; ``None`` for the original's full size.
+
+    Returns
+    -------
+    tuple of int
+        The original's size if its longer side is at most ``score_size`` (never upsampled), else
+        the original's aspect ratio with the longer side ``score_size`` (each side at least 1).
+    """
+    if score_size is None or max(width, height) <= score_size:
+        return int(width), int(height)
+    scale = score_size / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _check_score_size(score_size: int | None) -> int | None:
+    if score_size is None:
+        return None
+    if isinstance(score_size, bool) or int(score_size) != score_size or score_size < 1:
+        raise ValueError(f"score_size must be a positive number of pixels (or None for full size), got {score_size!r}.")
+    return int(score_size)
+
+
+def _aligned_uint8(
+    original: ImageInput, generation: ImageInput, score_size: int | None = SCORE_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
+    """Both images as ``(H, W, 3)`` uint8 RGB at the score resolution (:func:`score_resolution`, bicubic)."""
     o, g = to_pil(original), to_pil(generation)
-    if g.size != o.size:
-        g = g.resize(o.size, Image.Resampling.BICUBIC)
+    size = score_resolution(*o.size, score_size)
+    if o.size != size:
+        o = o.resize(size, Image.Resampling.BICUBIC)
+    if g.size != size:
+        g = g.resize(size, Image.Resampling.BICUBIC)
     return np.asarray(o), np.asarray(g)
 
 
@@ -144,12 +208,23 @@ def _luminance(rgb: torch.Tensor) -> torch.Tensor:
 
 
 class _PairwiseMetric(Metric):
-    """A weight-free metric computed one pair at a time on aligned [0, 1] RGB tensors."""
+    """A weight-free metric computed one pair at a time on aligned [0, 1] RGB tensors.
+
+    ``score_size`` (default :data:`SCORE_SIZE`) is the longer side of the score resolution
+    (:func:`score_resolution`); ``None`` compares at the original's full size.
+    """
+
+    def __init__(self, score_size: int | None = SCORE_SIZE) -> None:
+        self.score_size = _check_score_size(score_size)
+
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """The score resolution for an original of ``original_size`` (:func:`score_resolution`)."""
+        return score_resolution(*original_size, self.score_size)
 
     def _score(self, originals: list[ImageInput], generations: list[ImageInput]) -> np.ndarray:
         out = np.empty(len(originals), dtype=np.float64)
         for i, (o, g) in enumerate(zip(originals, generations)):
-            a, b = _aligned_uint8(o, g)
+            a, b = _aligned_uint8(o, g, self.score_size)
             out[i] = self._pair(a, b)
         return out
 
@@ -161,8 +236,8 @@ class _PairwiseMetric(Metric):
 class MSE(_PairwiseMetric):
     """Mean squared error over all pixels and RGB channels, values in [0, 1].
 
-    Range [0, 1]; 0 for identical images; lower is more similar. The generation is resized to
-    the original's size (PIL bicubic) first.
+    Range [0, 1]; 0 for identical images; lower is more similar. Both images are brought to
+    the score resolution first (:func:`score_resolution`).
     """
 
     name = "mse"
@@ -177,7 +252,7 @@ class PSNR(_PairwiseMetric):
 
     Range (0, +inf] for 8-bit images (at least ~0 dB, typically 10-40 dB); ``+inf`` for identical
     images (MSE = 0), so average it with care (e.g. drop or cap infinities). Higher is more
-    similar. The generation is resized to the original's size (PIL bicubic) first.
+    similar. Both images are brought to the score resolution first (:func:`score_resolution`).
     """
 
     name = "psnr"
@@ -201,14 +276,19 @@ class SSIM(_PairwiseMetric):
     Gaussian window of ``window_size`` px (default 11) and sigma ``sigma`` px (default 1.5),
     constants ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2`` with data range ``L = 1``; the SSIM map is
     computed where the window fits entirely inside the image ("valid") and averaged. Range
-    [-1, 1]; 1 for identical images; higher is more similar. The generation is resized to the
-    original's size (PIL bicubic) first; images must be at least ``window_size`` px on each side.
+    [-1, 1]; 1 for identical images; higher is more similar. Both images are brought to the
+    score resolution first (:func:`score_resolution`). A pair smaller than ``window_size`` px on a
+    side there scores NaN (the window cannot fit) and is counted in :attr:`too_small`, so one tiny
+    image does not stop a whole study; ``metamergen score`` warns with the count.
     """
 
     name = "ssim"
     higher_is_similar = True
 
-    def __init__(self, window_size: int = 11, sigma: float = 1.5) -> None:
+    def __init__(self, window_size: int = 11, sigma: float = 1.5, score_size: int | None = SCORE_SIZE) -> None:
+        super().__init__(score_size)
+        #: Pairs scored NaN because they were smaller than the window (a running count).
+        self.too_small = 0
         if window_size < 1 or window_size % 2 == 0:
             raise ValueError(f"window_size must be a positive odd number of pixels, got {window_size}.")
         self.window_size = int(window_size)
@@ -222,11 +302,9 @@ class SSIM(_PairwiseMetric):
 
     def _pair(self, original: np.ndarray, generation: np.ndarray) -> float:
         h, w = original.shape[:2]
-        if min(h, w) < self.window_size:
-            raise ValueError(
-                f"SSIM needs images of at least {self.window_size}x{self.window_size} px, got {w}x{h}; "
-                "pass a smaller window_size."
-            )
+        if min(h, w) < self.window_size:  # the window does not fit: no SSIM, counted
+            self.too_small += 1
+            return math.nan
         x, y = _luminance(_to_float(original)), _luminance(_to_float(generation))
         c1, c2 = 0.01**2, 0.03**2
         mu_x, mu_y = self._blur(x), self._blur(y)
@@ -243,13 +321,14 @@ class ColorHistogramDistance(_PairwiseMetric):
     Each channel's 8-bit values are binned into ``bins`` equal bins (default 32) and normalised
     to sum 1; per channel ``H = sqrt(0.5 * sum_k (sqrt(p_k) - sqrt(q_k))^2)``. Range [0, 1]; 0 for
     identical histograms; lower is more similar. Spatially blind: any rearrangement of the pixels
-    scores 0. The generation is resized to the original's size (PIL bicubic) first.
+    scores 0. Both images are brought to the score resolution first (:func:`score_resolution`).
     """
 
     name = "color_hist"
     higher_is_similar = False
 
-    def __init__(self, bins: int = 32) -> None:
+    def __init__(self, bins: int = 32, score_size: int | None = SCORE_SIZE) -> None:
+        super().__init__(score_size)
         if not 1 <= bins <= 256:
             raise ValueError(f"bins must be in [1, 256], got {bins}.")
         self.bins = int(bins)
@@ -300,7 +379,7 @@ class GaborEnergyDistance(_PairwiseMetric):
     Distance = mean over the bands of ``|log(E_orig + eps) - log(E_gen + eps)|`` (eps = 1e-6):
     the mean absolute log-ratio of band energies, symmetric in the two images (0.1 means the bands'
     energies differ by ~10 % on average). Range [0, inf); 0 for identical images; lower is more
-    similar. The generation is resized to the original's size (PIL bicubic) first.
+    similar. Both images are brought to the score resolution first (:func:`score_resolution`).
     """
 
     name = "gabor"
@@ -312,7 +391,9 @@ class GaborEnergyDistance(_PairwiseMetric):
         orientations: Sequence[float] = (0.0, 45.0, 90.0, 135.0),
         eps: float = 1e-6,
         max_side: int | None = 512,
+        score_size: int | None = SCORE_SIZE,
     ) -> None:
+        super().__init__(score_size)
         if max_side is not None and max_side < 8:
             raise ValueError(f"max_side must be at least 8 px (or None), got {max_side}.")
         self.max_side = None if max_side is None else int(max_side)
@@ -380,14 +461,15 @@ class SobelEnergyDistance(_PairwiseMetric):
     ``E = mean(gx^2 + gy^2)`` with the 3x3 Sobel kernels scaled by 1/8 (so ``gx`` is a per-pixel
     slope of luminance in [0, 1]) and replicate padding; distance
     ``|E_orig - E_gen| / (E_orig + E_gen)`` (0 when both are 0). Range [0, 1]; 0 for identical
-    images; lower is more similar. The generation is resized to the original's size (PIL bicubic)
-    first.
+    images; lower is more similar. Both images are brought to the score resolution
+    first (:func:`score_resolution`).
     """
 
     name = "sobel"
     higher_is_similar = False
 
-    def __init__(self) -> None:
+    def __init__(self, score_size: int | None = SCORE_SIZE) -> None:
+        super().__init__(score_size)
         kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]], dtype=torch.float64) / 8
         self._kernels = torch.stack([kx, kx.T])[:, None]
 
@@ -538,6 +620,10 @@ class CLIPSimilarity(_EmbeddingCosine):
                 "CLIPModel.save_pretrained), or a CLIPModel instance."
             ) from exc
 
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """The model's square input, whatever the original's size (squashed, no crop)."""
+        return self.image_size, self.image_size
+
     @torch.no_grad()
     def embed(self, images: Sequence[ImageInput]) -> torch.Tensor:
         """``(N, projection_dim)`` CLIP image embeddings (not normalised)."""
@@ -581,6 +667,10 @@ class DinoCosine(_EmbeddingCosine):
     def from_pipeline(cls, pipe: Any, batch_size: int = 16) -> DinoCosine:
         """Use a MetamerGen pipeline's ``image_encoder`` and ``feature_extractor``."""
         return cls(pipe.image_encoder, pipe.feature_extractor, batch_size=batch_size)
+
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """The encoder's square canvas, whatever the original's size (squashed, no crop)."""
+        return self.size, self.size
 
     @torch.no_grad()
     def embed(self, images: Sequence[ImageInput]) -> torch.Tensor:
@@ -734,6 +824,13 @@ class DreamSimDistance(Metric):
             ) from exc
         finally:
             torch.hub.set_dir(hub_dir)
+
+    #: DreamSim's input side, pixels (its preprocessing squashes every image to it).
+    image_size = 224
+
+    def input_size(self, original_size: tuple[int, int]) -> tuple[int, int]:
+        """DreamSim's 224 x 224 input, whatever the original's size (squashed, no crop)."""
+        return self.image_size, self.image_size
 
     @torch.no_grad()
     def _score(self, originals: list[ImageInput], generations: list[ImageInput]) -> np.ndarray:

@@ -14,7 +14,13 @@ counts.
 
 Columns: ``psnr`` (dB; ``inf`` for identical images), ``mse``, ``ssim``, ``color_hist``, ``gabor``,
 ``sobel``, ``clip`` (cosine), ``dreamsim`` (distance), ``dino`` (cosine); see each metric's class
-for its range and direction (``Metric.higher_is_similar``).
+for its range and direction (``Metric.higher_is_similar``). Then ``score_resolution``: the size each
+metric compared the pair at, e.g. ``psnr/ssim 512x320; clip 224x224`` (the weight-free metrics at
+the score resolution, :func:`~metamergen.evaluation.metrics.score_resolution`, ``score_size=512``
+by default; the model metrics at their own square input).
+
+A pair too small for a metric (SSIM's 11-px window) scores NaN there, and one
+:class:`ScoreWarning` per metric counts them: one tiny image does not stop the study.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,18 +36,61 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from metamergen.evaluation.metrics import METRICS, Metric, build_metrics
-from metamergen.evaluation.registry import DEFAULT_METRICS
+from metamergen.evaluation.metrics import METRICS, SCORE_SIZE, Metric, build_metrics
+from metamergen.evaluation.registry import DEFAULT_METRICS, WEIGHT_FREE_METRICS
 from metamergen.study.manifest import MANIFEST_COLUMNS, read_manifest
 from metamergen.utils.io import atomic_write
 
 __all__ = [
+    "SCORE_RESOLUTION_COLUMN",
+    "ScoreWarning",
     "build_score_metrics",
     "load_manifest_rows",
     "manifest_order",
+    "resolution_label",
     "score_manifest",
     "write_score_table",
 ]
+
+#: Column of the score table saying what size each metric compared the pair at.
+SCORE_RESOLUTION_COLUMN = "score_resolution"
+
+
+class ScoreWarning(UserWarning):
+    """Some pairs could not be scored by a metric (scored NaN); the message counts them and says why."""
+
+
+def resolution_label(metrics: Sequence[Metric], original_size: tuple[int, int]) -> str:
+    """What ``metrics`` compare a pair at, for an original of ``original_size``: ``"psnr/ssim 512x320; clip 224x224"``.
+
+    Parameters
+    ----------
+    metrics
+        Built metrics, in column order (metrics that do not say, :meth:`Metric.input_size` ``None``, are left out).
+    original_size
+        ``(width, height)`` of the original, pixels.
+    """
+    groups: dict[tuple[int, int], list[str]] = {}
+    for metric in metrics:
+        size = metric.input_size(tuple(original_size))
+        if size is not None:
+            groups.setdefault(tuple(size), []).append(metric.name)
+    return "; ".join(f"{'/'.join(names)} {w}x{h}" for (w, h), names in groups.items())
+
+
+def _warn_too_small(metrics: Sequence[Metric], before: Mapping[str, int], n: int) -> None:
+    for metric in metrics:
+        count = getattr(metric, "too_small", 0) - before.get(metric.name, 0)
+        if count:
+            side = getattr(metric, "window_size", "?")
+            warnings.warn(
+                f"{metric.name}: {count} of {n} image(s) are smaller than {side}x{side} px at the score "
+                "resolution and were scored NaN (the report leaves them out of its means and counts them); "
+                "pass a larger --score-size, or leave the tiny images out of the study.",
+                ScoreWarning,
+                stacklevel=3,
+            )
+
 
 #: Metrics scored when none are named: the weight-free ones, CLIP and DreamSim (plus ``dino``
 #: on the command line when a pipeline is given).
@@ -93,6 +143,7 @@ def build_score_metrics(
     dreamsim_cache: str | os.PathLike | None = None,
     dreamsim_type: str = "ensemble",
     pipe: Any = None,
+    score_size: int | None = SCORE_SIZE,
     options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Metric]:
     """Build the metrics for :func:`score_manifest`, each model loaded once.
@@ -111,6 +162,9 @@ def build_score_metrics(
         DreamSim's weight folder and variant.
     pipe
         A MetamerGen pipeline whose DINOv2 ``dino`` uses.
+    score_size
+        Longer side (pixels) of the weight-free metrics' score resolution
+        (:func:`~metamergen.evaluation.metrics.score_resolution`); ``None``: the original's full size.
     options
         Extra constructor arguments per metric name (override the above), e.g.
         ``{"dreamsim": {"model": stand_in, "preprocess": fn}}``.
@@ -145,6 +199,7 @@ def build_score_metrics(
             "batch_size": batch_size,
         },
         "dino": {"pipe": pipe, "batch_size": batch_size},
+        **{name: {"score_size": score_size} for name in WEIGHT_FREE_METRICS},
     }
     options = dict(options or {})
     extra = sorted(set(options) - set(names))
@@ -207,7 +262,12 @@ def score_manifest(
     -------
     list of dict
         One row per image_id (of this process's share), in manifest order: the manifest row, then
-        ``{metric.name: float}``.
+        ``{metric.name: float}``, then ``score_resolution`` (:func:`resolution_label`).
+
+    Warns
+    -----
+    ScoreWarning
+        Once per metric that scored some pairs NaN because they were too small (counted).
     """
     from tqdm.auto import tqdm
 
@@ -224,6 +284,7 @@ def score_manifest(
     clash = sorted(set(columns) & set(rows[0] if rows else {}))
     if clash:
         raise ValueError(f"Metric column(s) {clash} clash with manifest columns.")
+    before = {m.name: getattr(m, "too_small", 0) for m in objects}
 
     if not 0 <= int(process_index) < int(num_processes):
         raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
@@ -236,6 +297,7 @@ def score_manifest(
     last_use = {rows[i]["scene"]: pos for pos, i in enumerate(order)}
     originals: dict[str, Image.Image] = {}
     scores = {c: np.full(len(rows), np.nan) for c in columns}
+    resolution = [""] * len(rows)
     with tqdm(total=len(rows), unit="image", disable=not progress, desc="score") as bar:
         for start in range(0, len(order), int(batch_size)):
             chunk = order[start : start + int(batch_size)]
@@ -246,13 +308,18 @@ def score_manifest(
                     originals[scene] = _load_rgb(Path(scene))
                 pairs_o.append(originals[scene])
                 pairs_g.append(_load_rgb(base / rows[i]["path"]))
+                resolution[i] = resolution_label(objects, originals[scene].size)
             for metric in objects:
                 scores[metric.name][chunk] = metric(pairs_o, pairs_g)
             end = start + len(chunk)
             for scene in [s for s in originals if last_use[s] < end]:
                 del originals[scene]  # every generation of this scene is scored
             bar.update(len(chunk))
-    return [dict(row, **{c: float(scores[c][i]) for c in columns}) for i, row in enumerate(rows)]
+    _warn_too_small(objects, before, len(rows))
+    return [
+        dict(row, **{c: float(scores[c][i]) for c in columns}, **{SCORE_RESOLUTION_COLUMN: resolution[i]})
+        for i, row in enumerate(rows)
+    ]
 
 
 def manifest_order(manifest_path: str | os.PathLike, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
