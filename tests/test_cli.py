@@ -236,3 +236,34 @@ def test_generate_checks_output_size_before_writing(tmp_path: Path, capsys):
     code, err = _error(capsys, [*base, "--height", "31", "--width", "45"])
     assert code == 2 and "must be multiples of 2 (this model's VAE factor), e.g. 30 x 44" in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_train_run_that_fails_before_its_first_checkpoint_leaves_nothing_behind(tmp_path: Path, capsys):
+    """Before: a config.yaml was left in run.output_dir (here: the image folder holds no images)."""
+    from accelerate.state import AcceleratorState
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    (tmp_path / "empty").mkdir()
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(config), f"data.images={tmp_path / 'empty'}", f"run.output_dir={run}"]
+    try:
+        assert main(argv) == 2
+        assert "No images" in capsys.readouterr().err
+        assert not run.exists()  # the run made the folder: it is removed
+        run.mkdir()
+        (run / "notes.txt").write_text("mine")
+        AcceleratorState._reset_state(reset_partial_state=True)
+        assert main(argv) == 2
+        assert [p.name for p in run.iterdir()] == ["notes.txt"]  # only the run's own config.yaml went
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_an_unfinished_run_with_a_checkpoint_is_kept_for_resuming(tmp_path: Path):
+    from metamergen.commands.train import remove_unfinished_run
+
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "config.yaml").write_text("run: {}")
+    assert remove_unfinished_run(run, None) == [] and (run / "config.yaml").is_file()
+    assert remove_unfinished_run(tmp_path / "absent", None) == []

@@ -247,6 +247,46 @@ def test_bundled_model_reconstructs_held_out_scenes_from_their_own_tokens(demo_p
 
 
 @pytest.mark.slow
+class _FailingPipe:
+    """The demo pipeline, failing at its first render (an out-of-memory error, say)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+
+    def __getattr__(self, name):
+        return getattr(self.pipe, name)
+
+    def __call__(self, **kw):
+        raise RuntimeError("simulated failure at the first render")
+
+
+def test_a_demo_that_fails_before_rendering_anything_leaves_nothing_behind(demo_pipe, tmp_path, capsys):
+    """Before: scenes/ and an empty study/images/ were left behind."""
+    from metamergen.commands import main
+    from metamergen.demo.run import run_demo
+
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_demo(tmp_path / "demo", n_scenes=2, prefixes=(1,), steps=1, progress=False, pipe=_FailingPipe(demo_pipe))
+    assert not (tmp_path / "demo").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(RuntimeError, match="simulated"):
+        run_demo(tmp_path / "mine", n_scenes=2, prefixes=(1,), steps=1, progress=False, pipe=_FailingPipe(demo_pipe))
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    with pytest.raises(ValueError, match="steps"):  # bad settings: refused before anything is written
+        run_demo(tmp_path / "bad", n_scenes=2, steps=0, progress=False, pipe=demo_pipe)
+    assert not (tmp_path / "bad").exists()
+    for flags, message in (
+        (["--steps", "0"], "--steps"),
+        (["--scenes", "1"], "--scenes"),
+        (["--hypotheses", "0"], "--hypotheses"),
+    ):
+        assert main(["demo", "--out", str(tmp_path / "cli"), *flags]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "cli").exists()
+
+
 def test_demo_writes_the_report_and_generations_resemble_their_own_scene(demo_pipe, tmp_path):
     """The demo path end to end (fewer prefixes and steps than the command's defaults)."""
     from metamergen.demo.run import run_demo

@@ -259,6 +259,20 @@ def test_changed_settings_change_the_ids(study, pipe):
 # --------------------------------------------------------------------------- resume
 
 
+def test_a_study_that_fails_before_its_first_image_leaves_no_folder(study, pipe, tmp_path):
+    """Before: images/ was made up front, so a run failing at its first render left an empty folder."""
+    jobs = [j for j in study["jobs"] if j.scene_id == "A.png"][:2]
+    out = tmp_path / "never"
+    with pytest.raises(KeyboardInterrupt):
+        run_study(CountingPipe(pipe, fail_at_call=0), jobs, out, batch_size=2, progress=False)
+    assert not out.exists()
+    (tmp_path / "given").mkdir()  # a folder the user made is kept, and holds nothing
+    with pytest.raises(KeyboardInterrupt):
+        run_study(CountingPipe(pipe, fail_at_call=0), jobs, tmp_path / "given", batch_size=2, progress=False)
+    assert list((tmp_path / "given").iterdir()) == []
+    assert run_study(pipe, jobs, out, batch_size=2, progress=False).generated == 2  # and the rerun just runs
+
+
 def test_resume_after_interruption_and_deleted_files(study, pipe, tmp_path):
     jobs = [
         j for j in study["jobs"] if j.scene_id == "A.png" and j.condition == "both" and j.fixation_source == "viewer"

@@ -40,6 +40,14 @@ def run(args: argparse.Namespace) -> int:
     """Handler of ``metamergen demo``."""
     from metamergen.demo.run import DEMO_MODEL, run_demo
 
+    if not 1 <= args.steps <= 1000:  # the demo model's scheduler has 1000 timesteps
+        raise SystemExit(f"error: --steps must be between 1 and 1000 (the scheduler's timesteps), got {args.steps}.")
+    if args.scenes < 2:
+        raise SystemExit(
+            f"error: --scenes must be >= 2 (each render is compared with the other scenes), got {args.scenes}."
+        )
+    if args.hypotheses < 1:
+        raise SystemExit(f"error: --hypotheses must be >= 1, got {args.hypotheses}.")
     try:
         result = run_demo(
             args.out,

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
+from pathlib import Path
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "main", "remove_unfinished_run", "run"]
 
 DESCRIPTION = (
     "Train MetamerGen's foveal/peripheral adapters. Launch with `accelerate launch training/train.py "
@@ -59,14 +61,62 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("error: --allow-config-change applies to --resume only (a new run has no config to change).")
     cfg = TrainConfig.from_yaml(args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    train(cfg, resume=args.resume, allow_config_change=args.allow_config_change, overwrite=args.overwrite)
+    out = Path(cfg.run.output_dir)
+    before = set(os.listdir(out)) if out.is_dir() else None
+    try:
+        train(cfg, resume=args.resume, allow_config_change=args.allow_config_change, overwrite=args.overwrite)
+    except BaseException:
+        if not args.resume and int(os.environ.get("RANK", "0")) == 0:  # the main process cleans up
+            remove_unfinished_run(out, before)
+        raise
     return 0
+
+
+def remove_unfinished_run(out: Path, before: set[str] | None) -> list[str]:
+    """After a new run failed: remove what it wrote if it wrote nothing a resume could use.
+
+    A run that failed (or was interrupted) before its first checkpoint leaves only its
+    ``config.yaml`` (and perhaps ``logs/``): nothing ``--resume`` can start from. Those are removed,
+    and so is ``out`` if the run created it. A run with a ``checkpoint-*`` folder or an exported
+    ``pipeline`` / ``adapters`` is left whole, to be resumed.
+
+    Parameters
+    ----------
+    out
+        The run's ``run.output_dir``.
+    before
+        The names ``out`` held before the run started, or ``None`` if it did not exist.
+
+    Returns
+    -------
+    list of str
+        The names removed (``["."]`` for ``out`` itself).
+    """
+    import shutil
+
+    from metamergen.training.run_folder import RUN_OUTPUTS
+
+    if not out.is_dir():
+        return []
+    new = sorted(set(os.listdir(out)) - (before or set()))
+    if any(n.startswith("checkpoint-") or n in ("pipeline", "adapters") for n in new):
+        return []  # resumable, or finished: keep it whole
+    if before is None and all(n in RUN_OUTPUTS for n in new):
+        shutil.rmtree(out, ignore_errors=True)
+        return ["."]
+    removed = [n for n in new if n in RUN_OUTPUTS]
+    for name in removed:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``training/train.py``: bad input is one line on stderr and exit code 2, as in
     ``metamergen train`` (``METAMERGEN_DEBUG=1`` for the traceback)."""
-    import os
     import sys
 
     from metamergen.commands import DEBUG_ENV, EXIT_USAGE

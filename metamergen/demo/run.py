@@ -124,6 +124,23 @@ def write_demo_scenes(out: str | Path, n_scenes: int, info: Mapping[str, Any]) -
     return write_scanpaths(out / "viewer_scanpaths.jsonl", viewer, read_info(summary["scanpaths"]))
 
 
+def _remove_if_nothing_rendered(out: Path, made: Sequence[Path]) -> None:
+    """After a failure: if no generation was finished, remove the folders this run created.
+
+    A resume needs nothing from them (the scenes are rewritten identically); a study with finished
+    generations is kept whole, to be resumed.
+    """
+    import shutil
+
+    from metamergen.study.manifest import IMAGES_DIR, MANIFEST_NAME
+
+    study = out / "study"
+    if (study / MANIFEST_NAME).exists() or any((study / IMAGES_DIR).glob("*.png")):
+        return
+    for folder in made:  # outermost first: removing `out` removes the others
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @dataclass
 class DemoResult:
     """What :func:`run_demo` wrote and measured."""
@@ -204,10 +221,9 @@ def run_demo(
     t0 = time.time()
     out = Path(out)
     info = demo_model_info(model)
-    pipe = pipe if pipe is not None else load_demo_pipeline(model)
-    scan_file = write_demo_scenes(out / "scenes", n_scenes, info)
-    scenes = load_scanpath_scenes(scan_file, image_root=out / "scenes" / "images")
-    settings = StudySettings(
+    if n_scenes < 2:
+        raise ValueError(f"The demo needs at least 2 scenes (own vs other scene), got {n_scenes}.")
+    settings = StudySettings(  # checked before anything is written
         prefixes=tuple(prefixes),
         hypotheses=hypotheses,
         conditions=tuple(conditions),
@@ -216,10 +232,18 @@ def run_demo(
         steps=steps,
         peripheral_blur=peripheral_blur,
     )
-    jobs = plan_study(scenes, settings, model=str(model), pipe=pipe)
-    t_render = time.time()
-    run_study(pipe, jobs, out / "study", batch_size=16, progress=progress)
-    t_render = time.time() - t_render
+    pipe = pipe if pipe is not None else load_demo_pipeline(model)
+    made = [p for p in (out, out / "scenes", out / "study") if not p.exists()]  # what this call creates
+    try:
+        scan_file = write_demo_scenes(out / "scenes", n_scenes, info)
+        scenes = load_scanpath_scenes(scan_file, image_root=out / "scenes" / "images")
+        jobs = plan_study(scenes, settings, model=str(model), pipe=pipe)
+        t_render = time.time()
+        run_study(pipe, jobs, out / "study", batch_size=16, progress=progress)
+        t_render = time.time() - t_render
+    except BaseException:
+        _remove_if_nothing_rendered(out, made)
+        raise
 
     ids = {job.image_id for job in jobs}  # the folder may hold other runs' images: score this run's only
     metrics = build_metrics(["ssim", "mse", "color_hist"])

@@ -143,7 +143,8 @@ def run_study(
     jobs
         From :func:`plan_study`.
     out_dir
-        Output folder (created if missing).
+        Output folder, created with the first finished image: a run that fails before any image is
+        finished leaves no folder behind (a resume needs nothing from it).
     batch_size
         Images per pipeline call.
     progress
@@ -185,7 +186,8 @@ def run_study(
     by_scene: dict[tuple[str, float], list[StudyJob]] = {}
     for job in pending:
         by_scene.setdefault((job.scene, job.peripheral_blur), []).append(job)
-    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    # No folder is made up front: the first finished image makes images/ (atomic_write), so a run that
+    # fails before rendering anything leaves nothing behind.
     bar_config = dict(getattr(pipe, "_progress_bar_config", {}) or {})
     if hasattr(pipe, "set_progress_bar_config"):
         pipe.set_progress_bar_config(disable=True)  # one bar over images, not one per denoising loop
