@@ -267,3 +267,25 @@ def test_an_unfinished_run_with_a_checkpoint_is_kept_for_resuming(tmp_path: Path
     (run / "config.yaml").write_text("run: {}")
     assert remove_unfinished_run(run, None) == [] and (run / "config.yaml").is_file()
     assert remove_unfinished_run(tmp_path / "absent", None) == []
+
+
+def test_float16_on_the_cpu_is_said_once_in_one_line(tmp_path: Path, capfd):
+    """Before: diffusers' "cannot run with `cpu` device" warning came five times, once per component."""
+    import logging
+
+    model = Path(__file__).resolve().parents[1] / "metamergen" / "assets" / "demo_model"
+    argv = ["render", "--model", str(model), "--image", str(SCENE), "--out", str(tmp_path / "r"), "--steps", "1"]
+    assert main([*argv, "--num-images", "1", "--dtype", "float16", "--device", "cpu"]) == 0
+    err = capfd.readouterr().err
+    assert "cannot run with" not in err
+    said = [line for line in err.splitlines() if "float16" in line]
+    assert said == [
+        "warning: --dtype float16 on the CPU: PyTorch runs float16 slowly there and some operations "
+        "not at all; use --dtype float32 on the CPU, or --device cuda for float16."
+    ]
+    from metamergen.commands._common import _DropDiffusersHalfOnCpu
+
+    filters = logging.getLogger("diffusers.pipelines.pipeline_utils").filters
+    assert not any(isinstance(f, _DropDiffusersHalfOnCpu) for f in filters)  # the silencing ends with the load
+    assert main([*argv, "--num-images", "1"]) == 0  # float32: nothing said
+    assert "float16" not in capfd.readouterr().err

@@ -15,8 +15,64 @@ __all__ = [
     "load_pipeline_from_args",
     "check_device",
     "check_sampling_arguments",
+    "half_precision_on_cpu_said_once",
     "process_state",
 ]
+
+#: What the command line says, once, about float16 on the CPU (diffusers says it once per component).
+HALF_ON_CPU = (
+    "warning: --dtype float16 on the CPU: PyTorch runs float16 slowly there and some operations not at all; "
+    "use --dtype float32 on the CPU, or --device cuda for float16."
+)
+
+
+class _DropDiffusersHalfOnCpu:
+    """A logging filter dropping diffusers' "cannot run with `cpu` device" warning (one per component)."""
+
+    def filter(self, record: Any) -> bool:
+        return "cannot run with `cpu` device" not in record.getMessage()
+
+
+def half_precision_on_cpu_said_once(device: str | None, dtype: str) -> Any:
+    """A context for loading a model: float16 on the CPU is said once, in one line, not once per component.
+
+    Parameters
+    ----------
+    device, dtype
+        ``--device`` and ``--dtype`` as given (``device`` ``None``: the command's default).
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        Prints :data:`HALF_ON_CPU` to stderr on entry and silences diffusers' repeats inside, when
+        ``dtype`` is ``"float16"`` and the device is the CPU; else does nothing.
+    """
+    import contextlib
+    import logging
+
+    if dtype != "float16":
+        return contextlib.nullcontext()
+    if device is None:  # the command's default: the GPU if there is one
+        import torch
+
+        on_cpu = not torch.cuda.is_available()
+    else:
+        on_cpu = str(device).split(":")[0] == "cpu"
+    if not on_cpu:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def said_once() -> Any:
+        print(HALF_ON_CPU, file=sys.stderr)
+        target = logging.getLogger("diffusers.pipelines.pipeline_utils")
+        quiet = _DropDiffusersHalfOnCpu()
+        target.addFilter(quiet)
+        try:
+            yield
+        finally:
+            target.removeFilter(quiet)
+
+    return said_once()
 
 
 def process_state(args: argparse.Namespace | None = None) -> Any:
@@ -138,16 +194,17 @@ def load_pipeline_from_args(args: argparse.Namespace) -> tuple[Any, str, str | N
     check_model_choice(args)
     if args.tiny:
         print(TINY_WARNING, file=sys.stderr)
-    loaded = load_model(
-        model=args.model,
-        adapters=args.adapters,
-        tiny=args.tiny,
-        base_model=args.base_model,
-        image_encoder=args.image_encoder,
-        revision=args.revision,
-        device=args.device,
-        dtype=args.dtype,
-    )
+    with half_precision_on_cpu_said_once(args.device, args.dtype):
+        loaded = load_model(
+            model=args.model,
+            adapters=args.adapters,
+            tiny=args.tiny,
+            base_model=args.base_model,
+            image_encoder=args.image_encoder,
+            revision=args.revision,
+            device=args.device,
+            dtype=args.dtype,
+        )
     return loaded.pipe, loaded.description, loaded.revision
 
 

@@ -130,7 +130,10 @@ def run(args: argparse.Namespace) -> int:
 
         if args.tiny:
             print(TINY_WARNING, file=sys.stderr)
-        pipe = load_model(model=args.model, tiny=args.tiny, dtype=args.dtype, device=args.device or "cpu").pipe
+        from metamergen.commands._common import half_precision_on_cpu_said_once
+
+        with half_precision_on_cpu_said_once(args.device or "cpu", args.dtype):
+            pipe = load_model(model=args.model, tiny=args.tiny, dtype=args.dtype, device=args.device or "cpu").pipe
     try:
         metrics = build_score_metrics(
             names,
