@@ -289,3 +289,34 @@ def test_float16_on_the_cpu_is_said_once_in_one_line(tmp_path: Path, capfd):
     assert not any(isinstance(f, _DropDiffusersHalfOnCpu) for f in filters)  # the silencing ends with the load
     assert main([*argv, "--num-images", "1"]) == 0  # float32: nothing said
     assert "float16" not in capfd.readouterr().err
+
+
+def test_a_render_record_with_relative_paths_reproduces_from_any_folder(tmp_path: Path, monkeypatch, capsys):
+    """Before: render.json held only the relative --image and --model given, useless from another folder."""
+    import shutil
+
+    work = tmp_path / "work"
+    (work / "scenes").mkdir(parents=True)
+    shutil.copy(SCENE, work / "scenes" / "scene.png")
+    shutil.copytree(Path(__file__).resolve().parents[1] / "metamergen" / "assets" / "demo_model", work / "model")
+    monkeypatch.chdir(work)
+    argv = ["render", "--steps", "1", "--num-images", "1", "--fixations", "40,30"]
+    assert main([*argv, "--model", "model", "--image", "scenes/scene.png", "--out", "a"]) == 0
+    record = json.loads((work / "a" / "render.json").read_text())
+    assert record["image"] == "scenes/scene.png" and record["image_path"] == str(work / "scenes" / "scene.png")
+    assert record["model"] == "model" and record["model_path"] == str(work / "model")
+    keys = list(record)
+    assert keys[:5] == ["image", "image_path", "fixations", "model", "model_path"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the record alone, from another folder, renders the same image
+    again = ["--model", record["model_path"], "--image", record["image_path"], "--out", str(elsewhere / "b")]
+    assert main([*argv, *again]) == 0
+    name = record["outputs"][0]
+    assert (work / "a" / name).read_bytes() == (elsewhere / "b" / name).read_bytes()
+    absolute = json.loads((elsewhere / "b" / "render.json").read_text())  # given absolute: no second copy
+    assert "image_path" not in absolute and "model_path" not in absolute
+    assert {k: v for k, v in record.items() if k not in ("image_path", "model_path", "image", "model")} == {
+        k: v for k, v in absolute.items() if k not in ("image", "model")
+    }
+    capsys.readouterr()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,11 @@ def run(args: argparse.Namespace) -> int:
     ]
     sheet = out_dir / "sheet.png"
     atomic_write(sheet, lambda p: contact_sheet(panels, captions).save(p, format="PNG"))
+    local_model = args.model if args.model and Path(args.model).is_dir() else None
     record = render_record(
         image=str(args.image),
+        image_path=os.path.abspath(args.image),  # recorded where --image was relative
+        model_path=os.path.abspath(local_model) if local_model else None,
         fixations=scanpath.xy,
         model=model,
         model_revision=revision,

@@ -38,6 +38,8 @@ def render_record(
     foveal_scale: float,
     peripheral_scale: float,
     peripheral_blur: float,
+    image_path: str | None = None,
+    model_path: str | None = None,
 ) -> dict[str, Any]:
     """The record of one render: a scene, one fixation list, ``num_images`` seeds.
 
@@ -45,6 +47,13 @@ def render_record(
     ----------
     image
         How the scene is named: the path given to ``render --image``, or a served scene's name.
+    image_path, model_path
+        The absolute paths of the scene file and of a local ``--model`` folder (``render`` passes
+        them; the server, whose scenes are uploads, does not). Recorded as ``image_path`` after
+        ``image`` and ``model_path`` after ``model`` only where they differ from what was given,
+        i.e. where ``image`` / ``model`` is a relative path: the record then reproduces the render
+        from any working directory, and names the inputs as they were given too. A record made
+        with absolute paths (and every served record) has neither key.
     fixations
         ``(N, 2)`` array-like of the fixations actually used, ``(x, y)`` in pixels of the scene
         image (after the off-image policy and any prefix).
@@ -59,17 +68,23 @@ def render_record(
     Returns
     -------
     dict
-        JSON-ready; keys in the order ``render.json`` has always had.
+        JSON-ready; keys in the order ``render.json`` has always had (``image_path`` and
+        ``model_path``, where present, next to what they resolve).
     """
     import numpy as np
 
     from metamergen.defaults import resolve_guidance_scale
 
     seeds = [int(seed) + i for i in range(int(num_images))]
+    given = {"image": str(image)}
+    if image_path is not None and str(image_path) != str(image):
+        given["image_path"] = str(image_path)
+    given["fixations"] = np.asarray(fixations, dtype=np.float64).reshape(-1, 2).tolist()
+    given["model"] = model
+    if model_path is not None and str(model_path) != str(model):
+        given["model_path"] = str(model_path)
     return {
-        "image": str(image),
-        "fixations": np.asarray(fixations, dtype=np.float64).reshape(-1, 2).tolist(),
-        "model": model,
+        **given,
         "model_revision": model_revision,
         "seeds": seeds,
         "steps": steps,
