@@ -1,8 +1,10 @@
 """Feather et al. 2023 and Boehm et al. 2025 in miniature: model metamers of small toy-object classifiers.
 
-    python inference/model_metamers_miniature.py                      # the study (shipped models)
-    python inference/model_metamers_miniature.py --train              # retrain the models first
-    python inference/model_metamers_miniature.py --quick --out /tmp/mm   # CI size: seconds
+    python inference/model_metamers_miniature.py                      # the study (shipped models): ~5 min
+    python inference/model_metamers_miniature.py --train              # retrain the models first: +~17 min
+    python inference/model_metamers_miniature.py --quick --out /tmp/mm   # CI size: ~15 s
+
+(times: one thread of a 2-core EPYC shared with other jobs, ``OMP_NUM_THREADS=1``.)
 
 Models (:mod:`metamergen.metamers.miniature`, shipped in ``metamergen/assets/metamer_models``): a
 small CNN, the same CNN adversarially trained (L2 PGD), a small ViT, and a second CNN (other widths
@@ -12,14 +14,16 @@ the natural image's true shape (chance 1/7).
 
 Metamers: one per (image, layer) from the same noise, with Feather's step (normalised gradient,
 clamp to [0, 1]) on a shortened schedule (``--blocks`` x ``--block-steps`` steps, step length
-``--step-size`` halved after each block; the paper: 8 x 3000 from 1.0 on 224 px images), fake
+``--step-size`` halved after each block; default 6 x 100 = 600 steps from 1.0; the paper: 8 x 3000
+from 1.0 on 224 px images), fake
 ReLU on the CNNs' ReLU layers; ensembles of two models' last layers with the ``switch`` (members in
 turn, ``--switch-every`` steps each) and ``mean`` schedules.
 
 Questions (each difference paired over images, same noise; 95 % percentile bootstrap over images;
 signed so that > 0 is what the papers report):
 
-(a) recognition by the other models falls with depth: first layer minus last, per generating model;
+(a) recognition by the other models (mean of the other three) falls with depth: first layer minus
+    last, per generating model;
 (b) the adversarially trained CNN's last-layer metamers are recognised by other models more often
     than the standard CNN's (judged by the models that made neither);
 (c) ensemble metamers are recognised by the held-out CNN more often than the members' own
@@ -486,7 +490,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "n_boot": args.n_boot,
             "threads": args.threads,
             "recipe": recipe.record(),
-            "models_dir": str(model_dir),
+            "models_dir": str(model_dir.resolve().relative_to(REPO))
+            if model_dir.resolve().is_relative_to(REPO)
+            else str(model_dir),
         },
         "models": {
             k: {kk: v[kk] for kk in ("test_accuracy", "test_accuracy_under_pgd", "steps", "adversary", "parameters")}
