@@ -6,7 +6,7 @@
 
 (times: one thread of a 2-core EPYC shared with other jobs, ``OMP_NUM_THREADS=1``.)
 
-Models (:mod:`metamergen.metamers.miniature`, shipped in ``metamergen/assets/metamer_models``): a
+Models (:mod:`metamergen.demo.metamer_models`, shipped in ``metamergen/assets/metamer_models``): a
 small CNN, the same CNN adversarially trained (L2 PGD), a small ViT, and a second CNN (other widths
 and seed) that no ensemble contains. Images: held-out 32 px toy-object crops that every model
 classifies correctly, balanced over the 7 shapes, so a metamer is "recognised" when a model gives it
@@ -53,6 +53,15 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from metamergen.demo.effects import verdict  # noqa: E402
+from metamergen.demo.metamer_models import (  # noqa: E402
+    CNN_LAYERS,
+    MINIATURE_MODELS,
+    MODELS_DIR,
+    VIT_LAYERS,
+    crop_dataset,
+    load_miniature_models,
+    train_miniature_models,
+)
 from metamergen.demo.toyworld import SHAPES  # noqa: E402
 from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed, paired_difference  # noqa: E402
 from metamergen.metamers import (  # noqa: E402
@@ -67,15 +76,6 @@ from metamergen.metamers import (  # noqa: E402
     null_test,
     predict,
     recognition_table,
-)
-from metamergen.metamers.miniature import (  # noqa: E402
-    CNN_LAYERS,
-    MINIATURE_MODELS,
-    MODELS_DIR,
-    VIT_LAYERS,
-    crop_dataset,
-    load_miniature_models,
-    train_miniature_models,
 )
 from metamergen.utils.io import atomic_write  # noqa: E402
 

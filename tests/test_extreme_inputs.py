@@ -1,4 +1,4 @@
-"""Extreme scenes and the score resolution (issue #13, items 12 and 13): tiny and long thin scenes
+"""Extreme scenes and the score resolution: tiny and long thin scenes
 are refused before the model loads, contact sheets stay bounded, one tiny image does not stop a
 study's scoring, and scores are computed at a stated resolution recorded in the table."""
 

@@ -18,9 +18,7 @@ from torch import nn
 pytest.importorskip("plenoptic")
 pytest.importorskip("safetensors")
 
-from metamergen.demo.toyworld import SHAPES, ToyWorldConfig, generate_scene, object_attributes  # noqa: E402
-from metamergen.metamers import LayerActivations, module_paths  # noqa: E402
-from metamergen.metamers.miniature import (  # noqa: E402
+from metamergen.demo.metamer_models import (  # noqa: E402
     CNN_LAYERS,
     CROP_SIZE,
     MINIATURE_MODELS,
@@ -35,6 +33,8 @@ from metamergen.metamers.miniature import (  # noqa: E402
     tiny_vit,
     train_miniature_models,
 )
+from metamergen.demo.toyworld import SHAPES, ToyWorldConfig, generate_scene, object_attributes  # noqa: E402
+from metamergen.metamers import LayerActivations, module_paths  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

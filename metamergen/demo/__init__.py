@@ -4,7 +4,9 @@
   objects that need the fovea), toy-viewer scanpaths, object attributes;
 - :mod:`~metamergen.demo.toymodel`: the demo model's components and its base-stage trainers;
 - :mod:`~metamergen.demo.measures`: object-level measures (registered with the metric registry);
-- :mod:`~metamergen.demo.run`: ``metamergen demo``.
+- :mod:`~metamergen.demo.run`: ``metamergen demo``;
+- :mod:`~metamergen.demo.metamer_models`: the model-metamers miniature's toy-object classifiers (a
+  CNN, its adversarially trained copy, a tiny ViT, a held-out CNN), their data and training.
 
 Nothing in the model, the trainer or the core evaluation imports this package.
 """
@@ -33,6 +35,12 @@ _EXPORTS = {
     "write_world": ".toyworld",
     "DemoModelConfig": ".toymodel",
     "assemble_pipeline": ".toymodel",
+    "crop_dataset": ".metamer_models",
+    "load_miniature_models": ".metamer_models",
+    "pgd_attack": ".metamer_models",
+    "small_cnn": ".metamer_models",
+    "tiny_vit": ".metamer_models",
+    "train_miniature_models": ".metamer_models",
 }
 
 __all__ = sorted(name for name, module in _EXPORTS.items() if module.startswith("."))

@@ -55,12 +55,6 @@ _EXPORTS = {
     "similarity_shift": ".similarity",
     "PretrainedModel": ".pretrained",
     "load_pretrained": ".pretrained",
-    "crop_dataset": ".miniature",
-    "load_miniature_models": ".miniature",
-    "pgd_attack": ".miniature",
-    "small_cnn": ".miniature",
-    "tiny_vit": ".miniature",
-    "train_miniature_models": ".miniature",
 }
 
 __all__ = sorted(name for name, module in _EXPORTS.items() if module.startswith("."))

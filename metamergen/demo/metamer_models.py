@@ -1,4 +1,4 @@
-"""A miniature of Feather et al. 2023 and Boehm et al. 2025 that runs on a CPU: toy object crops and small models.
+"""The model-metamers miniature (Feather et al. 2023, Boehm et al. 2025) on a CPU: toy object crops, small models.
 
 No pretrained ImageNet model can be downloaded where this project is tested, so the papers' questions
 are asked of small models trained here, on a task made from :mod:`metamergen.demo.toyworld`:
