@@ -13,6 +13,7 @@ from metamergen.utils.lazy import lazy_exports
 _EXPORTS = {
     "STREAMS": ".model",
     "AttentionBackend": ".model",
+    "FovealGateAttnProcessor": ".model",
     "MetamerGenAdapters": ".model",
     "cross_attention_layers": ".model",
     "build_resampler": ".resampler",

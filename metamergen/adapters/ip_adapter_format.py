@@ -270,6 +270,13 @@ def save_ip_adapter(adapters: MetamerGenAdapters, directory: str | os.PathLike) 
             "MetamerGenPipeline for the model's own output.",
             stacklevel=2,
         )
+    if adapters.config.get("foveal_gate", False):
+        warnings.warn(
+            "These adapters confine the foveal stream to the fixated patches (foveal_gate); a stock "
+            "IP-Adapter pipeline adds it everywhere, so it will not reproduce MetamerGen's renders. "
+            "Render with MetamerGenPipeline for the model's own output.",
+            stacklevel=2,
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     blobs = {}

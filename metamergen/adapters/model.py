@@ -15,6 +15,10 @@ installs, so the adapters are one saveable module while the UNet stays a stock U
 run outside the UNet, once per sample rather than once per denoising step: the UNet receives
 ``encoder_hidden_states=(text_embeds, [foveal_tokens, peripheral_tokens])``.
 
+With ``foveal_gate`` (opt-in, not in the paper) the foveal term is multiplied by the fovea's patch
+mask on each layer's grid (:class:`FovealGateAttnProcessor`), so the fovea acts only where it
+looked; callers pass the mask through :meth:`MetamerGenAdapters.gating`.
+
 A stream whose scale is 0 is skipped by the processor (stream off); to drop a stream's *condition*
 (training dropout, the unconditional branch of guidance) feed the resampler zero tokens instead.
 
@@ -26,11 +30,13 @@ UNet's own processors afterwards; the pipeline renders inside it, so such swaps 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import (
@@ -47,7 +53,7 @@ from metamergen.defaults import NUM_TOKENS
 AttentionBackend = Literal["sdpa", "xformers"]
 STREAMS = ("foveal", "peripheral")
 
-__all__ = ["STREAMS", "AttentionBackend", "MetamerGenAdapters", "cross_attention_layers"]
+__all__ = ["STREAMS", "AttentionBackend", "FovealGateAttnProcessor", "MetamerGenAdapters", "cross_attention_layers"]
 
 #: Where the adapters are saved from and loaded by diffusers (``model_index.json`` records this
 #: module path): pinned to the public package, so a saved folder does not depend on file layout.
@@ -96,6 +102,18 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         of the resamplers' attention keys (:mod:`metamergen.adapters.resampler`). False (default):
         IP-Adapter-Plus as published, where the zeros take part. Not in the paper; the demo model
         needs it (docs/design.md, "The demo model").
+    foveal_gate
+        Let the foveal stream reach only the latent cells under the patches it shows: its
+        attention output is multiplied by the fovea's patch mask (the non-zero foveal tokens,
+        carried onto each layer's grid, :class:`FovealGateAttnProcessor`), so a dropped fovea adds
+        nothing anywhere. False (default): the paper's decoupled cross-attention, where every
+        spatial query attends to the foveal tokens. Not in the paper: softmax attention over the
+        foveal resampler's tokens gives every query some foveal content, and a small UNet may not
+        be able to tell from its features where a token belongs. Callers run the UNet inside
+        :meth:`gating` with :meth:`foveal_region` of the foveal tokens.
+    foveal_gate_dilation
+        With ``foveal_gate``, widen the region by this many patches on each side (0 = the shown
+        patches only).
     """
 
     config_name = "config.json"
@@ -114,10 +132,14 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         resampler_dim_head: int = 64,
         resampler_ffn_ratio: float = 4.0,
         mask_empty_tokens: bool = False,
+        foveal_gate: bool = False,
+        foveal_gate_dilation: int = 0,
     ) -> None:
         super().__init__()
         if len(layer_names) != len(hidden_sizes):
             raise ValueError(f"Got {len(layer_names)} layer names but {len(hidden_sizes)} hidden sizes.")
+        if foveal_gate_dilation < 0:
+            raise ValueError(f"foveal_gate_dilation must be >= 0 patches, got {foveal_gate_dilation}.")
 
         def projections() -> nn.ModuleList:
             return nn.ModuleList(nn.Linear(cross_attention_dim, h, bias=False) for h in hidden_sizes)
@@ -204,6 +226,67 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 out.append(torch.zeros(shape, device=tokens.device, dtype=tokens.dtype))
         return out
 
+    def foveal_region(self, foveal_tokens: torch.Tensor) -> torch.Tensor | None:
+        """Where the foveal stream may act under ``foveal_gate``: the patches it shows.
+
+        Parameters
+        ----------
+        foveal_tokens
+            ``(B, T, image_embed_dim)`` masked encoder tokens, ``T = G * G`` in grid order (zero
+            outside the fovea; all zero for a dropped stream).
+
+        Returns
+        -------
+        torch.Tensor or None
+            ``(B, 1, G, G)`` float, 1 on the patches whose token is non-zero, widened by
+            ``foveal_gate_dilation`` patches; ``None`` when ``foveal_gate`` is off.
+        """
+        if not self.config.foveal_gate:
+            return None
+        b, t = foveal_tokens.shape[:2]
+        g = math.isqrt(t)
+        if g * g != t:
+            raise ValueError(f"The foveal gate needs a square token grid; got {t} tokens.")
+        region = foveal_tokens.ne(0).any(dim=-1).reshape(b, 1, g, g).float()
+        d = int(self.config.foveal_gate_dilation)
+        if d:
+            region = F.max_pool2d(region, 2 * d + 1, stride=1, padding=d)
+        return region
+
+    @contextmanager
+    def gating(self, unet: nn.Module, region: torch.Tensor | None, latent_size: tuple[int, int]) -> Iterator[None]:
+        """Run ``unet`` with the foveal stream confined to ``region`` for a ``with`` block.
+
+        A no-op unless ``foveal_gate`` is on. Then every cross-attention processor must be a
+        :class:`FovealGateAttnProcessor` (installed by :meth:`install` / :meth:`applied`).
+
+        Parameters
+        ----------
+        unet
+            The UNet these adapters are installed in.
+        region
+            ``(B, 1, G, G)`` from :meth:`foveal_region`, one row per sample of the UNet's batch
+            (the unconditional half of guidance: zeros, as its fovea is dropped).
+        latent_size
+            ``(h, w)`` of the UNet's input latents; the region frames the same image.
+        """
+        if not self.config.foveal_gate:
+            yield
+            return
+        if region is None:
+            raise ValueError("These adapters gate the foveal stream (foveal_gate): pass foveal_region(foveal_tokens).")
+        procs = unet.attn_processors
+        layers = [procs[n] for n in self.config.layer_names]
+        if not all(isinstance(p, FovealGateAttnProcessor) for p in layers):
+            raise RuntimeError("foveal_gate needs the adapters' gated processors installed: run inside applied().")
+        for p in layers:
+            p.region, p.latent_size = region, (int(latent_size[0]), int(latent_size[1]))
+        try:
+            yield
+        finally:
+            for p in layers:
+                p.region, p.latent_size = None, None
+
     # ------------------------------------------------------------------ UNet wiring
 
     def install(
@@ -239,7 +322,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 f"({len(self.config.layer_names)} expected, {len(names)} found). Build adapters with "
                 "MetamerGenAdapters.from_unet(unet) or load the ones trained for this UNet."
             )
-        ip_cls, plain_cls = _processor_classes(attention)
+        ip_cls, plain_cls = _processor_classes(attention, gate=bool(self.config.foveal_gate))
         index = {n: i for i, n in enumerate(names)}
         current = unet.attn_processors
         processors = {}
@@ -279,6 +362,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 or p.to_k_ip[1] is not self.to_k_peripheral[i]
                 or p.to_v_ip[0] is not self.to_v_foveal[i]
                 or p.to_v_ip[1] is not self.to_v_peripheral[i]
+                or (self.config.foveal_gate and not isinstance(p, FovealGateAttnProcessor))
             ):
                 return False
         return True
@@ -350,12 +434,77 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
 _XFORMERS = (XFormersAttnProcessor, IPAdapterXFormersAttnProcessor)
 
 
-def _processor_classes(attention: str) -> tuple[type, type]:
+class FovealGateAttnProcessor(IPAdapterAttnProcessor2_0):
+    """The two-stream SDPA processor with the foveal stream confined to a region (``foveal_gate``).
+
+    ``out = Attn(Q, K_text, V_text) + scale_f * m * Attn(Q, K_f, V_f) + scale_p * Attn(Q, K_p, V_p)``
+    where ``m`` is :attr:`region` carried onto this layer's grid (nearest patch of each cell's
+    centre, as :func:`metamergen.foveation.fovea.token_cells`), through diffusers' own IP-Adapter
+    mask route. :meth:`MetamerGenAdapters.gating` sets :attr:`region` and :attr:`latent_size`
+    for a UNet call; a call without them is refused rather than run ungated.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.region: torch.Tensor | None = None  # (B, 1, G, G)
+        self.latent_size: tuple[int, int] | None = None  # (h, w) of the UNet's input
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        scale: float = 1.0,
+        ip_adapter_masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.region is None or self.latent_size is None:
+            raise RuntimeError(
+                "These adapters gate the foveal stream (foveal_gate); run the UNet inside "
+                "adapters.gating(unet, adapters.foveal_region(foveal_tokens), latent_size)."
+            )
+        if ip_adapter_masks is not None:
+            raise ValueError(
+                "The foveal gate is the foveal stream's mask; ip_adapter_masks cannot be combined with it."
+            )
+        text, (foveal, peripheral) = encoder_hidden_states
+        b = hidden_states.shape[0]
+        n = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
+        if self.region.shape[0] != b:
+            raise ValueError(f"The foveal region has {self.region.shape[0]} rows for a batch of {b}.")
+        size = _layer_grid(self.latent_size, n)
+        mask = F.interpolate(self.region.to(hidden_states), size=size, mode="nearest-exact")  # (B, 1, h, w)
+        # diffusers resamples the mask bicubically to the layer's grid: the identity at equal sizes
+        return super().__call__(
+            attn,
+            hidden_states,
+            (text, [foveal[:, None], peripheral]),
+            attention_mask=attention_mask,
+            temb=temb,
+            scale=scale,
+            ip_adapter_masks=[mask, None],
+        )
+
+
+def _layer_grid(latent_size: tuple[int, int], n: int) -> tuple[int, int]:
+    """``(h, w)`` of the UNet level with ``n`` cells: the latent grid halved (rounding up) k times."""
+    h, w = latent_size
+    while h * w > n:
+        h, w = -(-h // 2), -(-w // 2)
+    if h * w != n:
+        raise ValueError(f"No level of a {latent_size} latent has {n} cells.")
+    return h, w
+
+
+def _processor_classes(attention: str, *, gate: bool = False) -> tuple[type, type]:
     """``(two-stream cross-attention processor, plain processor)`` of a backend."""
     if attention == "xformers":
+        if gate:
+            raise ValueError("foveal_gate is implemented for SDPA attention only; use attention='sdpa'.")
         return IPAdapterXFormersAttnProcessor, XFormersAttnProcessor
     if attention == "sdpa":
-        return IPAdapterAttnProcessor2_0, AttnProcessor2_0
+        return (FovealGateAttnProcessor if gate else IPAdapterAttnProcessor2_0), AttnProcessor2_0
     raise ValueError(f"Unknown attention backend {attention!r}; choose 'sdpa' or 'xformers'.")
 
 

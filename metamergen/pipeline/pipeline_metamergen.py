@@ -766,6 +766,7 @@ class MetamerGenPipeline(DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback_on_step_end: StepEndCallback | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        foveal_region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The DDIM loop: UNet with the adapters at (λ_f, λ_p), one guidance ``rule`` step per timestep.
 
@@ -782,12 +783,21 @@ class MetamerGenPipeline(DiffusionPipeline):
         ``(N, tokens, D)``). It must return a dict; tensors it returns under those names replace the
         loop's (same shapes), from the next step on. Setting ``pipe._interrupt = True`` skips the
         remaining steps.
+
+        ``foveal_region`` (``(N, 1, G, G)``, one row per image, from
+        :meth:`MetamerGenAdapters.foveal_region`) is needed by adapters with ``foveal_gate`` only;
+        the unconditional half gets an empty region, its fovea being dropped.
         """
         self.scheduler.set_timesteps(num_inference_steps, device=latents.device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         doubled = rule.needs_unconditional
-        with self.adapters.applied(self.unet, foveal_scale, peripheral_scale):
+        if foveal_region is not None and doubled:
+            foveal_region = torch.cat([torch.zeros_like(foveal_region), foveal_region])
+        with (
+            self.adapters.applied(self.unet, foveal_scale, peripheral_scale),
+            self.adapters.gating(self.unet, foveal_region, tuple(latents.shape[-2:])),
+        ):
             for i, t in enumerate(self.progress_bar(timesteps)):
                 if self.interrupt:
                     continue
@@ -1036,6 +1046,9 @@ class MetamerGenPipeline(DiffusionPipeline):
             h0, w0 = self._default_size([scene.frames[i] for i in scene_index])
             height, width = height or h0, width or w0
         latents = self.prepare_latents(n, height, width, generator=generator, latents=latents, device=device)
+        region = self.adapters.foveal_region(foveal)  # None unless the adapters gate the fovea
+        if region is not None:
+            region = region.repeat_interleave(num_images_per_prompt, dim=0)
         latents = self.denoise(
             latents,
             hidden,
@@ -1047,6 +1060,7 @@ class MetamerGenPipeline(DiffusionPipeline):
             generator=generator,
             callback_on_step_end=callback_on_step_end,
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            foveal_region=region,
         )
         images = self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()

@@ -66,6 +66,12 @@ class ModelConfig:
     #: Leave all-zero tokens (outside the fovea, a dropped stream) out of the resamplers' keys
     #: (MetamerGenAdapters.mask_empty_tokens); not in the paper, False = IP-Adapter-Plus as published.
     mask_empty_tokens: bool = False
+    #: Confine the foveal stream's attention output to the latent cells under the patches it shows
+    #: (MetamerGenAdapters.foveal_gate), widened by foveal_gate_dilation patches; not in the paper,
+    #: False = every query attends to the foveal tokens, as published. True also turns it on for
+    #: adapters loaded from model.pipeline / model.adapters (it has no weights).
+    foveal_gate: bool = False
+    foveal_gate_dilation: int = 0
     #: LoRA rank on the UNet's attention projections (peft); 0 = off, as the paper (adapters only).
     #: The LoRA is merged into the exported UNet and also saved alone (diffusers' LoRA format).
     lora_rank: int = 0

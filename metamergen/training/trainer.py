@@ -73,7 +73,9 @@ class AdapterTrainingModel(nn.Module):
     ) -> torch.Tensor:
         """Noise prediction ``(B, 4, h, w)`` for noisy latents given text, foveal and peripheral tokens ``(B, T, D)``."""
         hidden = (text_embeds, self.adapters.project(foveal_tokens, peripheral_tokens))
-        return self._unet[0](noisy_latents, timesteps, encoder_hidden_states=hidden).sample
+        region = self.adapters.foveal_region(foveal_tokens)  # None unless the fovea is gated
+        with self.adapters.gating(self._unet[0], region, tuple(noisy_latents.shape[-2:])):
+            return self._unet[0](noisy_latents, timesteps, encoder_hidden_states=hidden).sample
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -85,23 +87,28 @@ def load_training_pipeline(cfg: TrainConfig) -> MetamerGenPipeline:
     if m.tiny:
         from metamergen.testing import tiny_pipeline
 
-        return tiny_pipeline(seed=cfg.run.seed)
-    if m.pipeline:
-        return MetamerGenPipeline.from_pretrained(m.pipeline)
-    adapter_config = {
-        "num_tokens": m.num_tokens,
-        "resampler_hidden_dim": m.resampler_hidden_dim,
-        "resampler_depth": m.resampler_depth,
-        "resampler_heads": m.resampler_heads,
-        "mask_empty_tokens": m.mask_empty_tokens,
-    }
-    return MetamerGenPipeline.from_base_models(
-        m.base_model,
-        m.image_encoder,
-        m.adapters,
-        encoder_resolution=m.encoder_resolution,
-        adapter_config=adapter_config,
-    )
+        pipe = tiny_pipeline(seed=cfg.run.seed)
+    elif m.pipeline:
+        pipe = MetamerGenPipeline.from_pretrained(m.pipeline)
+    else:
+        adapter_config = {
+            "num_tokens": m.num_tokens,
+            "resampler_hidden_dim": m.resampler_hidden_dim,
+            "resampler_depth": m.resampler_depth,
+            "resampler_heads": m.resampler_heads,
+            "mask_empty_tokens": m.mask_empty_tokens,
+        }
+        pipe = MetamerGenPipeline.from_base_models(
+            m.base_model,
+            m.image_encoder,
+            m.adapters,
+            encoder_resolution=m.encoder_resolution,
+            adapter_config=adapter_config,
+        )
+    if m.foveal_gate:  # no weights: turned on here for fresh and loaded adapters alike
+        pipe.adapters.register_to_config(foveal_gate=True, foveal_gate_dilation=m.foveal_gate_dilation)
+        pipe.adapters.install(pipe.unet)
+    return pipe
 
 
 def build_items(cfg: TrainConfig) -> tuple[list[TrainingItem], Counter]:
