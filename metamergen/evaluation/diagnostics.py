@@ -11,6 +11,9 @@ for every variant compared, so the differences are the conditioning's alone:
   latent and on the latent cells under the fixated patches. If the foveal stream is used, the
   fixated cells are closer with both streams than with the periphery alone. It takes seconds
   where a rendered study takes minutes, which makes it the check to run during training.
+* :func:`foveal_localisation`: *where* the foveal stream changes the estimate: the size of
+  ``x0(both) - x0(peripheral only)`` inside the fixated cells vs outside them. A fovea that says
+  what it saw but not where paints its change everywhere (ratio near 1).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from metamergen.defaults import PERIPHERAL_BLUR
 from metamergen.foveation.fovea import token_cells
 from metamergen.training.data import vae_pixels
 
-__all__ = ["conditioning_reconstruction", "stream_contributions"]
+__all__ = ["conditioning_reconstruction", "foveal_localisation", "stream_contributions"]
 
 
 @dataclass
@@ -76,23 +79,33 @@ class _NoisedScenes:
             noises=[torch.randn(z.shape, generator=generator).to(device=device, dtype=z.dtype) for _ in timesteps],
         )
 
-    def squared_errors(self, foveal: torch.Tensor, peripheral: torch.Tensor) -> torch.Tensor:
-        """``(n, C, h, w)`` float32: squared error of the one-step ``x0`` estimate from these
-        tokens, averaged over the timesteps (adapters at scale 1, as trained)."""
+    def estimates(self, foveal: torch.Tensor, peripheral: torch.Tensor) -> list[torch.Tensor]:
+        """One ``(n, C, h, w)`` float32 one-step ``x0`` estimate from these tokens per timestep
+        (adapters at scale 1, as trained)."""
         from diffusers import DDPMScheduler
 
         pipe, z = self.pipe, self.latents
         noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
         hidden = (self.text, [h.to(self.text.dtype) for h in pipe.adapters.project(foveal, peripheral)])
-        total = torch.zeros(z.shape, device=z.device)
+        region = pipe.adapters.foveal_region(foveal)  # None unless the fovea is gated
+        out = []
         for t, noise in zip(self.timesteps, self.noises):
             tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
             noisy = noise_scheduler.add_noise(z, noise, tt)
-            with pipe.adapters.scaled(pipe.unet, 1.0, 1.0):  # the scales the adapters were trained at
+            with (
+                pipe.adapters.applied(pipe.unet, 1.0, 1.0),  # the scales the adapters were trained at
+                pipe.adapters.gating(pipe.unet, region, tuple(z.shape[-2:])),
+            ):
                 eps = pipe.unet(noisy, tt, encoder_hidden_states=hidden).sample
             a = noise_scheduler.alphas_cumprod[t].to(z.device)
-            total += ((noisy - (1 - a).sqrt() * eps) / a.sqrt() - z).float() ** 2
-        return total / len(self.timesteps)
+            out.append(((noisy - (1 - a).sqrt() * eps) / a.sqrt()).float())
+        return out
+
+    def squared_errors(self, foveal: torch.Tensor, peripheral: torch.Tensor) -> torch.Tensor:
+        """``(n, C, h, w)`` float32: squared error of the one-step ``x0`` estimate from these
+        tokens, averaged over the timesteps (adapters at scale 1, as trained)."""
+        z = self.latents.float()
+        return sum((x0 - z) ** 2 for x0 in self.estimates(foveal, peripheral)) / len(self.timesteps)
 
 
 @torch.no_grad()
@@ -224,3 +237,73 @@ def stream_contributions(
     out["foveal_gain_per_scene"] = gain.tolist()
     out["foveal_gain_share"] = float((gain > 0).mean())
     return out
+
+
+@torch.no_grad()
+def foveal_localisation(
+    pipe: Any,
+    images: Sequence[Image.Image],
+    fixations: Sequence[Sequence[Sequence[float]]],
+    *,
+    timesteps: Sequence[int] = (400, 600, 800),
+    peripheral_blur: float = PERIPHERAL_BLUR,
+    resolution: int | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Where the foveal stream changes the one-step ``x0`` estimate: inside the fixated cells or everywhere.
+
+    The change is ``|x0(both streams) - x0(peripheral only)|`` (the fovea dropped by zero tokens,
+    as in training; same noise, adapters at scale 1), averaged over channels and ``timesteps``,
+    one value per latent cell. A fovea that places what it saw changes mostly the cells under the
+    fixated patches (:func:`token_cells`); one that says *what* but not *where* changes every cell
+    about equally.
+
+    Parameters
+    ----------
+    pipe
+        A :class:`~metamergen.pipeline.MetamerGenPipeline`.
+    images
+        The scenes (``n >= 1``).
+    fixations
+        One fixation list per scene, ``(x, y)`` in pixels of that scene's image; each needs at
+        least one fixation on the image, and not every patch may be fixated (there must be an outside).
+    timesteps, peripheral_blur, resolution, seed
+        As in :func:`stream_contributions`.
+
+    Returns
+    -------
+    dict
+        ``inside`` / ``outside``: mean change per cell inside / outside the fixated cells,
+        averaged over scenes, with ``*_per_scene`` lists; ``ratio_per_scene`` (inside / outside,
+        1 = no localisation) and ``ratio`` (their geometric mean); ``share_inside_per_scene``:
+        the fixated cells' share of the summed change, next to ``area_share_per_scene``, their
+        share of the cells (equal = no localisation); ``change_map``: ``(n, h, w)`` numpy array of
+        the per-cell change.
+    """
+    n = len(images)
+    if n < 1 or len(fixations) != n:
+        raise ValueError(f"Need >= 1 image and one fixation list per image; got {n} images, {len(fixations)} lists.")
+    noised = _NoisedScenes.prepare(
+        pipe, images, fixations, timesteps=timesteps, peripheral_blur=peripheral_blur, resolution=resolution, seed=seed
+    )
+    cells = token_cells(noised.masks, tuple(noised.latents.shape[-2:]))[:, 0].float()  # (n, h, w)
+    area = cells.mean(dim=(1, 2))
+    if not ((area > 0) & (area < 1)).all():
+        raise ValueError("Every scene needs fixated and unfixated cells: at least one fixation, not on every patch.")
+    both = noised.estimates(noised.foveal, noised.peripheral)
+    periphery = noised.estimates(torch.zeros_like(noised.foveal), noised.peripheral)
+    change = sum((b - p).abs().mean(dim=1) for b, p in zip(both, periphery)) / len(both)  # (n, h, w)
+    inside = (change * cells).sum(dim=(1, 2)) / cells.sum(dim=(1, 2))
+    outside = (change * (1 - cells)).sum(dim=(1, 2)) / (1 - cells).sum(dim=(1, 2))
+    ratio = (inside / outside).cpu().numpy()
+    return {
+        "inside": float(inside.mean()),
+        "outside": float(outside.mean()),
+        "inside_per_scene": inside.cpu().tolist(),
+        "outside_per_scene": outside.cpu().tolist(),
+        "ratio": float(np.exp(np.log(ratio).mean())),
+        "ratio_per_scene": ratio.tolist(),
+        "share_inside_per_scene": ((change * cells).sum(dim=(1, 2)) / change.sum(dim=(1, 2))).cpu().tolist(),
+        "area_share_per_scene": area.cpu().tolist(),
+        "change_map": change.cpu().numpy(),
+    }
