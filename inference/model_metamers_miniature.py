@@ -76,6 +76,7 @@ from metamergen.metamers import (  # noqa: E402
     null_test,
     predict,
     recognition_table,
+    similarity_shift,
 )
 from metamergen.utils.io import atomic_write  # noqa: E402
 
@@ -87,7 +88,7 @@ ENSEMBLES: dict[str, tuple[tuple[str, str], ...]] = {
     "cnn+vit": (("cnn", CNN_LAYERS[-1]), ("vit", VIT_LAYERS[-1])),
 }
 SCHEDULES = ("switch", "mean")
-#: The model in no ensemble: the judge of question (c).
+#: The model in no ensemble: the judge of question (c), and whose last layer the similarity shift is read from.
 HELD_OUT = "cnn_heldout"
 
 
@@ -344,10 +345,12 @@ def markdown(rows: list[dict], recognition: list[dict], summary: dict) -> str:
     lines += [
         "",
         "Recognition of each condition's metamers by each model (accuracy [95 % CI]), final loss "
-        "(normalised distance, mean over images) and null-test passes:",
+        "(normalised distance, mean over images), null-test passes, and the similarity shift: the "
+        f"Jensen-Shannon divergence (bits) between the distributions of pairwise representational "
+        f"similarity of the natural images and of the metamers at {HELD_OUT}'s last layer (0: geometry kept):",
         "",
-        "| metamers | final loss | null test | " + " | ".join(MINIATURE_MODELS) + " |",
-        "|---|---|---|" + "---|" * len(MINIATURE_MODELS),
+        "| metamers | final loss | null test | similarity JSD | " + " | ".join(MINIATURE_MODELS) + " |",
+        "|---|---|---|---|" + "---|" * len(MINIATURE_MODELS),
     ]
     by = {(r["layer"], r["model"]): r for r in recognition}
     for cond, info in summary["conditions"].items():
@@ -356,7 +359,9 @@ def markdown(rows: list[dict], recognition: list[dict], summary: dict) -> str:
             for m in MINIATURE_MODELS
         ]
         lines.append(
-            f"| {cond} | {info['final_loss']:.3f} | {info['null_passed']}/{info['n']} | " + " | ".join(cells) + " |"
+            f"| {cond} | {info['final_loss']:.3f} | {info['null_passed']}/{info['n']} | {info['similarity_jsd']:.3f} | "
+            + " | ".join(cells)
+            + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -472,6 +477,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for c, v in conditions.items()
     }
     nulls = null_tests(models, conditions, images, data["null_images"])
+    # Boehm et al.'s geometry measure: do the metamers keep the held-out model's pairwise similarities?
+    judge = LayerActivations(models[HELD_OUT], CNN_LAYERS[-1], name=f"{HELD_OUT}:{CNN_LAYERS[-1]}")
+    natural_acts = layer_activations(judge, images)
+    shifts = {c: similarity_shift(natural_acts, layer_activations(judge, v["metamers"])) for c, v in conditions.items()}
     passed = {c: v["passed"] for c, v in nulls.items()}
     rows = questions(correct, passed, args.n_boot, args.seed)
     seconds = time.perf_counter() - start
@@ -505,6 +514,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "members": [f"{m}:{la}" for m, la in v["members"]],
                 "final_loss": v["final_loss"],
                 "null_passed": int(passed[c].sum()),
+                "similarity_jsd": shifts[c].jsd,
                 "n": len(images),
             }
             for c, v in conditions.items()
@@ -519,6 +529,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "recognition": recognition,
         "correct": {c: {m: v.tolist() for m, v in d.items()} for c, d in correct.items()},
         "null_test": {c: v["members"] for c, v in nulls.items()},
+        "similarity_shift": {"layer": judge.name, **{c: v.to_dict() for c, v in shifts.items()}},
     }
     text = json.dumps(result, indent=1, allow_nan=True) + "\n"
     atomic_write(out / "results.json", lambda t: Path(t).write_text(text))
