@@ -15,6 +15,7 @@ from metamergen.commands._common import (
     add_sampling_arguments,
     check_model_choice,
     check_sampling_arguments,
+    leave_process_group,
     load_pipeline_from_args,
     process_state,
 )
@@ -231,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"warning: {line}", file=sys.stderr)
             merge_manifest(Path(args.out), [j.image_id for j in jobs], expected={j.image_id: j.record() for j in jobs})
         state.wait_for_everyone()
+        leave_process_group()
         if not state.is_main_process:
             return 0
     print(f"Generated {generated} image(s), {already} already done; manifest: {Path(args.out) / MANIFEST_NAME}")

@@ -85,7 +85,7 @@ def _add_score_arguments(s: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``metamergen score``."""
-    from metamergen.commands._common import process_state
+    from metamergen.commands._common import leave_process_group, process_state
     from metamergen.evaluation.metrics import METRICS
     from metamergen.evaluation.scoring import (
         ScoreWarning,
@@ -165,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
             from accelerate.utils import gather_object
 
             rows = manifest_order(args.manifest, gather_object(rows))
+            leave_process_group()  # nothing collective follows; the main process writes the table alone
             if not state.is_main_process:
                 return 0
         # image paths in the table are relative to the table's own folder, wherever it is written
