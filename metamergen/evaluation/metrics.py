@@ -278,8 +278,8 @@ class SSIM(_PairwiseMetric):
     computed where the window fits entirely inside the image ("valid") and averaged. Range
     [-1, 1]; 1 for identical images; higher is more similar. Both images are brought to the
     score resolution first (:func:`score_resolution`). A pair smaller than ``window_size`` px on a
-    side there scores NaN (the window cannot fit) and is counted in :attr:`too_small`, so one tiny
-    image does not stop a whole study; ``metamergen score`` warns with the count.
+    side there scores NaN (the window cannot fit), so one tiny image does not stop a whole study;
+    ``metamergen score`` counts those NaNs and warns once.
     """
 
     name = "ssim"
@@ -287,8 +287,6 @@ class SSIM(_PairwiseMetric):
 
     def __init__(self, window_size: int = 11, sigma: float = 1.5, score_size: int | None = SCORE_SIZE) -> None:
         super().__init__(score_size)
-        #: Pairs scored NaN because they were smaller than the window (a running count).
-        self.too_small = 0
         if window_size < 1 or window_size % 2 == 0:
             raise ValueError(f"window_size must be a positive odd number of pixels, got {window_size}.")
         self.window_size = int(window_size)
@@ -302,8 +300,7 @@ class SSIM(_PairwiseMetric):
 
     def _pair(self, original: np.ndarray, generation: np.ndarray) -> float:
         h, w = original.shape[:2]
-        if min(h, w) < self.window_size:  # the window does not fit: no SSIM, counted
-            self.too_small += 1
+        if min(h, w) < self.window_size:  # the window does not fit: no SSIM (score counts the NaNs)
             return math.nan
         x, y = _luminance(_to_float(original)), _luminance(_to_float(generation))
         c1, c2 = 0.01**2, 0.03**2

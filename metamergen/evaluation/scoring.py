@@ -78,15 +78,16 @@ def resolution_label(metrics: Sequence[Metric], original_size: tuple[int, int]) 
     return "; ".join(f"{'/'.join(names)} {w}x{h}" for (w, h), names in groups.items())
 
 
-def _warn_too_small(metrics: Sequence[Metric], before: Mapping[str, int], n: int) -> None:
+def _warn_too_small(metrics: Sequence[Metric], scores: Mapping[str, np.ndarray]) -> None:
+    """One :class:`ScoreWarning` per windowed metric (SSIM) that scored some pairs NaN: too small for its window."""
     for metric in metrics:
-        count = getattr(metric, "too_small", 0) - before.get(metric.name, 0)
+        side = getattr(metric, "window_size", None)
+        count = int(np.isnan(scores[metric.name]).sum()) if side is not None else 0
         if count:
-            side = getattr(metric, "window_size", "?")
             warnings.warn(
-                f"{metric.name}: {count} of {n} image(s) are smaller than {side}x{side} px at the score "
-                "resolution and were scored NaN (the report leaves them out of its means and counts them); "
-                "pass a larger --score-size, or leave the tiny images out of the study.",
+                f"{metric.name}: {count} of {len(scores[metric.name])} image(s) are smaller than {side}x{side} px "
+                "at the score resolution and were scored NaN (the report leaves them out of its means and counts "
+                "them); pass a larger --score-size, or leave the tiny images out of the study.",
                 ScoreWarning,
                 stacklevel=3,
             )
@@ -284,7 +285,6 @@ def score_manifest(
     clash = sorted(set(columns) & set(rows[0] if rows else {}))
     if clash:
         raise ValueError(f"Metric column(s) {clash} clash with manifest columns.")
-    before = {m.name: getattr(m, "too_small", 0) for m in objects}
 
     if not 0 <= int(process_index) < int(num_processes):
         raise ValueError(f"process_index must be in [0, {num_processes}), got {process_index}.")
@@ -315,7 +315,7 @@ def score_manifest(
             for scene in [s for s in originals if last_use[s] < end]:
                 del originals[scene]  # every generation of this scene is scored
             bar.update(len(chunk))
-    _warn_too_small(objects, before, len(rows))
+    _warn_too_small(objects, scores)
     return [
         dict(row, **{c: float(scores[c][i]) for c in columns}, **{SCORE_RESOLUTION_COLUMN: resolution[i]})
         for i, row in enumerate(rows)
