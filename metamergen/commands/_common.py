@@ -97,19 +97,6 @@ def process_state(args: argparse.Namespace | None = None) -> Any:
     return state
 
 
-def leave_process_group() -> None:
-    """Destroy this process's process group, if any, before it exits.
-
-    A rank that exits with its gloo group alive can abort in C++ ("terminate called without an
-    active exception", SIGABRT) while another rank is still working, which fails the launch. The
-    call is local to the rank, so a rank that finishes early can leave without waiting for the others.
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
-
-
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model / --adapters (+ --base-model, --image-encoder) / --tiny``, ``--revision``, ``--device``, ``--dtype``."""
     model = parser.add_argument_group("model (one of)")

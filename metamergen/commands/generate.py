@@ -15,10 +15,10 @@ from metamergen.commands._common import (
     add_sampling_arguments,
     check_model_choice,
     check_sampling_arguments,
-    leave_process_group,
     load_pipeline_from_args,
     process_state,
 )
+from metamergen.utils.distributed import leave_process_group
 
 if TYPE_CHECKING:  # the command module imports nothing heavy until it runs
     from metamergen.study import StudyScene, StudySettings

@@ -85,7 +85,7 @@ def _add_score_arguments(s: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Handler of ``metamergen score``."""
-    from metamergen.commands._common import leave_process_group, process_state
+    from metamergen.commands._common import process_state
     from metamergen.evaluation.metrics import METRICS
     from metamergen.evaluation.scoring import (
         ScoreWarning,
@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
         score_manifest,
         write_score_table,
     )
+    from metamergen.utils.distributed import leave_process_group
 
     if args.batch_size < 1:
         raise SystemExit(f"error: --batch-size must be >= 1, got {args.batch_size}.")

@@ -41,6 +41,7 @@ from metamergen.training.data import (
 )
 from metamergen.training.loss import adapter_loss, encode_batch
 from metamergen.training.run_folder import clear_previous_run, plan_run, record_config_changes
+from metamergen.utils.distributed import leave_process_group
 from metamergen.utils.io import atomic_write, replace_dir
 from metamergen.utils.seeds import derive_seed
 
@@ -341,7 +342,7 @@ def train(
         dataset = _prepare_feature_cache(accelerator, pipe, items, cfg, sampling)
         if cfg.run.cache_only:
             accelerator.end_training()
-            _destroy_process_group()
+            leave_process_group()
             return out
     else:
         dataset = AdapterTrainingDataset(
@@ -458,7 +459,7 @@ def train(
                     logger.info("Stopping after step %d as configured (run.stop_after_step).", global_step)
                     bar.close()
                     accelerator.end_training()
-                    _destroy_process_group()
+                    leave_process_group()
                     return out
             if cfg.run.validation_steps and global_step % cfg.run.validation_steps == 0:
                 _validate(accelerator, pipe, ema, cfg, out, global_step)
@@ -503,7 +504,7 @@ def train(
         logger.info("Saved the trained pipeline to %s and the adapters to %s.", out / "pipeline", out / "adapters")
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    _destroy_process_group()
+    leave_process_group()
     return out
 
 
@@ -576,8 +577,3 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = str(v)
     return out
-
-
-def _destroy_process_group() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
