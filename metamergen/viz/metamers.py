@@ -14,6 +14,7 @@ import html
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
+from metamergen.utils.images import load_image
 from metamergen.utils.io import replace_dir
 from metamergen.utils.plotting import figure_classes
 
@@ -161,7 +163,7 @@ def write_metamers_report(out: str | os.PathLike, *, chance: float | None = None
     recognition = _read_csv(out / "recognition.csv")
     ids = list(dict.fromkeys(r["source_id"] for r in manifest))[:max_images]
     by_key = {(r["source_id"], r["layer"]): r for r in manifest}
-    originals = [Image.open(by_key[(i, layers[0])]["scene"]) for i in ids]
+    originals = [load_image(by_key[(i, layers[0])]["scene"]) for i in ids]  # the project's one loader
     metamers = [[Image.open(out / by_key[(i, layer)]["path"]) for layer in layers] for i in ids]
 
     build = Path(tempfile.mkdtemp(dir=out, prefix=f".{REPORT_DIR}.", suffix=".tmp"))
@@ -177,8 +179,6 @@ def write_metamers_report(out: str | os.PathLike, *, chance: float | None = None
         (build / "index.html").write_text(_index_html(summary, layers, len(ids)))
         return replace_dir(build, out / REPORT_DIR)
     except BaseException:
-        import shutil
-
         shutil.rmtree(build, ignore_errors=True)
         raise
 
