@@ -60,6 +60,18 @@ __all__ = ["STREAMS", "AttentionBackend", "FovealGateAttnProcessor", "MetamerGen
 SERIALIZED_MODULE = "metamergen.adapters"
 
 
+class _KVProjection(nn.Linear):
+    """A stream's K or V projection in one cross-attention layer (an ``nn.Linear``, same weights).
+
+    Computes in its weights' dtype and returns its input's, so fp32 trainable K/V work inside a
+    bf16 / fp16 UNet without autocast: callers pass the stream's tokens in the UNet's dtype.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # fp32 trainable K/V meet the UNet's dtype at this one edge, so every processor works without autocast
+        return super().forward(x.to(self.weight.dtype)).to(x.dtype)
+
+
 def cross_attention_layers(unet: nn.Module) -> list[tuple[str, int, int]]:
     """The UNet's cross-attention layers in ``unet.attn_processors`` order (down, up, mid).
 
@@ -142,7 +154,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
             raise ValueError(f"foveal_gate_dilation must be >= 0 patches, got {foveal_gate_dilation}.")
 
         def projections() -> nn.ModuleList:
-            return nn.ModuleList(nn.Linear(cross_attention_dim, h, bias=False) for h in hidden_sizes)
+            return nn.ModuleList(_KVProjection(cross_attention_dim, h, bias=False) for h in hidden_sizes)
 
         shape = dict(
             image_embed_dim=image_embed_dim,

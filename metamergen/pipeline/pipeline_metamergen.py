@@ -320,16 +320,28 @@ class MetamerGenPipeline(DiffusionPipeline):
 
     def prepare_for_adapter_training(self) -> list[torch.nn.Parameter]:
         """Freeze everything except the adapters, as the paper trains: the two resamplers and the
-        new K/V projections. Returns the trainable parameters (for the optimizer).
+        new K/V projections. Returns the trainable parameters (for the optimizer), in fp32.
 
         The K/V projections are shared with the UNet's processors, so the UNet is frozen first and
-        the adapters unfrozen after.
+        the adapters unfrozen after. The frozen models keep their dtype (bf16 / fp16 for mixed
+        precision) and the adapters are cast to fp32, as diffusers' ``cast_training_params``
+        does; the adapters meet the UNet's dtype in their forward, so the training loss and
+        ``pipe(...)`` need no autocast. Casting the UNet afterwards casts the shared K/V with it:
+        cast the pipeline first, then call this.
+
+        Returns
+        -------
+        list of torch.nn.Parameter
+            Every adapter parameter, fp32, requiring gradients.
         """
+        from diffusers.training_utils import cast_training_params
+
         for module in (self.vae, self.text_encoder, self.unet, self.image_encoder):
             module.requires_grad_(False)
             module.eval()
         self.adapters.requires_grad_(True)
         self.adapters.train()
+        cast_training_params(self.adapters, dtype=torch.float32)  # fp32 weights for the optimiser's updates
         return list(self.adapters.parameters())
 
     # ------------------------------------------------------------------ attention backends

@@ -47,7 +47,14 @@ from metamergen.utils.seeds import derive_seed
 
 logger = logging.getLogger("metamergen.train")
 
-__all__ = ["AdapterTrainingModel", "build_items", "build_optimizer", "load_training_pipeline", "train"]
+__all__ = [
+    "AdapterTrainingModel",
+    "build_items",
+    "build_optimizer",
+    "load_training_pipeline",
+    "mixed_precision_dtype",
+    "train",
+]
 
 
 class AdapterTrainingModel(nn.Module):
@@ -72,14 +79,41 @@ class AdapterTrainingModel(nn.Module):
         foveal_tokens: torch.Tensor,
         peripheral_tokens: torch.Tensor,
     ) -> torch.Tensor:
-        """Noise prediction ``(B, 4, h, w)`` for noisy latents given text, foveal and peripheral tokens ``(B, T, D)``."""
-        hidden = (text_embeds, self.adapters.project(foveal_tokens, peripheral_tokens))
+        """Noise prediction ``(B, 4, h, w)`` for noisy latents given text, foveal and peripheral tokens ``(B, T, D)``.
+
+        The tokens enter the resamplers in the adapters' dtype (fp32 while training), everything
+        else enters the UNet in its own (the run's), so no autocast is needed; the prediction is
+        in the UNet's dtype.
+        """
+        unet, dtype = self._unet[0], self._unet[0].dtype
+        adapter_dtype = self.adapters.dtype
+        streams = self.adapters.project(foveal_tokens.to(adapter_dtype), peripheral_tokens.to(adapter_dtype))
+        hidden = (text_embeds.to(dtype), [s.to(dtype) for s in streams])
         region = self.adapters.foveal_region(foveal_tokens)  # None unless the fovea is gated
-        with self.adapters.gating(self._unet[0], region, tuple(noisy_latents.shape[-2:])):
-            return self._unet[0](noisy_latents, timesteps, encoder_hidden_states=hidden).sample
+        with self.adapters.gating(unet, region, tuple(noisy_latents.shape[-2:])):
+            return unet(noisy_latents.to(dtype), timesteps, encoder_hidden_states=hidden).sample
 
 
 # ----------------------------------------------------------------------------- building blocks
+
+
+def mixed_precision_dtype(mixed_precision: str) -> torch.dtype:
+    """The run's dtype: the frozen models' and the validation renders' (trainable weights stay fp32).
+
+    Parameters
+    ----------
+    mixed_precision
+        accelerate's setting, ``"no"``, ``"fp16"`` or ``"bf16"`` (``run.mixed_precision``).
+
+    Returns
+    -------
+    torch.dtype
+        ``torch.float32``, ``torch.float16`` or ``torch.bfloat16``.
+    """
+    dtypes = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if mixed_precision not in dtypes:
+        raise ValueError(f"run.mixed_precision is 'no', 'fp16' or 'bf16', got {mixed_precision!r}.")
+    return dtypes[mixed_precision]
 
 
 def load_training_pipeline(cfg: TrainConfig) -> MetamerGenPipeline:
@@ -315,7 +349,7 @@ def train(
         attention = "xformers" if (is_xformers_available() and not cpu) else "sdpa"
     if attention == "xformers":  # before the optimizer exists: it rebuilds the processors
         pipe.enable_xformers_memory_efficient_attention()
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    weight_dtype = mixed_precision_dtype(accelerator.mixed_precision)
     params = pipe.prepare_for_adapter_training()
     for module in (pipe.vae, pipe.text_encoder, pipe.unet, pipe.image_encoder, pipe.adapters):
         module.to(accelerator.device)
@@ -547,13 +581,14 @@ def _validate(accelerator, pipe, ema, cfg: TrainConfig, out: Path, step: int) ->
             for i, path in enumerate(cfg.run.validation_images):
                 image = Image.open(path).convert("RGB")
                 fix = cfg.run.validation_fixations[i] if i < len(cfg.run.validation_fixations) else []
-                with torch.autocast(accelerator.device.type, enabled=accelerator.mixed_precision != "no"):
-                    img = pipe(
-                        image,
-                        [fix],
-                        num_inference_steps=cfg.run.validation_num_inference_steps,
-                        generator=[torch.Generator().manual_seed(cfg.run.seed)],
-                    ).images[0]
+                # no autocast (it would pick fp16 on CUDA in a bf16 run): the frozen models are in the run's
+                # dtype and the fp32 adapters meet it in their forward, so the render is in the run's dtype
+                img = pipe(
+                    image,
+                    [fix],
+                    num_inference_steps=cfg.run.validation_num_inference_steps,
+                    generator=[torch.Generator().manual_seed(cfg.run.seed)],
+                ).images[0]
                 target = folder / f"{i:02d}.png"
                 atomic_write(target, lambda p, img=img: img.save(p, format="PNG"))
                 rendered.append(np.asarray(img))
