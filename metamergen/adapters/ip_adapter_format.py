@@ -277,6 +277,13 @@ def save_ip_adapter(adapters: MetamerGenAdapters, directory: str | os.PathLike) 
             "Render with MetamerGenPipeline for the model's own output.",
             stacklevel=2,
         )
+    if adapters.config.get("foveal_local", False):
+        warnings.warn(
+            "These adapters resample each fixated patch alone and bind it to its place (foveal_local); a "
+            "stock IP-Adapter pipeline resamples the whole grid and attends everywhere, so it will not "
+            "reproduce MetamerGen's renders. Render with MetamerGenPipeline for the model's own output.",
+            stacklevel=2,
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     blobs = {}

@@ -17,7 +17,10 @@ run outside the UNet, once per sample rather than once per denoising step: the U
 
 With ``foveal_gate`` (opt-in, not in the paper) the foveal term is multiplied by the fovea's patch
 mask on each layer's grid (:class:`FovealGateAttnProcessor`), so the fovea acts only where it
-looked; callers pass the mask through :meth:`MetamerGenAdapters.gating`.
+looked; callers pass the mask through :meth:`MetamerGenAdapters.gating`. With ``foveal_local``
+(opt-in, not in the paper) the foveal resampler runs on each shown patch's token alone and every
+latent cell attends only to the tokens resampled from the patches under it
+(:class:`FovealLocalAttnProcessor`): each fixated patch's content stays at that patch.
 
 A stream whose scale is 0 is skipped by the processor (stream off); to drop a stream's *condition*
 (training dropout, the unconditional branch of guidance) feed the resampler zero tokens instead.
@@ -30,6 +33,7 @@ UNet's own processors afterwards; the pipeline renders inside it, so such swaps 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +57,14 @@ from metamergen.defaults import NUM_TOKENS
 AttentionBackend = Literal["sdpa", "xformers"]
 STREAMS = ("foveal", "peripheral")
 
-__all__ = ["STREAMS", "AttentionBackend", "FovealGateAttnProcessor", "MetamerGenAdapters", "cross_attention_layers"]
+__all__ = [
+    "STREAMS",
+    "AttentionBackend",
+    "FovealGateAttnProcessor",
+    "FovealLocalAttnProcessor",
+    "MetamerGenAdapters",
+    "cross_attention_layers",
+]
 
 #: Where the adapters are saved from and loaded by diffusers (``model_index.json`` records this
 #: module path): pinned to the public package, so a saved folder does not depend on file layout.
@@ -126,6 +137,15 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
     foveal_gate_dilation
         With ``foveal_gate``, widen the region by this many patches on each side (0 = the shown
         patches only).
+    foveal_local
+        Bind each fixated patch's content to its place: the foveal resampler runs on every shown
+        patch's token alone (``num_tokens`` tokens per patch; the other patches give none), and
+        each latent cell attends only to the tokens of the shown patches its area overlaps
+        (:class:`FovealLocalAttnProcessor`); a cell over no shown patch gets no foveal term, as
+        under ``foveal_gate``. False (default): the paper's resampler over the whole masked grid.
+        Not in the paper: with the gate alone the 16 resampled tokens mix all fixated patches, and
+        a gated cell paints another fixated object's colour as often as its own. Adds no weights.
+        Callers run the UNet inside :meth:`gating` with :meth:`foveal_region`, as for the gate.
     """
 
     config_name = "config.json"
@@ -146,12 +166,15 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         mask_empty_tokens: bool = False,
         foveal_gate: bool = False,
         foveal_gate_dilation: int = 0,
+        foveal_local: bool = False,
     ) -> None:
         super().__init__()
         if len(layer_names) != len(hidden_sizes):
             raise ValueError(f"Got {len(layer_names)} layer names but {len(hidden_sizes)} hidden sizes.")
         if foveal_gate_dilation < 0:
             raise ValueError(f"foveal_gate_dilation must be >= 0 patches, got {foveal_gate_dilation}.")
+        if foveal_local and foveal_gate_dilation:
+            raise ValueError("foveal_local binds each patch's tokens to that patch; it takes no foveal_gate_dilation.")
 
         def projections() -> nn.ModuleList:
             return nn.ModuleList(_KVProjection(cross_attention_dim, h, bias=False) for h in hidden_sizes)
@@ -224,19 +247,33 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         -------
         list of two torch.Tensor
             ``[foveal, peripheral]``, each ``(B, num_tokens, cross_attention_dim)``: the second
-            element of the UNet's ``encoder_hidden_states`` tuple.
+            element of the UNet's ``encoder_hidden_states`` tuple. With ``foveal_local`` an active
+            foveal stream is ``(B, T * num_tokens, cross_attention_dim)`` instead: patch ``t``'s
+            tokens at rows ``t * num_tokens ...``, zeros for the patches not shown.
         """
         out = []
         for tokens, resampler, on in zip(
             (foveal_tokens, peripheral_tokens), (self.foveal_resampler, self.peripheral_resampler), active
         ):
-            if on:
+            if on and resampler is self.foveal_resampler and self.config.foveal_local:
+                out.append(self._resample_each_patch(tokens))
+            elif on:
                 key_mask = tokens.ne(0).any(dim=-1) if self.config.mask_empty_tokens else None
                 out.append(resampler(tokens, key_mask))
             else:
                 shape = (tokens.shape[0], self.config.num_tokens, self.config.cross_attention_dim)
                 out.append(torch.zeros(shape, device=tokens.device, dtype=tokens.dtype))
         return out
+
+    def _resample_each_patch(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, T, D)`` masked tokens -> ``(B, T * num_tokens, C)``: each shown token resampled alone."""
+        b, t, _ = tokens.shape
+        n, c = self.config.num_tokens, self.config.cross_attention_dim
+        shown = tokens.ne(0).any(dim=-1)  # (B, T)
+        out = tokens.new_zeros(b, t, n, c)
+        if shown.any():  # a lone token: the resampler's keys are that token and its own queries
+            out[shown] = self.foveal_resampler(tokens[shown][:, None]).to(out.dtype)
+        return out.reshape(b, t * n, c)
 
     def foveal_region(self, foveal_tokens: torch.Tensor) -> torch.Tensor | None:
         """Where the foveal stream may act under ``foveal_gate``: the patches it shows.
@@ -251,9 +288,10 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         -------
         torch.Tensor or None
             ``(B, 1, G, G)`` float, 1 on the patches whose token is non-zero, widened by
-            ``foveal_gate_dilation`` patches; ``None`` when ``foveal_gate`` is off.
+            ``foveal_gate_dilation`` patches; ``None`` when neither ``foveal_gate`` nor
+            ``foveal_local`` is on.
         """
-        if not self.config.foveal_gate:
+        if not self._confines_fovea:
             return None
         b, t = foveal_tokens.shape[:2]
         g = math.isqrt(t)
@@ -265,12 +303,18 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
             region = F.max_pool2d(region, 2 * d + 1, stride=1, padding=d)
         return region
 
+    @property
+    def _confines_fovea(self) -> bool:
+        """True when the foveal stream acts only at its patches (``foveal_gate`` or ``foveal_local``)."""
+        return bool(self.config.foveal_gate or self.config.foveal_local)
+
     @contextmanager
     def gating(self, unet: nn.Module, region: torch.Tensor | None, latent_size: tuple[int, int]) -> Iterator[None]:
         """Run ``unet`` with the foveal stream confined to ``region`` for a ``with`` block.
 
-        A no-op unless ``foveal_gate`` is on. Then every cross-attention processor must be a
-        :class:`FovealGateAttnProcessor` (installed by :meth:`install` / :meth:`applied`).
+        A no-op unless ``foveal_gate`` or ``foveal_local`` is on. Then every cross-attention
+        processor must be a :class:`FovealGateAttnProcessor` (or its subclass
+        :class:`FovealLocalAttnProcessor`), installed by :meth:`install` / :meth:`applied`.
 
         Parameters
         ----------
@@ -282,7 +326,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         latent_size
             ``(h, w)`` of the UNet's input latents; the region frames the same image.
         """
-        if not self.config.foveal_gate:
+        if not self._confines_fovea:
             yield
             return
         if region is None:
@@ -334,7 +378,9 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 f"({len(self.config.layer_names)} expected, {len(names)} found). Build adapters with "
                 "MetamerGenAdapters.from_unet(unet) or load the ones trained for this UNet."
             )
-        ip_cls, plain_cls = _processor_classes(attention, gate=bool(self.config.foveal_gate))
+        ip_cls, plain_cls = _processor_classes(
+            attention, gate=bool(self.config.foveal_gate), local=bool(self.config.foveal_local)
+        )
         index = {n: i for i, n in enumerate(names)}
         current = unet.attn_processors
         processors = {}
@@ -374,7 +420,8 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 or p.to_k_ip[1] is not self.to_k_peripheral[i]
                 or p.to_v_ip[0] is not self.to_v_foveal[i]
                 or p.to_v_ip[1] is not self.to_v_peripheral[i]
-                or (self.config.foveal_gate and not isinstance(p, FovealGateAttnProcessor))
+                or (self._confines_fovea and not isinstance(p, FovealGateAttnProcessor))
+                or (self.config.foveal_local and not isinstance(p, FovealLocalAttnProcessor))
             ):
                 return False
         return True
@@ -499,6 +546,131 @@ class FovealGateAttnProcessor(IPAdapterAttnProcessor2_0):
         )
 
 
+class FovealLocalAttnProcessor(FovealGateAttnProcessor):
+    """The two-stream SDPA processor with each latent cell's foveal attention bound to its patches
+    (``foveal_local``).
+
+    ``out = Attn(Q, K_text, V_text) + scale_f * A_f + scale_p * Attn(Q, K_p, V_p)``, where ``A_f`` at a
+    cell is attention over the foveal tokens of the shown patches that the cell's area overlaps
+    (each patch's ``num_tokens`` tokens from :meth:`MetamerGenAdapters.project`), and 0 at a cell
+    over no shown patch. The latent grid and the patch grid frame the same image; at a level finer
+    than the patch grid a cell lies in one patch, at a coarser level it spans several.
+
+    Written out rather than inherited: diffusers' IP-Adapter processor attends every query to
+    every token of a stream and has no per-query key mask.
+    """
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: tuple[torch.Tensor, list[torch.Tensor]] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        scale: float = 1.0,
+        ip_adapter_masks: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.region is None or self.latent_size is None:
+            raise RuntimeError(
+                "These adapters bind the foveal stream to its patches (foveal_local); run the UNet inside "
+                "adapters.gating(unet, adapters.foveal_region(foveal_tokens), latent_size)."
+            )
+        if ip_adapter_masks is not None:
+            raise ValueError("foveal_local adapters take no ip_adapter_masks.")
+        text, (foveal, peripheral) = encoder_hidden_states
+        scale_f, scale_p = self.scale
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            b, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(b, channels, height * width).transpose(1, 2)
+        b, n_cells, _ = hidden_states.shape
+        if self.region.shape[0] != b:
+            raise ValueError(f"The foveal region has {self.region.shape[0]} rows for a batch of {b}.")
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, text.shape[1], b)
+            attention_mask = attention_mask.view(b, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+        heads = attn.heads
+        head_dim = query.shape[-1] // heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (B, L, heads * d) -> (B, heads, L, d)
+            return x.view(b, -1, heads, head_dim).transpose(1, 2)
+
+        q = split(query)
+        out = F.scaled_dot_product_attention(
+            q, split(attn.to_k(text)), split(attn.to_v(text)), attn_mask=attention_mask
+        )
+        if scale_p != 0:
+            k_p, v_p = split(self.to_k_ip[1](peripheral)), split(self.to_v_ip[1](peripheral))
+            out = out + scale_p * F.scaled_dot_product_attention(q, k_p, v_p)
+        if scale_f != 0:
+            out = out + scale_f * self._local_foveal(q, foveal, _layer_grid(self.latent_size, n_cells))
+        hidden_states = out.transpose(1, 2).reshape(b, -1, heads * head_dim).to(query.dtype)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(b, channels, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    def _local_foveal(self, q: torch.Tensor, foveal: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """``(B, heads, h * w, d)`` foveal term: each cell's attention over its own shown patches' tokens."""
+        b, heads, n_cells, d = q.shape
+        g = self.region.shape[-1]
+        n_patches = g * g
+        if foveal.shape[1] % n_patches:
+            raise ValueError(
+                f"foveal_local expects {n_patches} patches x num_tokens foveal tokens, got {foveal.shape[1]}."
+            )
+        per_patch = foveal.shape[1] // n_patches
+        index, valid = _cell_patches(grid, g, q.device)  # (cells, c)
+        shown = self.region.reshape(b, n_patches).to(q.device) > 0
+        allowed = shown[:, index] & valid  # (B, cells, c)
+
+        def gather(x: torch.Tensor) -> torch.Tensor:  # (B, T * n, heads * d) -> (B, heads, cells, c * n, d)
+            x = x.view(b, n_patches, per_patch, heads, d)[:, index]  # (B, cells, c, n, heads, d)
+            return x.permute(0, 4, 1, 2, 3, 5).reshape(b, heads, n_cells, -1, d)
+
+        keys, values = gather(self.to_k_ip[0](foveal)), gather(self.to_v_ip[0](foveal))
+        logits = torch.einsum("bhqd,bhqkd->bhqk", q, keys) * d**-0.5
+        key_ok = allowed.repeat_interleave(per_patch, dim=-1)[:, None]  # (B, 1, cells, c * n)
+        weights = logits.masked_fill(~key_ok, float("-inf")).softmax(dim=-1)
+        weights = torch.where(key_ok.any(dim=-1, keepdim=True), weights, torch.zeros_like(weights))  # no patch: 0
+        return torch.einsum("bhqk,bhqkd->bhqd", weights, values)
+
+
+def _cell_patches(grid: tuple[int, int], g: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    index, valid = _cell_patches_cpu(tuple(grid), g)
+    return index.to(device), valid.to(device)
+
+
+@functools.lru_cache(maxsize=64)  # the same few (level, grid) pairs at every step of every call
+def _cell_patches_cpu(grid: tuple[int, int], g: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The patches of a ``g x g`` grid that each cell of an ``h x w`` grid overlaps (both frame one image).
+
+    Returns ``index`` ``(h * w, c)`` of patch numbers (row-major) and ``valid`` ``(h * w, c)``, with
+    ``c`` the most patches any cell overlaps (padding entries are invalid).
+    """
+    h, w = grid
+
+    def spans(n: int) -> list[range]:  # patch rows/columns overlapped by each of n cells
+        return [range(i * g // n, -(-(i + 1) * g // n)) for i in range(n)]
+
+    rows, cols = spans(h), spans(w)
+    cells = [[r * g + c for r in rr for c in cc] for rr in rows for cc in cols]
+    width = max(len(p) for p in cells)
+    index = torch.tensor([p + [0] * (width - len(p)) for p in cells])
+    valid = torch.tensor([[True] * len(p) + [False] * (width - len(p)) for p in cells])
+    return index, valid
+
+
 def _layer_grid(latent_size: tuple[int, int], n: int) -> tuple[int, int]:
     """``(h, w)`` of the UNet level with ``n`` cells: the latent grid halved (rounding up) k times."""
     h, w = latent_size
@@ -509,13 +681,16 @@ def _layer_grid(latent_size: tuple[int, int], n: int) -> tuple[int, int]:
     return h, w
 
 
-def _processor_classes(attention: str, *, gate: bool = False) -> tuple[type, type]:
+def _processor_classes(attention: str, *, gate: bool = False, local: bool = False) -> tuple[type, type]:
     """``(two-stream cross-attention processor, plain processor)`` of a backend."""
     if attention == "xformers":
-        if gate:
-            raise ValueError("foveal_gate is implemented for SDPA attention only; use attention='sdpa'.")
+        if gate or local:
+            name = "foveal_local" if local else "foveal_gate"
+            raise ValueError(f"{name} is implemented for SDPA attention only; use attention='sdpa'.")
         return IPAdapterXFormersAttnProcessor, XFormersAttnProcessor
     if attention == "sdpa":
+        if local:
+            return FovealLocalAttnProcessor, AttnProcessor2_0
         return (FovealGateAttnProcessor if gate else IPAdapterAttnProcessor2_0), AttnProcessor2_0
     raise ValueError(f"Unknown attention backend {attention!r}; choose 'sdpa' or 'xformers'.")
 

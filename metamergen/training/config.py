@@ -72,6 +72,10 @@ class ModelConfig:
     #: adapters loaded from model.pipeline / model.adapters (it has no weights).
     foveal_gate: bool = False
     foveal_gate_dilation: int = 0
+    #: Resample each shown patch's token alone and let every latent cell attend only to the tokens
+    #: of the shown patches under it (MetamerGenAdapters.foveal_local): each fixated patch's content
+    #: stays at that patch. Not in the paper; no weights, so True also turns it on for loaded adapters.
+    foveal_local: bool = False
     #: LoRA rank on the UNet's attention projections (peft); 0 = off, as the paper (adapters only).
     #: The LoRA is merged into the exported UNet and also saved alone (diffusers' LoRA format).
     lora_rank: int = 0

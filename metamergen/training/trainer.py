@@ -140,8 +140,10 @@ def load_training_pipeline(cfg: TrainConfig) -> MetamerGenPipeline:
             encoder_resolution=m.encoder_resolution,
             adapter_config=adapter_config,
         )
-    if m.foveal_gate:  # no weights: turned on here for fresh and loaded adapters alike
-        pipe.adapters.register_to_config(foveal_gate=True, foveal_gate_dilation=m.foveal_gate_dilation)
+    if m.foveal_gate or m.foveal_local:  # no weights: turned on here for fresh and loaded adapters alike
+        pipe.adapters.register_to_config(
+            foveal_gate=m.foveal_gate, foveal_gate_dilation=m.foveal_gate_dilation, foveal_local=m.foveal_local
+        )
         pipe.adapters.install(pipe.unet)
     return pipe
 
