@@ -68,6 +68,46 @@ def _write(path: Path, image: Image.Image) -> str:
     return path.name
 
 
+def test_shape_scores_name_the_shapes_of_a_scene_and_not_of_a_blur():
+    """The toy shape judge names every object of original scenes, a flat image's hardly any, and the
+    fixated share counts only the fixated objects."""
+    from PIL import ImageFilter
+
+    from metamergen.demo.measures import shape_judge, shape_scores
+
+    judge = shape_judge()
+    scenes = [generate_scene(s) for s in range(7, 13)]
+    size = (scenes[0].size, scenes[0].size)
+    n_objects = sum(len(sc.objects) for sc in scenes)
+    named = sum(
+        shape_scores(sc.image, sc.objects, [], scene_size=size, judge=judge)["shapes_recognised"] * len(sc.objects)
+        for sc in scenes
+    )
+    assert named / n_objects > 0.9
+    blurred = sum(
+        shape_scores(sc.image.filter(ImageFilter.GaussianBlur(6)), sc.objects, [], scene_size=size, judge=judge)[
+            "shapes_recognised"
+        ]
+        * len(sc.objects)
+        for sc in scenes
+    )
+    assert blurred / n_objects < 0.5
+    scene = scenes[0]
+    first = scene.objects[0]
+    grey = Image.new("RGB", size, (128, 128, 128))
+    only_first = grey.copy()
+    only_first.paste(scene.image.crop(first.box), first.box[:2])
+    s = shape_scores(only_first, scene.objects, [first.centre], scene_size=size, judge=judge)
+    assert s["fixated_shapes_recognised"] == 1.0 and s["shapes_recognised"] < 1.0
+    double = shape_scores(scene.image.resize((128, 128)), scene.objects, [], scene_size=size, judge=judge)
+    assert double["shapes_recognised"] > 0.5  # a render at another size is scored in the scene's frame
+    assert math.isnan(
+        shape_scores(scene.image, scene.objects, [(-50.0, -50.0)], scene_size=size, judge=judge)[
+            "fixated_shapes_recognised"
+        ]
+    )
+
+
 def test_own_vs_other_finds_each_generation_s_scene(tmp_path):
     scenes = [generate_scene(s).image for s in (1, 2, 3)]
     rows = []

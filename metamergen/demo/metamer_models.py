@@ -56,6 +56,7 @@ __all__ = [
     "crop_dataset",
     "evaluate_accuracy",
     "load_miniature_models",
+    "object_crop",
     "pgd_attack",
     "small_cnn",
     "tiny_vit",
@@ -131,6 +132,33 @@ def split_seeds(split: str, n_scenes: int, seed: int = 0) -> list[int]:
     return scene_seeds(derive_seed(int(seed), "metamer-miniature", split, bits=20), int(n_scenes))
 
 
+def object_crop(
+    pixels: np.ndarray, centre: tuple[float, float], size: int = CROP_SIZE
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The ``size`` x ``size`` window of a scene centred on an object, the models' input frame.
+
+    Parameters
+    ----------
+    pixels
+        ``(H, W, 3)`` uint8 scene (or render at the scene's size), pixels of the scene image.
+    centre
+        The object's box centre ``(x, y)`` in the continuous pixel frame of that image.
+    size
+        Crop side, pixels (even).
+
+    Returns
+    -------
+    crop, (left, top)
+        ``(size, size, 3)`` uint8, whose centre pixel is ``floor`` of ``centre``; the scene is
+        padded by ``size // 2`` pixels replicating its border, so the object stays centred near an
+        edge. ``(left, top)`` is the crop's corner in scene pixels (may be negative).
+    """
+    half = size // 2
+    padded = np.pad(pixels, ((half, half), (half, half), (0, 0)), mode="edge")
+    left, top = int(math.floor(centre[0])) - half, int(math.floor(centre[1])) - half
+    return padded[top + half : top + half + size, left + half : left + half + size], (left, top)
+
+
 def crop_dataset(split: str, n_scenes: int, *, seed: int = 0, size: int = CROP_SIZE) -> CropSet:
     """One ``size`` x ``size`` crop per object of ``n_scenes`` seeded 64 px toy scenes, label = shape.
 
@@ -158,16 +186,14 @@ def crop_dataset(split: str, n_scenes: int, *, seed: int = 0, size: int = CROP_S
     """
     if size < 16 or size % 2:
         raise ValueError(f"size must be an even number >= 16, got {size}.")
-    half = size // 2
     cfg = ToyWorldConfig(size=64)
     images, labels, colours, boxes, seeds, index = [], [], [], [], [], []
     for scene_seed in split_seeds(split, n_scenes, seed):
         scene = generate_scene(scene_seed, cfg)
-        padded = np.pad(np.asarray(scene.image, dtype=np.uint8), ((half, half), (half, half), (0, 0)), mode="edge")
+        pixels = np.asarray(scene.image, dtype=np.uint8)
         for k, obj in enumerate(scene.objects):
-            cx, cy = int(math.floor(obj.centre[0])), int(math.floor(obj.centre[1]))
-            left, top = cx - half, cy - half  # in scene pixels; + half in the padded array
-            images.append(padded[top + half : top + half + size, left + half : left + half + size])
+            crop, (left, top) = object_crop(pixels, obj.centre, size)
+            images.append(crop)
             labels.append(SHAPES.index(obj.shape))
             colours.append(obj.colour)
             x0, y0, x1, y1 = obj.box

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metamergen import defaults
-from metamergen.demo.measures import object_scores, own_vs_other, region_errors
+from metamergen.demo.measures import object_scores, own_vs_other, region_errors, shape_judge, shape_scores
 from metamergen.utils.images import load_image
 from metamergen.utils.io import atomic_write
 
@@ -63,6 +63,8 @@ DEMO_METRICS: tuple[str, ...] = (
     "color_hist",
     "objects_recovered",
     "fixated_objects_recovered",
+    "shapes_recognised",
+    "fixated_shapes_recognised",
 )
 
 
@@ -249,11 +251,14 @@ def run_demo(
     metrics = build_metrics(["ssim", "mse", "color_hist"])
     rows = [r for r in score_manifest(out / "study" / "manifest.jsonl", metrics) if r["image_id"] in ids]
     records = read_objects(out / "scenes" / "objects.jsonl")
+    judge = shape_judge()
     for r in rows:
         rec = records[Path(r["scene"]).name]
         gen = load_image(out / "study" / r["path"])
-        r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=(rec["width"], rec["height"])))
+        size = (rec["width"], rec["height"])
+        r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=size))
         r.update(region_errors(gen, load_image(r["scene"]), rec["objects"], r["fixations"]))
+        r.update(shape_scores(gen, rec["objects"], r["fixations"], scene_size=size, judge=judge))
     scores = write_score_table(rows, out / "scores.csv")
     # the baselines a render must beat: the scene's mean colour, and the periphery input with no model
     manifest_rows = [r for r in load_manifest_rows(out / "study" / "manifest.jsonl") if r["image_id"] in ids]
@@ -269,10 +274,17 @@ def run_demo(
         size = (rec["width"], rec["height"])
         b["objects_recovered"] = object_scores(image, rec["objects"], [], scene_size=size)["objects_recovered"]
         b["layout_mse"] = region_errors(image, scene, rec["objects"], [])["layout_mse"]
+        b["shapes_recognised"] = shape_scores(image, rec["objects"], [], scene_size=size, judge=judge)[
+            "shapes_recognised"
+        ]
     baselines = write_score_table(base_rows, out / BASELINES_NAME)
     effects = demo_effects(read_table(scores), n_boot=n_boot, seed=int(info["seed"]))
     versus_baselines = baseline_comparisons(
-        read_table(scores), read_table(baselines), {"mse": True, "ssim": False}, n_boot=n_boot, seed=int(info["seed"])
+        read_table(scores),
+        read_table(baselines),
+        {"mse": True, "ssim": False, "objects_recovered": False, "shapes_recognised": False},
+        n_boot=n_boot,
+        seed=int(info["seed"]),
     )
     ovo = own_vs_other(rows, out / "study")
     note = (
