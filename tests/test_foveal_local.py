@@ -7,12 +7,12 @@ import pytest
 import torch
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
-from metamergen.adapters.model import FovealLocalAttnProcessor, MetamerGenAdapters, _cell_patches
+from metamergen.adapters.model import LocalAttnProcessor, MetamerGenAdapters, _cell_patches
 from metamergen.testing import tiny_pipeline, tiny_unet
 
 
-def _local(pipe):
-    pipe.adapters.register_to_config(foveal_local=True)
+def _local(pipe, peripheral: bool = False):
+    pipe.adapters.register_to_config(foveal_local=True, peripheral_local=peripheral)
     pipe.adapters.install(pipe.unet)
     return pipe
 
@@ -29,14 +29,14 @@ PERIPHERAL = torch.randn(2, 64, 48, generator=torch.Generator().manual_seed(5))
 
 
 @torch.no_grad()
-def _first_layer(pipe, fov, scales=(1.2, 0.7)):
+def _first_layer(pipe, fov, scales=(1.2, 0.7), per=PERIPHERAL):
     """The UNet's first cross-attention layer output (8 x 8 cells = the patch grid), ``(2, 64, C)``."""
     attn = pipe.unet.get_submodule(pipe.adapters.config.layer_names[0][: -len(".processor")])
     seen = []
     handle = attn.register_forward_hook(lambda m, a, out: seen.append(out))
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
     text = pipe.encode_prompt(["", ""], torch.device("cpu"))
-    hidden = (text, pipe.adapters.project(fov, PERIPHERAL))
+    hidden = (text, pipe.adapters.project(fov, per))
     region = pipe.adapters.foveal_region(fov)
     try:
         with pipe.adapters.applied(pipe.unet, *scales), pipe.adapters.gating(pipe.unet, region, (8, 8)):
@@ -98,8 +98,30 @@ def test_a_patch_changes_only_its_own_cells_and_other_fixated_patches_do_not_rea
 
 
 @torch.no_grad()
-def test_a_local_pipeline_renders_and_a_dropped_fovea_equals_the_stream_off():
-    pipe = _local(tiny_pipeline())
+def test_a_local_periphery_binds_each_patch_of_the_blurred_scene_to_its_cells():
+    pipe = _local(tiny_pipeline(), peripheral=True)
+    fov = _tokens([9])
+    both = _first_layer(pipe, fov)
+    n = pipe.adapters.config.num_tokens
+    per = pipe.adapters.project(fov, PERIPHERAL)[1]
+    assert per.shape[1] == 64 * n and per.reshape(2, 64, n, -1).ne(0).any(dim=-1).all()  # every patch shown
+    other = PERIPHERAL.clone()
+    other[:, 30] += 1.0  # the periphery changes at patch 30 only
+    moved = _first_layer(pipe, fov, per=other)
+    changed = (moved - both).abs().amax(dim=-1).reshape(2, 8, 8) > 1e-6
+    expected = torch.zeros(2, 8, 8, dtype=torch.bool)
+    expected[:, 3, 6] = True
+    assert torch.equal(changed, expected)
+    off = _first_layer(pipe, fov, scales=(1.2, 0.0))
+    zeros = pipe.adapters.project(fov, torch.zeros_like(PERIPHERAL))[1]
+    assert zeros.eq(0).all()  # a dropped periphery shows no patch, so adds nothing (checked in the render test)
+    assert not torch.allclose(off, both, atol=1e-4)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("peripheral", [False, True])
+def test_a_local_pipeline_renders_and_a_dropped_stream_equals_the_stream_off(peripheral):
+    pipe = _local(tiny_pipeline(), peripheral)
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     kw = dict(image=image, num_inference_steps=2, output_type="np", height=16, width=16)
     lat = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -108,6 +130,10 @@ def test_a_local_pipeline_renders_and_a_dropped_fovea_equals_the_stream_off():
     off = pipe(fixations=[[(20.0, 20.0)]], latents=lat, foveal_scale=0.0, **kw).images
     assert np.allclose(dropped, off, atol=1e-5)
     assert not np.allclose(fixated, dropped, atol=1e-4)
+    no_periphery = pipe(fixations=[[(20.0, 20.0)]], latents=lat, drop_streams=["peripheral"], **kw).images
+    periphery_off = pipe(fixations=[[(20.0, 20.0)]], latents=lat, peripheral_scale=0.0, **kw).images
+    # a local periphery shows no patch when dropped; the paper's resampler turns zeros into tokens
+    assert np.allclose(no_periphery, periphery_off, atol=1e-5) == peripheral
 
 
 def test_the_local_fovea_trains_is_saved_and_refuses_what_it_cannot_do(tmp_path):
@@ -115,9 +141,7 @@ def test_the_local_fovea_trains_is_saved_and_refuses_what_it_cannot_do(tmp_path)
     from metamergen.training.trainer import AdapterTrainingModel
 
     pipe = _local(tiny_pipeline())
-    assert all(
-        isinstance(pipe.unet.attn_processors[n], FovealLocalAttnProcessor) for n in pipe.adapters.config.layer_names
-    )
+    assert all(isinstance(pipe.unet.attn_processors[n], LocalAttnProcessor) for n in pipe.adapters.config.layer_names)
     pipe.prepare_for_adapter_training()
     pipe.adapters.set_scale(pipe.unet, 1.0, 1.0)
     model = AdapterTrainingModel(pipe.unet, pipe.adapters)

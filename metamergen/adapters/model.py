@@ -20,7 +20,8 @@ mask on each layer's grid (:class:`FovealGateAttnProcessor`), so the fovea acts 
 looked; callers pass the mask through :meth:`MetamerGenAdapters.gating`. With ``foveal_local``
 (opt-in, not in the paper) the foveal resampler runs on each shown patch's token alone and every
 latent cell attends only to the tokens resampled from the patches under it
-(:class:`FovealLocalAttnProcessor`): each fixated patch's content stays at that patch.
+(:class:`LocalAttnProcessor`): each fixated patch's content stays at that patch;
+``peripheral_local`` does the same for the periphery's patches.
 
 A stream whose scale is 0 is skipped by the processor (stream off); to drop a stream's *condition*
 (training dropout, the unconditional branch of guidance) feed the resampler zero tokens instead.
@@ -61,7 +62,7 @@ __all__ = [
     "STREAMS",
     "AttentionBackend",
     "FovealGateAttnProcessor",
-    "FovealLocalAttnProcessor",
+    "LocalAttnProcessor",
     "MetamerGenAdapters",
     "cross_attention_layers",
 ]
@@ -141,11 +142,16 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         Bind each fixated patch's content to its place: the foveal resampler runs on every shown
         patch's token alone (``num_tokens`` tokens per patch; the other patches give none), and
         each latent cell attends only to the tokens of the shown patches its area overlaps
-        (:class:`FovealLocalAttnProcessor`); a cell over no shown patch gets no foveal term, as
+        (:class:`LocalAttnProcessor`); a cell over no shown patch gets no foveal term, as
         under ``foveal_gate``. False (default): the paper's resampler over the whole masked grid.
         Not in the paper: with the gate alone the 16 resampled tokens mix all fixated patches, and
         a gated cell paints another fixated object's colour as often as its own. Adds no weights.
         Callers run the UNet inside :meth:`gating` with :meth:`foveal_region`, as for the gate.
+    peripheral_local
+        The same binding for the peripheral stream: every patch of the blurred scene is resampled
+        alone and each latent cell attends to its own patches' tokens (all patches are shown; a
+        dropped periphery, all zeros, adds nothing). False (default): the paper's resampler over
+        the whole grid. Not in the paper; adds no weights.
     """
 
     config_name = "config.json"
@@ -167,6 +173,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         foveal_gate: bool = False,
         foveal_gate_dilation: int = 0,
         foveal_local: bool = False,
+        peripheral_local: bool = False,
     ) -> None:
         super().__init__()
         if len(layer_names) != len(hidden_sizes):
@@ -247,16 +254,20 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         -------
         list of two torch.Tensor
             ``[foveal, peripheral]``, each ``(B, num_tokens, cross_attention_dim)``: the second
-            element of the UNet's ``encoder_hidden_states`` tuple. With ``foveal_local`` an active
-            foveal stream is ``(B, T * num_tokens, cross_attention_dim)`` instead: patch ``t``'s
-            tokens at rows ``t * num_tokens ...``, zeros for the patches not shown.
+            element of the UNet's ``encoder_hidden_states`` tuple. An active stream made local
+            (``foveal_local``, ``peripheral_local``) is ``(B, T * num_tokens, cross_attention_dim)``
+            instead: patch ``t``'s tokens at rows ``t * num_tokens ...``, zeros for the patches not
+            shown (all-zero tokens).
         """
         out = []
-        for tokens, resampler, on in zip(
-            (foveal_tokens, peripheral_tokens), (self.foveal_resampler, self.peripheral_resampler), active
+        for tokens, resampler, on, local in zip(
+            (foveal_tokens, peripheral_tokens),
+            (self.foveal_resampler, self.peripheral_resampler),
+            active,
+            self._local_streams,
         ):
-            if on and resampler is self.foveal_resampler and self.config.foveal_local:
-                out.append(self._resample_each_patch(tokens))
+            if on and local:
+                out.append(self._resample_each_patch(tokens, resampler))
             elif on:
                 key_mask = tokens.ne(0).any(dim=-1) if self.config.mask_empty_tokens else None
                 out.append(resampler(tokens, key_mask))
@@ -265,14 +276,19 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 out.append(torch.zeros(shape, device=tokens.device, dtype=tokens.dtype))
         return out
 
-    def _resample_each_patch(self, tokens: torch.Tensor) -> torch.Tensor:
+    @property
+    def _local_streams(self) -> tuple[bool, bool]:
+        """``(foveal_local, peripheral_local)``."""
+        return bool(self.config.foveal_local), bool(self.config.peripheral_local)
+
+    def _resample_each_patch(self, tokens: torch.Tensor, resampler: nn.Module) -> torch.Tensor:
         """``(B, T, D)`` masked tokens -> ``(B, T * num_tokens, C)``: each shown token resampled alone."""
         b, t, _ = tokens.shape
         n, c = self.config.num_tokens, self.config.cross_attention_dim
         shown = tokens.ne(0).any(dim=-1)  # (B, T)
         out = tokens.new_zeros(b, t, n, c)
         if shown.any():  # a lone token: the resampler's keys are that token and its own queries
-            out[shown] = self.foveal_resampler(tokens[shown][:, None]).to(out.dtype)
+            out[shown] = resampler(tokens[shown][:, None]).to(out.dtype)
         return out.reshape(b, t * n, c)
 
     def foveal_region(self, foveal_tokens: torch.Tensor) -> torch.Tensor | None:
@@ -288,10 +304,10 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         -------
         torch.Tensor or None
             ``(B, 1, G, G)`` float, 1 on the patches whose token is non-zero, widened by
-            ``foveal_gate_dilation`` patches; ``None`` when neither ``foveal_gate`` nor
-            ``foveal_local`` is on.
+            ``foveal_gate_dilation`` patches; ``None`` unless the adapters gate the fovea or make
+            a stream local.
         """
-        if not self._confines_fovea:
+        if not self._needs_gating:
             return None
         b, t = foveal_tokens.shape[:2]
         g = math.isqrt(t)
@@ -304,17 +320,17 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         return region
 
     @property
-    def _confines_fovea(self) -> bool:
-        """True when the foveal stream acts only at its patches (``foveal_gate`` or ``foveal_local``)."""
-        return bool(self.config.foveal_gate or self.config.foveal_local)
+    def _needs_gating(self) -> bool:
+        """True when the processors need :meth:`gating` (``foveal_gate``, ``foveal_local`` or ``peripheral_local``)."""
+        return bool(self.config.foveal_gate or any(self._local_streams))
 
     @contextmanager
     def gating(self, unet: nn.Module, region: torch.Tensor | None, latent_size: tuple[int, int]) -> Iterator[None]:
         """Run ``unet`` with the foveal stream confined to ``region`` for a ``with`` block.
 
-        A no-op unless ``foveal_gate`` or ``foveal_local`` is on. Then every cross-attention
-        processor must be a :class:`FovealGateAttnProcessor` (or its subclass
-        :class:`FovealLocalAttnProcessor`), installed by :meth:`install` / :meth:`applied`.
+        A no-op unless ``foveal_gate``, ``foveal_local`` or ``peripheral_local`` is on. Then every
+        cross-attention processor must be a :class:`FovealGateAttnProcessor` (or its subclass
+        :class:`LocalAttnProcessor`), installed by :meth:`install` / :meth:`applied`.
 
         Parameters
         ----------
@@ -326,7 +342,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         latent_size
             ``(h, w)`` of the UNet's input latents; the region frames the same image.
         """
-        if not self._confines_fovea:
+        if not self._needs_gating:
             yield
             return
         if region is None:
@@ -379,7 +395,7 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 "MetamerGenAdapters.from_unet(unet) or load the ones trained for this UNet."
             )
         ip_cls, plain_cls = _processor_classes(
-            attention, gate=bool(self.config.foveal_gate), local=bool(self.config.foveal_local)
+            attention, gate=bool(self.config.foveal_gate), local=any(self._local_streams)
         )
         index = {n: i for i, n in enumerate(names)}
         current = unet.attn_processors
@@ -401,6 +417,8 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
         )
         proc.to_k_ip = nn.ModuleList([self.to_k_foveal[i], self.to_k_peripheral[i]])
         proc.to_v_ip = nn.ModuleList([self.to_v_foveal[i], self.to_v_peripheral[i]])
+        if isinstance(proc, LocalAttnProcessor):
+            proc.local, proc.gate_fovea = self._local_streams, bool(self.config.foveal_gate)
         return proc
 
     def uninstall(self, unet: nn.Module) -> None:
@@ -420,8 +438,8 @@ class MetamerGenAdapters(ModelMixin, ConfigMixin):
                 or p.to_k_ip[1] is not self.to_k_peripheral[i]
                 or p.to_v_ip[0] is not self.to_v_foveal[i]
                 or p.to_v_ip[1] is not self.to_v_peripheral[i]
-                or (self._confines_fovea and not isinstance(p, FovealGateAttnProcessor))
-                or (self.config.foveal_local and not isinstance(p, FovealLocalAttnProcessor))
+                or (self._needs_gating and not isinstance(p, FovealGateAttnProcessor))
+                or (any(self._local_streams) and not isinstance(p, LocalAttnProcessor))
             ):
                 return False
         return True
@@ -546,19 +564,27 @@ class FovealGateAttnProcessor(IPAdapterAttnProcessor2_0):
         )
 
 
-class FovealLocalAttnProcessor(FovealGateAttnProcessor):
-    """The two-stream SDPA processor with each latent cell's foveal attention bound to its patches
-    (``foveal_local``).
+class LocalAttnProcessor(FovealGateAttnProcessor):
+    """The two-stream SDPA processor with a stream's attention bound to each cell's own patches
+    (``foveal_local``, ``peripheral_local``).
 
-    ``out = Attn(Q, K_text, V_text) + scale_f * A_f + scale_p * Attn(Q, K_p, V_p)``, where ``A_f`` at a
-    cell is attention over the foveal tokens of the shown patches that the cell's area overlaps
-    (each patch's ``num_tokens`` tokens from :meth:`MetamerGenAdapters.project`), and 0 at a cell
-    over no shown patch. The latent grid and the patch grid frame the same image; at a level finer
+    ``out = Attn(Q, K_text, V_text) + scale_f * A_f + scale_p * A_p``. For a local stream, ``A`` at a
+    cell is attention over the tokens of the shown patches that the cell's area overlaps (each
+    patch's ``num_tokens`` tokens from :meth:`MetamerGenAdapters.project`), and 0 at a cell over no
+    shown patch. The fovea's shown patches are :attr:`region`; the periphery's are those whose
+    tokens are not all zero (every patch, unless the stream is dropped). A stream that is not local
+    is the paper's attention over all its tokens (the fovea gated by :attr:`region` under
+    ``foveal_gate``). The latent grid and the patch grid frame the same image; at a level finer
     than the patch grid a cell lies in one patch, at a coarser level it spans several.
 
     Written out rather than inherited: diffusers' IP-Adapter processor attends every query to
     every token of a stream and has no per-query key mask.
     """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.local: tuple[bool, bool] = (True, False)  # (foveal, peripheral); set by the adapters
+        self.gate_fovea = False
 
     def __call__(
         self,
@@ -572,13 +598,12 @@ class FovealLocalAttnProcessor(FovealGateAttnProcessor):
     ) -> torch.Tensor:
         if self.region is None or self.latent_size is None:
             raise RuntimeError(
-                "These adapters bind the foveal stream to its patches (foveal_local); run the UNet inside "
-                "adapters.gating(unet, adapters.foveal_region(foveal_tokens), latent_size)."
+                "These adapters bind a stream to its patches (foveal_local / peripheral_local); run the UNet "
+                "inside adapters.gating(unet, adapters.foveal_region(foveal_tokens), latent_size)."
             )
         if ip_adapter_masks is not None:
-            raise ValueError("foveal_local adapters take no ip_adapter_masks.")
-        text, (foveal, peripheral) = encoder_hidden_states
-        scale_f, scale_p = self.scale
+            raise ValueError("Adapters with local streams take no ip_adapter_masks.")
+        text, streams = encoder_hidden_states
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -604,14 +629,22 @@ class FovealLocalAttnProcessor(FovealGateAttnProcessor):
             return x.view(b, -1, heads, head_dim).transpose(1, 2)
 
         q = split(query)
+        grid = _layer_grid(self.latent_size, n_cells)
         out = F.scaled_dot_product_attention(
             q, split(attn.to_k(text)), split(attn.to_v(text)), attn_mask=attention_mask
         )
-        if scale_p != 0:
-            k_p, v_p = split(self.to_k_ip[1](peripheral)), split(self.to_v_ip[1](peripheral))
-            out = out + scale_p * F.scaled_dot_product_attention(q, k_p, v_p)
-        if scale_f != 0:
-            out = out + scale_f * self._local_foveal(q, foveal, _layer_grid(self.latent_size, n_cells))
+        for k, (tokens, stream_scale, local) in enumerate(zip(streams, self.scale, self.local)):
+            if stream_scale == 0:
+                continue
+            to_k, to_v = self.to_k_ip[k], self.to_v_ip[k]
+            if local:
+                term = self._local(q, to_k(tokens), to_v(tokens), self._shown(k, tokens), grid)
+            else:
+                term = F.scaled_dot_product_attention(q, split(to_k(tokens)), split(to_v(tokens)))
+                if k == 0 and self.gate_fovea:
+                    mask = F.interpolate(self.region.to(term), size=grid, mode="nearest-exact")
+                    term = term * mask.reshape(b, 1, n_cells, 1)
+            out = out + stream_scale * term
         hidden_states = out.transpose(1, 2).reshape(b, -1, heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
@@ -620,30 +653,42 @@ class FovealLocalAttnProcessor(FovealGateAttnProcessor):
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
-    def _local_foveal(self, q: torch.Tensor, foveal: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-        """``(B, heads, h * w, d)`` foveal term: each cell's attention over its own shown patches' tokens."""
-        b, heads, n_cells, d = q.shape
-        g = self.region.shape[-1]
-        n_patches = g * g
-        if foveal.shape[1] % n_patches:
+    def _shown(self, stream: int, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, G * G)`` bool: the patches a local stream shows (fovea: the region; periphery: non-zero tokens)."""
+        b = tokens.shape[0]
+        n_patches = self.region.shape[-1] * self.region.shape[-2]
+        if tokens.shape[1] % n_patches:
+            name = ("foveal", "peripheral")[stream]
             raise ValueError(
-                f"foveal_local expects {n_patches} patches x num_tokens foveal tokens, got {foveal.shape[1]}."
+                f"{name}_local expects {n_patches} patches x num_tokens tokens, got {tokens.shape[1]} tokens."
             )
-        per_patch = foveal.shape[1] // n_patches
-        index, valid = _cell_patches(grid, g, q.device)  # (cells, c)
-        shown = self.region.reshape(b, n_patches).to(q.device) > 0
+        if stream == 0:
+            return self.region.reshape(b, n_patches).to(tokens.device) > 0
+        return tokens.reshape(b, n_patches, -1).ne(0).any(dim=-1)
+
+    def _local(
+        self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, shown: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """``(B, heads, h * w, d)``: each cell's attention over the tokens of its own shown patches.
+
+        ``keys`` / ``values`` are ``(B, T * n, heads * d)``, patch ``t``'s ``n`` tokens in a row;
+        ``shown`` is ``(B, T)``.
+        """
+        b, heads, n_cells, d = q.shape
+        n_patches = shown.shape[1]
+        per_patch = keys.shape[1] // n_patches
+        index, valid = _cell_patches(grid, math.isqrt(n_patches), q.device)  # (cells, c)
         allowed = shown[:, index] & valid  # (B, cells, c)
 
         def gather(x: torch.Tensor) -> torch.Tensor:  # (B, T * n, heads * d) -> (B, heads, cells, c * n, d)
             x = x.view(b, n_patches, per_patch, heads, d)[:, index]  # (B, cells, c, n, heads, d)
             return x.permute(0, 4, 1, 2, 3, 5).reshape(b, heads, n_cells, -1, d)
 
-        keys, values = gather(self.to_k_ip[0](foveal)), gather(self.to_v_ip[0](foveal))
-        logits = torch.einsum("bhqd,bhqkd->bhqk", q, keys) * d**-0.5
+        logits = torch.einsum("bhqd,bhqkd->bhqk", q, gather(keys)) * d**-0.5
         key_ok = allowed.repeat_interleave(per_patch, dim=-1)[:, None]  # (B, 1, cells, c * n)
         weights = logits.masked_fill(~key_ok, float("-inf")).softmax(dim=-1)
         weights = torch.where(key_ok.any(dim=-1, keepdim=True), weights, torch.zeros_like(weights))  # no patch: 0
-        return torch.einsum("bhqk,bhqkd->bhqd", weights, values)
+        return torch.einsum("bhqk,bhqkd->bhqd", weights, gather(values))
 
 
 def _cell_patches(grid: tuple[int, int], g: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -685,12 +730,12 @@ def _processor_classes(attention: str, *, gate: bool = False, local: bool = Fals
     """``(two-stream cross-attention processor, plain processor)`` of a backend."""
     if attention == "xformers":
         if gate or local:
-            name = "foveal_local" if local else "foveal_gate"
+            name = "foveal_local / peripheral_local" if local else "foveal_gate"
             raise ValueError(f"{name} is implemented for SDPA attention only; use attention='sdpa'.")
         return IPAdapterXFormersAttnProcessor, XFormersAttnProcessor
     if attention == "sdpa":
         if local:
-            return FovealLocalAttnProcessor, AttnProcessor2_0
+            return LocalAttnProcessor, AttnProcessor2_0
         return (FovealGateAttnProcessor if gate else IPAdapterAttnProcessor2_0), AttnProcessor2_0
     raise ValueError(f"Unknown attention backend {attention!r}; choose 'sdpa' or 'xformers'.")
 

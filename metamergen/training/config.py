@@ -76,6 +76,9 @@ class ModelConfig:
     #: of the shown patches under it (MetamerGenAdapters.foveal_local): each fixated patch's content
     #: stays at that patch. Not in the paper; no weights, so True also turns it on for loaded adapters.
     foveal_local: bool = False
+    #: The same for the peripheral stream (MetamerGenAdapters.peripheral_local): each patch of the
+    #: blurred scene resampled alone, each cell attending to its own patches. Not in the paper; no weights.
+    peripheral_local: bool = False
     #: LoRA rank on the UNet's attention projections (peft); 0 = off, as the paper (adapters only).
     #: The LoRA is merged into the exported UNet and also saved alone (diffusers' LoRA format).
     lora_rank: int = 0

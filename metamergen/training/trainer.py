@@ -140,9 +140,12 @@ def load_training_pipeline(cfg: TrainConfig) -> MetamerGenPipeline:
             encoder_resolution=m.encoder_resolution,
             adapter_config=adapter_config,
         )
-    if m.foveal_gate or m.foveal_local:  # no weights: turned on here for fresh and loaded adapters alike
+    if m.foveal_gate or m.foveal_local or m.peripheral_local:  # no weights: on for fresh and loaded adapters alike
         pipe.adapters.register_to_config(
-            foveal_gate=m.foveal_gate, foveal_gate_dilation=m.foveal_gate_dilation, foveal_local=m.foveal_local
+            foveal_gate=m.foveal_gate,
+            foveal_gate_dilation=m.foveal_gate_dilation,
+            foveal_local=m.foveal_local,
+            peripheral_local=m.peripheral_local,
         )
         pipe.adapters.install(pipe.unet)
     return pipe
