@@ -26,7 +26,8 @@ def pandas() -> Any:
 
 
 def read_table(path: str | Path) -> Any:
-    """Read a CSV or Parquet table (by extension: ``.parquet``/``.pq`` is Parquet, else CSV) as a DataFrame."""
+    """Read a CSV, Parquet or JSON Lines table as a DataFrame (by extension: ``.parquet``/``.pq`` is Parquet,
+    ``.jsonl`` JSON Lines, e.g. a manifest, with each value's JSON type kept; anything else CSV)."""
     pd = pandas()
     path = Path(path)
     if not path.is_file():
@@ -34,6 +35,8 @@ def read_table(path: str | Path) -> Any:
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             return pd.read_parquet(path)
+        if path.suffix.lower() == ".jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
         return pd.read_csv(path)
     except ImportError as err:
         raise TableError(f"Reading {path} needs a Parquet engine: pip install pyarrow.") from err

@@ -48,6 +48,7 @@ _EXPORTS = {
     "Recognition": ".recognition",
     "predict": ".recognition",
     "recognition_accuracy": ".recognition",
+    "recognition_from_correct": ".recognition",
     "recognition_table": ".recognition",
     "tiny_cnn": ".toy",
     "SimilarityShift": ".similarity",

@@ -10,7 +10,7 @@ into labels (argmax by default; e.g. Feather's 16-way choice among ImageNet clas
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -21,7 +21,14 @@ from torch import Tensor, nn
 from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed
 
 # Not plenoptic: it has no recognition test.
-__all__ = ["Classifier", "Recognition", "predict", "recognition_accuracy", "recognition_table"]
+__all__ = [
+    "Classifier",
+    "Recognition",
+    "predict",
+    "recognition_accuracy",
+    "recognition_from_correct",
+    "recognition_table",
+]
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,32 @@ def recognition_accuracy(
     labels = torch.as_tensor(np.asarray(labels)).reshape(-1).long()
     if len(labels) != len(images):
         raise ValueError(f"need one label per image, got {len(labels)} labels for {len(images)} images.")
-    correct = (predict(classifier, images) == labels).double().numpy()
+    correct = (predict(classifier, images) == labels).numpy()
+    return recognition_from_correct(
+        correct, model_name=model_name, layer=layer, n_boot=n_boot, confidence=confidence, seed=seed
+    )
+
+
+def recognition_from_correct(
+    correct: np.ndarray | Sequence[bool],
+    *,
+    model_name: str = "model",
+    layer: str = "",
+    n_boot: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Recognition:
+    """Accuracy and its percentile-bootstrap interval from per-image outcomes (what
+    :func:`recognition_accuracy` computes after predicting).
+
+    Parameters
+    ----------
+    correct
+        ``(N,)`` bools: was each metamer recognised (by one model, or by every model of a set).
+    model_name, layer, n_boot, confidence, seed
+        As :func:`recognition_accuracy` (the bootstrap seed is derived from all three names).
+    """
+    correct = np.asarray(correct, dtype=np.float64).reshape(-1)
     mean, low, high = bootstrap_ci(
         correct, n_boot=n_boot, confidence=confidence, seed=derive_cell_seed(seed, ("recognition", model_name, layer))
     )
