@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -53,38 +56,47 @@ def test_the_command_writes_metamers_a_manifest_and_both_tests(data, tmp_path, c
     for r in rows:
         assert Image.open(out / r["path"]).size == (16, 16) and (out / r["checkpoint"]).is_file()
         assert r["scene"] == str((data["images"] / f"{r['source_id']}.png").resolve())
-    null_rows = (out / "null_test.csv").read_text().splitlines()
-    assert null_rows[0].startswith("image_id,layer,spearman,pearson,snr_db,null_max_spearman")
-    assert len(null_rows) == 5 and all(line.split(",")[-1] == "20" for line in null_rows[1:])  # 5 x 4 ordered pairs
+    null_rows = list(csv.DictReader((out / "null_test.csv").open()))
+    assert list(null_rows[0])[:6] == ["image_id", "layer", "member", "spearman", "pearson", "snr_db"]
+    assert len(null_rows) == 4 and {r["n_null_pairs"] for r in null_rows} == {"20"}  # 5 x 4 ordered pairs
+    assert [r["member"] for r in null_rows] == ["tiny_cnn:3", "tiny_cnn:3", "tiny_cnn:5", "tiny_cnn:5"]
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["layers"]) == {"3", "5"} and summary["n_images"] == 2
     assert 0 <= summary["layers"]["3"]["recognition"]["accuracy"] <= 1
+    for layer, s in summary["layers"].items():  # the manifest carries each metamer's test outcomes
+        mine = [r for r in rows if r["layer"] == layer]
+        assert sum(r["recognized"] for r in mine) == round(s["recognition"]["accuracy"] * 2)
+        passed = {r["image_id"] for r in null_rows if r["layer"] == layer and r["passed"] == "True"}
+        assert [r["null_test_passed"] for r in mine] == [int(i in passed) for i in ("im0", "im1")]
+        assert sum(r["null_test_passed"] for r in mine) == s["null_test_passed"]
     printed = capsys.readouterr().out
     assert "3: mean loss" in printed and printed.strip().splitlines()[-1] == str(out / "report" / "index.html")
-    page = (out / "report" / "index.html").read_text()
-    assert page.count("<tr><td>") == 2 and "recognition_by_layer.png" in page and "metamers.png" in page
-    sheet = Image.open(out / "report" / "metamers.png")
-    assert sheet.height > 2 * 128 and sheet.width > 3 * 128  # 2 images x (natural + 2 layers)
-    assert Image.open(out / "report" / "recognition_by_layer.png").size[0] > 300
+    page = (out / "report" / "index.html").read_text()  # the shared report, from the manifest alone
+    assert page.count('<tr><td class="k">tiny_cnn</td>') == 2 and "figures/recognized_by_layer.png" in page
+    assert "Score vs number of fixations" not in page  # no scene metamers, no scene sections
+    sheet = Image.open(out / "report" / "sheets" / "layers_tiny_cnn_1-2.png")
+    assert sheet.height > 2 * 256 and sheet.width > 3 * 256  # 2 images x (natural + 2 layers)
+    assert Image.open(out / "report" / "figures" / "null_test_passed_by_layer.png").size[0] > 300
 
 
-def test_an_interrupted_run_resumes_to_the_same_metamers(data, tmp_path, monkeypatch):
+def _interrupt_then_resume(run, tmp_path: Path, monkeypatch) -> tuple[Path, Path, list[int]]:
+    """``run(out)`` whole, then into another folder stopped at its 5th checkpoint (the second one of the
+    second metamer: its first one, step 25, stays) and run again; returns both folders and the steps
+    each ``synthesize`` call of the rerun was asked for."""
     from metamergen.metamers.synthesis import ModelMetamer
 
-    whole = tmp_path / "whole"
-    assert _run(data, whole) == 0
-
-    part = tmp_path / "part"
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    assert run(whole) == 0
     real_save, saves = ModelMetamer.save, []
 
     def save_then_stop(self, path):
         saves.append(path)
-        if len(saves) == 5:  # the second checkpoint of the second metamer: its first one (step 25) stays
+        if len(saves) == 5:
             raise KeyboardInterrupt
         real_save(self, path)
 
     monkeypatch.setattr(ModelMetamer, "save", save_then_stop)
-    assert _run(data, part) == 130
+    assert run(part) == 130
     assert not (part / "manifest.jsonl").exists()
     monkeypatch.setattr(ModelMetamer, "save", real_save)
     real_synthesize, steps = ModelMetamer.synthesize, []
@@ -94,11 +106,17 @@ def test_an_interrupted_run_resumes_to_the_same_metamers(data, tmp_path, monkeyp
         real_synthesize(self, max_iter, *args, **kwargs)
 
     monkeypatch.setattr(ModelMetamer, "synthesize", counting)
-    assert _run(data, part) == 0
-    assert sum(steps) == 0 + (60 - 25) + 60 + 60  # the first metamer is done, the second resumes at step 25
-    assert (part / "manifest.jsonl").read_text() == (whole / "manifest.jsonl").read_text()
+    assert run(part) == 0
+    for name in ("manifest.jsonl", "null_test.csv", "recognition.csv", "summary.json"):
+        assert (part / name).read_text() == (whole / name).read_text(), name
     for png in sorted((whole / "metamers").rglob("*.png")):
         assert (part / png.relative_to(whole)).read_bytes() == png.read_bytes(), png
+    return whole, part, steps
+
+
+def test_an_interrupted_run_resumes_to_the_same_metamers(data, tmp_path, monkeypatch):
+    _, _, steps = _interrupt_then_resume(lambda out: _run(data, out), tmp_path, monkeypatch)
+    assert sum(steps) == 0 + (60 - 25) + 60 + 60  # the first metamer is done, the second resumes at step 25
 
 
 def test_a_folder_made_with_other_settings_is_refused(data, tmp_path, capsys):
@@ -124,6 +142,17 @@ def test_the_feather_config_file_is_the_built_in_default():
         (["--set", "recipe.name=sgd"], "recipe name must be one of feather, adam, got 'sgd'"),
         (["--set", "images.transform=vit"], "images.transform must be one of imagenet, none"),
         (["--null-images", "missing_folder"], "--null-images missing_folder: no such file or folder"),
+        (["--set", "ensemble.members=[{tiny: 0, layer: 3}, {tiny: 1, layer: 5}]"], "drop --tiny, --layers"),
+        (["--set", "ensemble.members=[{tiny: 0, layer: 3}]"], "ensemble.members needs two or more members"),
+        (
+            ["--set", "ensemble.members=[{tiny: 0, model: 'a:b', layer: 3}, {tiny: 1, layer: 5}]"],
+            "exactly one of model, pretrained, tiny",
+        ),
+        (["--set", "ensemble.members=[{tiny: 0, layer: 3}, {tiny: 0, layer: 3}]"], "lists ['tiny_cnn_0:3'] twice"),
+        (
+            ["--set", "ensemble.members=[{tiny: 0, layer: 3}, {tiny: 1, layer: 5}]", "--set", "ensemble.schedule=x"],
+            "ensemble.schedule must be one of mean, switch, random, got 'x'",
+        ),
     ],
 )
 def test_bad_input_gets_one_line_and_exit_2(data, tmp_path, capsys, extra, message):
@@ -212,8 +241,6 @@ def test_a_pretrained_source_whose_package_is_missing_says_which_pip_install(dat
 
 def test_metamergen_score_scores_the_metamers_against_their_originals(data, tmp_path, capsys):
     """The run's manifest is a score manifest: the scene metamers' metrics apply unchanged."""
-    import csv
-
     from metamergen.evaluation.metrics import build_metrics
 
     out = tmp_path / "run"
@@ -229,3 +256,128 @@ def test_metamergen_score_scores_the_metamers_against_their_originals(data, tmp_
         assert float(r["mse"]) == pytest.approx(float(mse([original], [metamer])[0]), rel=1e-6)
     baselines = list(csv.DictReader((tmp_path / "baselines.csv").open()))  # what no optimisation gives
     assert {(b["baseline"], b["scene_id"]) for b in baselines} >= {("flat", "im0"), ("flat", "im1")}
+
+
+def test_report_on_a_scored_run_has_one_row_per_layer_with_the_image_metrics(data, tmp_path, capsys):
+    """`score`, then `report` on the run folder: the one report page, the run's tests beside the image metrics."""
+    out = tmp_path / "run"
+    assert _run(data, out) == 0
+    assert main(["score", "--manifest", str(out / "manifest.jsonl"), "--metrics", "mse,ssim", "--no-progress"]) == 0
+    assert main(["report", "--scores", str(out / "scores.csv"), "--out", str(out / "report"), "--n-boot", "200"]) == 0
+    assert "layers_summary.csv and index.html" in capsys.readouterr().out
+    cells = pd.read_csv(out / "report" / "layers_summary.csv", dtype={"layer": str}).set_index(["metric", "layer"])
+    order = [(m, layer) for m in ("recognized", "null_test_passed", "loss", "ssim", "mse") for layer in ("3", "5")]
+    assert cells.index.tolist() == order and set(cells["model"]) == {"tiny_cnn"} and set(cells["n_units"]) == {2}
+    summary = json.loads((out / "summary.json").read_text())
+    scores = pd.read_csv(out / "scores.csv", dtype={"layer": str})
+    for layer, s in summary["layers"].items():
+        assert cells.loc[("recognized", layer), "mean"] == s["recognition"]["accuracy"]
+        assert cells.loc[("null_test_passed", layer), "mean"] == s["null_test_passed"] / 2
+        assert cells.loc[("loss", layer), "mean"] == pytest.approx(s["mean_loss"])
+        assert cells.loc[("ssim", layer), "mean"] == pytest.approx(scores.loc[scores["layer"] == layer, "ssim"].mean())
+    page = (out / "report" / "index.html").read_text()
+    assert page.count('<tr><td class="k">tiny_cnn</td>') == 2 and page.count('<tr class="baseline">') == 2
+    assert (
+        "<th>SSIM<br>" in page
+        and "<th>Rec<br>" in page
+        and (out / "report" / "figures" / "ssim_by_layer.png").is_file()
+    )
+    assert not (out / "report" / "summary.csv").exists()  # no scene metamers in this table
+
+
+ENSEMBLE_CONFIG = """\
+ensemble:
+  schedule: switch
+  switch_every: 7
+  members:
+    - {tiny: 0, layer: 3}
+    - {tiny: 1, layer: 5, weight: 2.0}
+images: {transform: none}
+"""
+TARGET = "tiny_cnn_0:3+tiny_cnn_1:5"
+
+
+def _run_ensemble(data, out: Path, *extra: str) -> int:
+    config = data["root"] / "ensemble.yaml"
+    config.write_text(ENSEMBLE_CONFIG)
+    argv = [
+        "model-metamers",
+        "--config",
+        str(config),
+        "--images",
+        str(data["images"]),
+        "--null-images",
+        str(data["null"]),
+    ]
+    return main([*argv, "--out", str(out), *QUICK, *extra])
+
+
+def test_an_ensemble_run_from_the_config_writes_one_metamer_per_image_with_its_tests(data, tmp_path):
+    from metamergen.metamers import Ensemble, LayerActivations, ModelMetamer, recipe_from_dict, tiny_cnn
+    from metamergen.metamers.run import load_images
+
+    out = tmp_path / "ens"
+    assert _run_ensemble(data, out) == 0
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["image_id"], r["layer"], r["model"], r["steps"]) for r in rows] == [
+        ("im0/ensemble", TARGET, "ensemble/switch", 60),
+        ("im1/ensemble", TARGET, "ensemble/switch", 60),
+    ]
+    null_rows = list(csv.DictReader((out / "null_test.csv").open()))
+    assert [(r["image_id"], r["member"]) for r in null_rows] == [
+        ("im0", "tiny_cnn_0:3"),
+        ("im1", "tiny_cnn_0:3"),
+        ("im0", "tiny_cnn_1:5"),
+        ("im1", "tiny_cnn_1:5"),
+    ]
+    for r in rows:  # passes only where every member's layer passes
+        member_passes = [n["passed"] == "True" for n in null_rows if n["image_id"] == r["source_id"]]
+        assert r["null_test_passed"] == int(all(member_passes))
+    summary = json.loads((out / "summary.json").read_text())["layers"][TARGET]
+    assert set(summary["recognition_by_model"]) == {"tiny_cnn_0", "tiny_cnn_1"}
+    assert summary["recognition"]["accuracy"] == sum(r["recognized"] for r in rows) / 2
+    assert [r["model"] for r in csv.DictReader((out / "recognition.csv").open())] == ["tiny_cnn_0", "tiny_cnn_1"]
+    recorded = json.loads((out / "run.json").read_text())["ensemble"]
+    assert (recorded["schedule"], recorded["switch_every"], [m["weight"] for m in recorded["members"]]) == (
+        "switch",
+        7,
+        [1.0, 2.0],
+    )
+    assert '<td class="k">ensemble/switch</td>' in (out / "report" / "index.html").read_text()
+
+    # the same metamer as the library makes from these settings (the config reached the Ensemble)
+    run = json.loads((out / "run.json").read_text())
+    members = [LayerActivations(tiny_cnn(0), "3"), LayerActivations(tiny_cnn(1), "5")]
+    ensemble = Ensemble(members, schedule="switch", switch_every=7, weights=[1.0, 2.0])
+    _, images = load_images([data["images"] / "im1.png"], 16)
+    synth = ModelMetamer(images, ensemble, recipe=recipe_from_dict(run["recipe"]), seed=0)
+    synth.synthesize()
+    made = np.asarray(Image.open(out / "metamers" / "im1" / "ensemble.png"), dtype=np.float64) / 255
+    assert np.abs(made - synth.metamer[0].detach().permute(1, 2, 0).numpy()).max() <= 0.5 / 255 + 1e-6
+
+
+def test_an_interrupted_ensemble_run_resumes_to_the_same_metamers(data, tmp_path, monkeypatch):
+    whole, _, steps = _interrupt_then_resume(lambda out: _run_ensemble(data, out), tmp_path, monkeypatch)
+    assert sum(steps) == 0 + (60 - 25)  # the first metamer is done, the second resumes at step 25
+    assert len(list((whole / "metamers").rglob("*.png"))) == 2
+
+
+def test_an_ensemble_folder_made_with_other_settings_is_refused(data, tmp_path, capsys):
+    out = tmp_path / "ens"
+    assert _run_ensemble(data, out) == 0
+    before = (out / "metamers" / "im0" / "ensemble.png").read_bytes()
+    capsys.readouterr()
+    assert _run_ensemble(data, out, "--set", "ensemble.schedule=mean") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("metamergen model-metamers: error:") and "(ensemble, model differ)" in err
+    assert (out / "metamers" / "im0" / "ensemble.png").read_bytes() == before
+    assert _run_ensemble(data, tmp_path / "mean", "--set", "ensemble.schedule=mean") == 0  # elsewhere it runs,
+    assert (tmp_path / "mean" / "metamers" / "im0" / "ensemble.png").read_bytes() != before  # to other metamers
+
+
+def test_the_ensemble_config_file_keeps_feathers_recipe_and_the_papers_ensemble_settings():
+    config = MetamerRunConfig.from_yaml(REPO / "configs" / "metamers_ensemble.yaml")
+    ensemble = config.ensemble_config
+    assert ensemble.schedule == "switch" and all(m.normalize for m in ensemble.members)
+    assert [m.pretrained for m in ensemble.members] == ["torchvision:resnet50", "torchvision:vit_b_16"]
+    assert dataclasses.replace(config, ensemble=None) == MetamerRunConfig()  # the rest is Feather's

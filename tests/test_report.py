@@ -92,14 +92,18 @@ def test_metric_directions_match_the_metric_classes():
     from metamergen.demo.measures import TOY_METRICS  # registers the toy measures, as the demo does
     from metamergen.evaluation.metrics import METRICS, DinoCosine
     from metamergen.evaluation.registry import MODEL_METRICS, WEIGHT_FREE_METRICS
+    from metamergen.metamers.measures import MEASURE_INFO  # the report registers these itself
 
     for name, info in METRIC_INFO.items():
         if name in TOY_METRICS:  # recovered shares: higher is better; errors (mse): lower
             assert info is TOY_METRICS[name] and info.higher_is_similar == (not name.endswith("_mse")), name
             continue
+        if name in MEASURE_INFO:  # recognised and null-test shares: higher; the synthesis loss: lower
+            assert info is MEASURE_INFO[name] and info.higher_is_similar == (name != "loss"), name
+            continue
         cls = DinoCosine if name == "dino" else METRICS[name]
         assert info.higher_is_similar == cls.higher_is_similar, name
-    assert set(METRIC_INFO) == set(METRICS) | set(TOY_METRICS)
+    assert set(METRIC_INFO) == set(METRICS) | set(TOY_METRICS) | set(MEASURE_INFO)
     assert set(WEIGHT_FREE_METRICS) | set(MODEL_METRICS) == set(METRICS)
 
 
@@ -446,3 +450,87 @@ def test_bad_report_settings_are_one_line_usage_errors(tmp_path: Path, capsys, e
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith("metamergen report: error: ") and message in err[0], err
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------- model metamers
+
+
+def add_model_metamers(folder: Path) -> pd.DataFrame:
+    """Rows as ``metamergen model-metamers`` writes them (scored with ssim): 2 natural images x (model m1's
+    layers conv1, conv2 + an ensemble's one), tiny PNGs; recognised everywhere but m1's conv2 on n1."""
+    (folder / "natural").mkdir(parents=True)
+    rows = []
+    for i, nid in enumerate(("n0", "n1")):
+        _noise(40, 30, 50 + i).save(folder / "natural" / f"{nid}.png")
+        for model, layer, stem, ssim in (
+            ("m1", "conv1", "conv1", 0.6),
+            ("m1", "conv2", "conv2", 0.3),
+            ("ens/switch", "m1:conv2+m2:fc", "ensemble", 0.4),
+        ):
+            (folder / "metamers" / nid).mkdir(parents=True, exist_ok=True)
+            _noise(16, 16, len(rows) + 200).save(folder / "metamers" / nid / f"{stem}.png")
+            rows.append(
+                dict(
+                    image_id=f"{nid}/{stem}",
+                    path=f"metamers/{nid}/{stem}.png",
+                    scene=f"natural/{nid}.png",
+                    scene_id=nid,
+                    source_id=nid,
+                    layer=layer,
+                    model=model,
+                    loss=0.1 * (i + 1),
+                    recognized=int(not (layer == "conv2" and nid == "n1")),
+                    null_test_passed=1,
+                    ssim=ssim + 0.1 * i,
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def test_one_report_shows_scene_and_model_metamers(tmp_path: Path):
+    """A table holding both kinds: the scene part is the scene-only report's, the model metamers get
+    rows per model x layer (the run's order) with their tests first, their own figures and sheets."""
+    folder = tmp_path / "both"
+    scene_only = pd.read_csv(make_study(folder, metrics=("ssim", "dreamsim")))
+    layers = add_model_metamers(folder)
+    pd.concat([scene_only, layers], ignore_index=True).to_csv(folder / "both.csv", index=False)
+    res = write_report(folder / "both.csv", tmp_path / "r", n_boot=200)
+    alone = write_report(folder / "scores.csv", tmp_path / "alone", n_boot=200, sheets=False)
+
+    # the scene metamers' summary is untouched by the model metamers beside them
+    pd.testing.assert_frame_equal(pd.read_csv(res.summary_csv), pd.read_csv(alone.summary_csv))
+    cells = pd.read_csv(res.layers_summary_csv)
+    assert list(dict.fromkeys(cells["metric"])) == ["recognized", "null_test_passed", "loss", "ssim"]  # no dreamsim
+    rec = cells[cells["metric"] == "recognized"]
+    assert rec[["model", "layer"]].values.tolist() == [
+        ["m1", "conv1"],
+        ["m1", "conv2"],
+        ["ens/switch", "m1:conv2+m2:fc"],
+    ]
+    assert rec["mean"].tolist() == [1.0, 0.5, 1.0] and set(cells["n_units"]) == {2}
+    ssim = cells[cells["metric"] == "ssim"].set_index("layer")["mean"]
+    assert ssim["conv1"] == pytest.approx(0.65) and ssim["conv2"] == pytest.approx(0.35)
+    assert set(pd.read_csv(res.summary_csv)["metric"]) == {"ssim", "dreamsim"}
+
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert "Score vs number of fixations" in page and "Mean scores per model × layer" in page
+    assert page.count('<tr><td class="k">m1</td>') == 2 and '<td class="k">ens/switch</td>' in page
+    assert "2 scenes" in page and "6 model metamers of 2 natural images" in page
+    assert {"ssim", "dreamsim", "ssim_by_layer", "recognized_by_layer", "loss_by_layer"} <= set(res.figures)
+    assert "dreamsim_by_layer" not in res.figures
+    sheets = {p.name for p in res.sheets}
+    assert {"layers_m1_1-2.png", "layers_ens-switch_1-2.png"} <= sheets and len(sheets) == 8 + 2
+    with Image.open(tmp_path / "r" / "sheets" / "layers_m1_1-2.png") as im:
+        assert im.height == 20 + 2 * (256 + 16 + 12)  # header + one row per natural image
+    parser = _Links()
+    parser.feed(page)
+    assert all((tmp_path / "r" / link).is_file() for link in parser.links)
+
+
+def test_a_model_metamers_table_alone_has_no_scene_sections(tmp_path: Path):
+    add_model_metamers(tmp_path).to_csv(tmp_path / "scores.csv", index=False)
+    res = write_report(tmp_path / "scores.csv", tmp_path / "r", n_boot=50, max_sheets=1)
+    page = (tmp_path / "r" / "index.html").read_text()
+    assert res.summary_csv is None and not (tmp_path / "r" / "summary.csv").exists()
+    assert "fixations" not in page and "1 further sheet(s) left out" in page
+    assert [p.name for p in res.sheets] == ["layers_m1_1-2.png"]

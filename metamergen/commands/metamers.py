@@ -11,16 +11,18 @@ from typing import Any
 __all__ = ["add_parser", "main", "run"]
 
 DESCRIPTION = (
-    "Optimise one model metamer per (image, layer) of a torch model (Feather et al. 2023 by default), then "
-    "test them: recognition by the model with bootstrap intervals and, with --null-images, the null test. "
-    "Writes OUT/metamers/, manifest.jsonl, recognition.csv, null_test.csv, summary.json and report/; run the same "
-    "command again to resume from OUT/checkpoints/."
+    "Optimise one model metamer per (image, layer) of a torch model (Feather et al. 2023 by default), or one per "
+    "image of an ensemble of models (a config's ensemble section, Boehm et al. 2025), then test them: recognition "
+    "by the generating model(s) with bootstrap intervals and, with --null-images, the null test. Writes "
+    "OUT/metamers/, manifest.jsonl, recognition.csv, null_test.csv, summary.json and report/ (the `metamergen "
+    "report` page; after `metamergen score` it shows the image metrics too); run the same command again to resume "
+    "from OUT/checkpoints/."
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    model = p.add_argument_group("model (one of)")
+    model = p.add_argument_group("model (one of; none with an ensemble config)")
     model.add_argument(
         "--model", help="module:name of an nn.Module or a function returning one (e.g. mypackage.nets:resnet50)"
     )
@@ -32,11 +34,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--tiny", action="store_true", help="a tiny random CNN (tests the machinery; metamers of noise)")
     p.add_argument("--images", nargs="+", required=True, help="image files or folders of them (ids: file stems)")
-    p.add_argument("--layers", required=True, help="comma-separated module paths, e.g. layer1,layer4.2.relu")
+    p.add_argument(
+        "--layers",
+        help="comma-separated module paths, e.g. layer1,layer4.2.relu (not with an ensemble: its members name theirs)",
+    )
     p.add_argument("--out", required=True, help="output folder (resumed when it exists)")
     p.add_argument(
         "--config",
-        help="YAML settings (default: the paper's, as written out in configs/metamers_feather.yaml)",
+        help="YAML settings (default: the paper's, as written out in configs/metamers_feather.yaml); a config with "
+        "an ensemble section (configs/metamers_ensemble.yaml) makes ensemble metamers of its members instead",
     )
     p.add_argument(
         "--set",
@@ -79,38 +85,65 @@ def _image_files(items: Sequence[str], flag: str) -> list[Path]:
     return files
 
 
-def _load_model(spec: str) -> Any:
+def _load_model(spec: str, what: str = "--model") -> Any:
     import importlib
 
     from torch import nn
 
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise SystemExit(f"error: --model takes module:name (e.g. mypackage.nets:build), got {spec!r}.")
+        raise SystemExit(f"error: {what} takes module:name (e.g. mypackage.nets:build), got {spec!r}.")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise SystemExit(f"error: --model {spec}: cannot import {module_name} ({e}).") from None
+        raise SystemExit(f"error: {what} {spec}: cannot import {module_name} ({e}).") from None
     if not hasattr(module, attr):
-        raise SystemExit(f"error: --model {spec}: {module_name} has no attribute {attr!r}.")
+        raise SystemExit(f"error: {what} {spec}: {module_name} has no attribute {attr!r}.")
     obj = getattr(module, attr)
     if not isinstance(obj, nn.Module) and not callable(obj):
         raise SystemExit(
-            f"error: --model {spec} is a {type(obj).__name__}, not a torch.nn.Module or a function returning one."
+            f"error: {what} {spec} is a {type(obj).__name__}, not a torch.nn.Module or a function returning one."
         )
     model = obj if isinstance(obj, nn.Module) else obj()
     if not isinstance(model, nn.Module):
-        raise SystemExit(f"error: --model {spec} gave a {type(model).__name__}, not a torch.nn.Module.")
+        raise SystemExit(f"error: {what} {spec} gave a {type(model).__name__}, not a torch.nn.Module.")
     return model
 
 
+def _load(kind: str, spec: Any, image_size: int, what: str) -> tuple[Any, str, Any]:
+    """``(model, name, own normalisation or None)`` of a ``--tiny`` seed, a ``--pretrained`` or a ``--model`` spec.
+
+    ``what`` names the flag or ensemble member in messages.
+    """
+    if kind == "tiny":
+        from metamergen.metamers.toy import tiny_cnn
+
+        print(f"model-metamers: {what} is a tiny random CNN: its metamers test the machinery only.", file=sys.stderr)
+        return tiny_cnn(int(spec)), "tiny_cnn" if what == "--tiny" else f"tiny_cnn_{spec}", None
+    if kind == "pretrained":
+        from metamergen.metamers.pretrained import load_pretrained
+
+        try:
+            loaded = load_pretrained(spec)
+        except (ImportError, OSError) as err:  # a missing package, no network, an unknown hub id
+            raise SystemExit(f"error: {what} {spec}: {' '.join(str(err).split())}") from None
+        if loaded.input_size != image_size:
+            print(
+                f"model-metamers: {loaded.name} was trained at {loaded.input_size} px; images are resized to "
+                f"{image_size} px (--set images.size={loaded.input_size} to match).",
+                file=sys.stderr,
+            )
+        return loaded.model, loaded.name, loaded.normalize
+    model = _load_model(spec, what)
+    import plenoptic as po
+
+    po.remove_grad(model)  # the command owns this model: freeze it and use eval mode
+    model.eval()
+    return model, spec, None
+
+
 def run(args: argparse.Namespace) -> int:
-    """Handler of ``metamergen model-metamers``."""
-    if sum(map(bool, (args.model, args.pretrained, args.tiny))) != 1:
-        raise SystemExit("error: give one of --model module:name, --pretrained source:name or --tiny.")
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
-    if not layers:
-        raise SystemExit("error: --layers is empty; name module paths such as layer1,layer4.")
+    """Handler of ``metamergen model-metamers``: one model's layers, or the config's ensemble."""
     images = _image_files(args.images, "--images")
     null_images = _image_files(args.null_images, "--null-images") if args.null_images else []
     from metamergen.commands._common import check_device
@@ -120,60 +153,73 @@ def run(args: argparse.Namespace) -> int:
         import plenoptic  # noqa: F401
     except ImportError:
         raise SystemExit("error: model metamers need plenoptic: pip install 'metamergen[metamers]'.") from None
-    from metamergen.metamers.run import MetamerRunConfig, run_model_metamers
+    from metamergen.metamers.run import MetamerRunConfig, run_ensemble_metamers, run_model_metamers
     from metamergen.training.config import apply_overrides
 
     if args.config:
         config = MetamerRunConfig.from_yaml(args.config, args.overrides)
     else:
         config = MetamerRunConfig.from_dict(apply_overrides({}, args.overrides))
-    normalize = None
-    if args.tiny:
-        from metamergen.metamers.toy import tiny_cnn
-
-        print("model-metamers: --tiny is a tiny random CNN: its metamers test the machinery only.", file=sys.stderr)
-        model, name = tiny_cnn(0), "tiny_cnn"
-    elif args.pretrained:
-        from metamergen.metamers.pretrained import load_pretrained
-
-        try:
-            loaded = load_pretrained(args.pretrained)
-        except (ImportError, OSError) as err:  # a missing package, no network, an unknown hub id
-            raise SystemExit(f"error: --pretrained {args.pretrained}: {' '.join(str(err).split())}") from None
-        model, name, normalize = loaded.model, loaded.name, loaded.normalize
-        if loaded.input_size != config.image_size:
-            print(
-                f"model-metamers: {name} was trained at {loaded.input_size} px; images are resized to "
-                f"{config.image_size} px (--set images.size={loaded.input_size} to match).",
-                file=sys.stderr,
+    flags = {"--model": args.model, "--pretrained": args.pretrained, "--tiny": 0 if args.tiny else None}
+    given = [flag for flag, value in flags.items() if value is not None]
+    ensemble = config.ensemble_config
+    if ensemble is not None:
+        extra = given + (["--layers"] if args.layers else [])
+        if extra:
+            raise SystemExit(
+                f"error: the config's ensemble section names the models and their layers; drop {', '.join(extra)}."
             )
+        loaded: dict[tuple[str, Any], tuple[Any, str, Any]] = {}
+        for i, member in enumerate(ensemble.members, start=1):
+            if member.source not in loaded:  # members of one model share it
+                kind, spec = member.source
+                loaded[member.source] = _load(kind, spec, config.image_size, f"ensemble member {i} ({kind})")
+        members = [loaded[m.source] for m in ensemble.members]
+        summary = run_ensemble_metamers(
+            [model for model, _, _ in members],
+            images,
+            args.out,
+            config=config,
+            null_image_paths=null_images,
+            normalizes=[own for _, _, own in members],
+            device=args.device,
+            log=_log,
+        )
     else:
-        model, name = _load_model(args.model), args.model
-        import plenoptic as po
+        if len(given) != 1:
+            raise SystemExit(
+                "error: give one of --model module:name, --pretrained source:name or --tiny "
+                "(or a config with an ensemble section)."
+            )
+        layers = [name.strip() for name in (args.layers or "").split(",") if name.strip()]
+        if not layers:
+            raise SystemExit("error: --layers is empty or missing; name module paths such as layer1,layer4.")
+        model, name, normalize = _load(given[0].lstrip("-"), flags[given[0]], config.image_size, given[0])
+        summary = run_model_metamers(
+            model,
+            images,
+            layers,
+            args.out,
+            config=config,
+            model_name=name,
+            null_image_paths=null_images,
+            normalize=normalize,
+            device=args.device,
+            log=_log,
+        )
+    from metamergen.viz.report import write_report  # the one report page, also for scored runs
 
-        po.remove_grad(model)  # the command owns this model: freeze it and use eval mode
-        model.eval()
-    summary = run_model_metamers(
-        model,
-        images,
-        layers,
-        args.out,
-        config=config,
-        model_name=name,
-        null_image_paths=null_images,
-        normalize=normalize,
-        device=args.device,
-        log=lambda line: print(line, file=sys.stderr),
-    )
-    from metamergen.viz.metamers import write_metamers_report
-
-    report = write_metamers_report(args.out)
+    report = write_report(Path(args.out) / "manifest.jsonl", Path(args.out) / "report", n_boot=config.n_boot)
     for layer, s in summary["layers"].items():
         rec = s["recognition"]
         passed = f", null test passed {s['null_test_passed']}/{summary['n_images']}" if "null_test_passed" in s else ""
         print(f"{layer}: mean loss {s['mean_loss']:.4g}, recognised {rec['accuracy']:.2f}{passed}")
-    print(report / "index.html")
+    print(report.index)
     return 0
+
+
+def _log(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
         )
     except TableError as err:  # ReportError too
         raise SystemExit(f"error: {err}") from err
+    tables = ", ".join(p.name for p in (res.summary_csv, res.layers_summary_csv) if p is not None)
     print(
-        f"Wrote {len(res.figures)} figure(s), {len(res.sheets)} contact sheet(s), summary.csv and index.html "
+        f"Wrote {len(res.figures)} figure(s), {len(res.sheets)} contact sheet(s), {tables} and index.html "
         f"to {res.out} (metrics: {', '.join(res.metrics)})"
     )
     for what, excluded in (("scores", res.excluded), ("baseline scores", res.excluded_baselines)):
@@ -74,9 +75,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="figures, contact sheets and an HTML index from a score table",
         description="From the table `metamergen score` writes: score vs number of fixations per condition and "
         "fixation source with bootstrap CIs, contact sheets (scene + scanpath, the foveated input, the "
-        "hypotheses with their scores), summary.csv and index.html.",
+        "hypotheses with their scores), summary.csv and index.html. Model metamers (`metamergen model-metamers`' "
+        "manifest, scored or not) on the same page: score vs layer per model, with recognition and the null "
+        "test, layers_summary.csv and their sheets.",
     )
-    r.add_argument("--scores", required=True, help="score table (.csv, or .parquet)")
+    r.add_argument("--scores", required=True, help="score table (.csv or .parquet; or a model-metamers manifest.jsonl)")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument(
         "--root",

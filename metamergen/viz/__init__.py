@@ -1,7 +1,8 @@
 """Figures and the HTML report: what people look at.
 
 - :mod:`~metamergen.viz.figures`: the scanpath on the scene, what the model saw, contact sheets;
-- :mod:`~metamergen.viz.report`: score table -> figures with bootstrap intervals, sheets, ``index.html``.
+- :mod:`~metamergen.viz.report`: score table -> figures with bootstrap intervals, sheets, ``index.html``;
+  scene metamers and model metamers (``metamergen model-metamers``) on one page.
 """
 
 from metamergen.utils.lazy import lazy_exports
@@ -13,6 +14,7 @@ _EXPORTS = {
     "ReportError": ".report",
     "ReportResult": ".report",
     "read_table": ".report",
+    "summarize_layers": ".report",
     "summarize_scores": ".report",
     "write_report": ".report",
 }

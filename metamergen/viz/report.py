@@ -12,11 +12,27 @@ earlier report or empty, and one holding other files is refused)::
     report/
       index.html                 links everything (relative links) + a table of mean scores
       summary.csv                mean, CI, counts per metric x condition x source x prefix
+      layers_summary.csv         the same per metric x model x layer (model metamers, below)
       baselines_summary.csv      the same per baseline (when ``baselines.csv`` is next to the scores)
       figures/<metric>.png       score vs number of fixations, one line per condition x source
+      figures/<metric>_by_layer.png
+                                 model metamers: score vs layer, one line per model
       sheets/<scene>_<scanpath>_<condition>_<source>.png
                                  per prefix N: scene + first N fixations, the model-free foveated
                                  input, the hypotheses captioned with their scores
+      sheets/layers_<model>_<k>.png
+                                 model metamers: per natural image, the image then its metamer of
+                                 each layer, captioned with their scores
+
+**Both kinds of metamer, one report.** A row with a ``layer`` (``metamergen model-metamers``'
+manifest, scored or not; a table may hold both kinds, e.g. two score tables concatenated) is a
+*model metamer*: where scene metamers are grouped by condition x fixation source x prefix, model
+metamers are grouped by ``model`` x ``layer`` (layers in the order the run gave them), with the same
+statistics, baselines, non-finite policy and sheets; the run's own tests
+(:mod:`~metamergen.metamers.measures`: ``recognized``, ``null_test_passed``, ``loss``) are metric
+columns like the image metrics and come first in the model metamers' table. A table with rows of one
+kind only shows that kind's sections; ``summary.csv`` is written when there are scene metamers,
+``layers_summary.csv`` when there are model metamers.
 
 Statistics (stated in the figures and the index page): a cell's estimate is the **mean of unit
 means**: scores are first averaged within each resampling unit (by default the scene, so every
@@ -69,6 +85,7 @@ from metamergen.evaluation.baselines import BASELINES, BASELINES_NAME
 from metamergen.evaluation.registry import METRIC_INFO, MetricInfo, metric_direction, metric_info
 from metamergen.evaluation.statistics import bootstrap_ci, derive_cell_seed, unit_means
 from metamergen.evaluation.tables import TableError, pandas, read_table
+from metamergen.metamers.measures import LOSS, MEASURE_INFO, NULL_TEST_PASSED, RECOGNIZED  # registers their labels
 from metamergen.utils.io import atomic_write, replace_dir, temporary_target
 from metamergen.utils.plotting import figure_classes
 
@@ -84,6 +101,7 @@ __all__ = [
     "metric_columns",
     "read_table",
     "summarize_baselines",
+    "summarize_layers",
     "summarize_scores",
     "write_report",
 ]
@@ -94,6 +112,7 @@ SOURCES: tuple[str, ...] = ("viewer", "random")
 _CONDITION_COLORS = {"both": "#1b6ca8", "peripheral": "#d1495b", "foveal": "#2e933c"}
 _SOURCE_STYLES = {"viewer": ("-", "o"), "random": ("--", "s")}
 _EXTRA_COLORS = ("#7b4fa0", "#e08e0b", "#555555", "#0f9d9a")
+_LINE_COLORS = (*_CONDITION_COLORS.values(), *_EXTRA_COLORS)  # model metamers: one colour per model
 _EXTRA_STYLES = ((":", "^"), ("-.", "D"), ((0, (1, 3)), "v"))
 _BASELINE_STYLES = ("--", ":", "-.")
 
@@ -101,6 +120,12 @@ _BASELINE_STYLES = ("--", ":", "-.")
 FIGURE_COLUMNS: tuple[str, ...] = ("image_id", "scene_id", "scanpath_id", "prefix", "condition", "fixation_source")
 #: Extra columns needed for the contact sheets.
 SHEET_COLUMNS: tuple[str, ...] = ("path", "scene", "fixations", "peripheral_blur")
+#: Columns a model-metamer row needs (``metamergen model-metamers``' manifest; its sheets need path, scene).
+LAYER_COLUMNS: tuple[str, ...] = ("image_id", "scene_id", "model", "layer")
+#: Natural images (rows) per model-metamers contact sheet.
+LAYER_SHEET_ROWS = 8
+#: Model-metamer measures that are shares (0 to 1): their figures show the whole range.
+SHARES: tuple[str, ...] = (RECOGNIZED, NULL_TEST_PASSED)
 UNITS: dict[str, tuple[str, ...]] = {
     "scene": ("scene_id",),
     "scanpath": ("scene_id", "scanpath_id"),
@@ -157,12 +182,25 @@ def _check_columns(table, columns: Iterable[str], source: str) -> None:
         )
 
 
+def _blank(column):
+    """Where a column is empty: NaN, or a blank or null-like string."""
+    return column.isna() | column.astype(str).str.strip().isin(["", "nan", "None", "<NA>"])
+
+
+def _split_kinds(table):
+    """``(scene-metamer rows, model-metamer rows)``: a row with a non-empty ``layer`` is a model metamer."""
+    if "layer" not in table.columns:
+        return table, table.iloc[:0]
+    model = ~_blank(table["layer"])
+    return table[~model], table[model]
+
+
 def _prefix_labels(table) -> list[str]:
     """``prefix`` as labels: the integer N, or ``"all"`` where empty (whole scanpath)."""
     pd = pandas()
     raw = table["prefix"]
     num = pd.to_numeric(raw, errors="coerce")
-    blank = raw.isna() | raw.astype(str).str.strip().isin(["", "nan", "None", "<NA>"])
+    blank = _blank(raw)
     bad = (~blank) & (num.isna() | (num != num.round()))
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
@@ -180,6 +218,15 @@ def _clean(table):
     for col in ("scene_id", "scanpath_id", "image_id", "condition", "fixation_source"):
         t[col] = t[col].astype(str)
     t["_prefix"] = _prefix_labels(t)
+    return t
+
+
+def _clean_layers(table):
+    """Copy of the model-metamer rows with string keys (and an empty ``scanpath_id`` where there is none)."""
+    t = table.copy()
+    for col in LAYER_COLUMNS:
+        t[col] = t[col].astype(str)
+    t["scanpath_id"] = t["scanpath_id"].fillna("").astype(str) if "scanpath_id" in t.columns else ""
     return t
 
 
@@ -302,30 +349,69 @@ def summarize_scores(
         ci_low, ci_high``, :data:`COUNT_COLUMNS` and ``unit``; sorted by metric, condition,
         source, prefix.
     """
+    _check_columns(table, FIGURE_COLUMNS, "given")
+    t = table if "_prefix" in table.columns else _clean(table)
+    keys = {"condition": "condition", "fixation_source": "fixation_source", "prefix": "_prefix"}
+    out = _summarize(t, metrics, keys, unit=unit, n_boot=n_boot, confidence=confidence, seed=seed)
+    if len(out):
+        order = {m: i for i, m in enumerate(metrics)}
+        out = _sorted_cells(out.assign(_m=out["metric"].map(order)), ["_m"]).drop(columns="_m")
+    return out
+
+
+def summarize_layers(
+    table,
+    metrics: Sequence[str],
+    *,
+    unit: str = "scene",
+    n_boot: int = 10000,
+    confidence: float = 0.95,
+    seed: int = 0,
+):
+    """Mean score and bootstrap CI per metric x model x layer of model metamers (``metamergen model-metamers``).
+
+    As :func:`summarize_scores` (the same statistics and non-finite policy); a unit ``"scene"`` is
+    the natural image a metamer was made from (its ``scene_id``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``metric, model, layer, mean, ci_low, ci_high``, :data:`COUNT_COLUMNS` and ``unit``;
+        by metric, then models and their layers in the order of the table's rows (a run's order).
+    """
+    _check_columns(table, LAYER_COLUMNS, "given")
+    t = _clean_layers(table)
+    out = _summarize(
+        t, metrics, {"model": "model", "layer": "layer"}, unit=unit, n_boot=n_boot, confidence=confidence, seed=seed
+    )
+    if len(out):
+        order = {m: i for i, m in enumerate(metrics)}
+        out = out.assign(_m=out["metric"].map(order)).sort_values("_m", kind="stable").drop(columns="_m")
+    return out.reset_index(drop=True)
+
+
+def _summarize(
+    t, metrics: Sequence[str], keys: dict[str, str], *, unit: str, n_boot: int, confidence: float, seed: int
+):
+    """One :func:`cell_statistics` row per metric and group of ``keys`` (summary column -> table column)."""
     pd = pandas()
     if unit not in UNITS:
         raise ValueError(f"Unknown resampling unit {unit!r}; choose one of {list(UNITS)}.")
-    _check_columns(table, FIGURE_COLUMNS, "given")
-    t = table if "_prefix" in table.columns else _clean(table)
     unit_key = t[list(UNITS[unit])].astype(str).agg("\x1f".join, axis=1)
     rows = []
     for metric in metrics:
         values = pd.to_numeric(t[metric], errors="coerce")
-        for (cond, src, pre), idx in t.groupby(["condition", "fixation_source", "_prefix"], sort=False).groups.items():
+        for key, idx in t.groupby(list(keys.values()), sort=False).groups.items():
             stats = cell_statistics(
                 values.loc[idx].to_numpy(dtype=np.float64),
                 unit_key.loc[idx].to_numpy(),
                 n_boot=n_boot,
                 confidence=confidence,
-                seed=derive_cell_seed(seed, (metric, cond, src, pre)),
+                seed=derive_cell_seed(seed, (metric, *key)),
             )
-            rows.append(dict(metric=metric, condition=cond, fixation_source=src, prefix=pre, **stats, unit=unit))
-    columns = ["metric", "condition", "fixation_source", "prefix", "mean", "ci_low", "ci_high", *COUNT_COLUMNS, "unit"]
-    out = pd.DataFrame(rows, columns=columns)
-    if len(out):
-        order = {m: i for i, m in enumerate(metrics)}
-        out = _sorted_cells(out.assign(_m=out["metric"].map(order)), ["_m"]).drop(columns="_m")
-    return out
+            rows.append(dict(metric=metric, **dict(zip(keys, key)), **stats, unit=unit))
+    columns = ["metric", *keys, "mean", "ci_low", "ci_high", *COUNT_COLUMNS, "unit"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def summarize_baselines(
@@ -423,7 +509,6 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
     ``baselines`` (from :func:`summarize_baselines`) are drawn as grey horizontal lines with their
     intervals as bands, so that an effect can be read against what a render must beat.
     """
-    Figure, FigureCanvasAgg = _matplotlib()
     s = summary[summary["metric"] == metric]
     if not len(s):
         raise ReportError(f"No summary rows for metric {metric!r}.")
@@ -433,33 +518,100 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
     sources = sorted(s["fixation_source"].unique(), key=_source_rank)
     colors = _styles(conditions, _CONDITION_COLORS, _EXTRA_COLORS)
     styles = _styles(sources, _SOURCE_STYLES, _EXTRA_STYLES)
-    lines = [(c, src) for c in conditions for src in sources]
-    width = 0.25 if len(prefixes) > 1 else 0.15
+    lines = []
+    for cond in conditions:
+        for src in sources:
+            d = s[(s["condition"] == cond) & (s["fixation_source"] == src)]
+            d = d.sort_values("prefix", key=lambda x: x.map(_prefix_order))
+            label = f"{cond} · {src} fixations"
+            lines.append((label, colors[cond], *styles[src], [xpos[p] for p in d["prefix"]], d))
+    info = _info(metric)
+    return _line_figure(
+        s,
+        lines,
+        [("all" if p == _ALL else p) for p in prefixes],
+        path,
+        metric=metric,
+        xlabel="number of fixations N (first N of the scanpath)",
+        title=f"{info.label} vs fixations",
+        confidence=confidence,
+        baselines=baselines,
+    )
+
+
+def plot_metric_by_layer(summary, metric: str, path: str | Path, *, confidence: float = 0.95, baselines=None) -> Path:
+    """Draw one metric's score vs layer of model metamers (from :func:`summarize_layers`) to a PNG.
+
+    One line per model, layers on the x axis in the order the table gave them (shallow to deep, as a
+    run names them); baselines as in :func:`plot_metric`.
+    """
+    s = summary[summary["metric"] == metric]
+    if not len(s):
+        raise ReportError(f"No summary rows for metric {metric!r}.")
+    layers = list(dict.fromkeys(s["layer"]))
+    xpos = {layer: i for i, layer in enumerate(layers)}
+    models = list(dict.fromkeys(s["model"]))
+    colors = _styles(models, {}, _LINE_COLORS)
+    lines = []
+    for model in models:
+        d = s[s["model"] == model]
+        lines.append((model, colors[model], "-", "o", [xpos[layer] for layer in d["layer"]], d))
+    return _line_figure(
+        s,
+        lines,
+        layers,
+        path,
+        metric=metric,
+        xlabel="layer the metamer matches (in the run's order)",
+        title=f"{_info(metric).label} by layer",
+        confidence=confidence,
+        baselines=baselines,
+        unit_words="natural images",
+        ylim=(-0.03, 1.03) if metric in SHARES else None,
+    )
+
+
+def _line_figure(
+    s,
+    lines: Sequence[tuple],
+    ticks: Sequence[str],
+    path: str | Path,
+    *,
+    metric: str,
+    xlabel: str,
+    title: str,
+    confidence: float,
+    baselines,
+    unit_words: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """The report's figure: ``lines`` of ``(label, colour, line style, marker, x positions, cells)``
+    (cells: summary rows with ``mean``, ``ci_low``, ``ci_high``), dodged apart, with error bars; the
+    baselines of ``metric`` as grey lines and bands; ``ticks`` label x = 0, 1, ...; ``unit_words``
+    names the bootstrap units (default: from the summary's ``unit``); ``ylim`` fixes the y range."""
+    Figure, FigureCanvasAgg = _matplotlib()
+    width = 0.25 if len(ticks) > 1 else 0.15
     fig = Figure(figsize=(6.4, 5.6), dpi=150)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    for k, (cond, src) in enumerate(lines):
-        d = s[(s["condition"] == cond) & (s["fixation_source"] == src)]
+    for k, (label, color, ls, marker, x, d) in enumerate(lines):
         if not len(d):
             continue
-        d = d.sort_values("prefix", key=lambda x: x.map(_prefix_order))
         dodge = (k - (len(lines) - 1) / 2) * width / max(1, len(lines) - 1) if len(lines) > 1 else 0.0
-        x = np.array([xpos[p] for p in d["prefix"]], dtype=float) + dodge
         m = d["mean"].to_numpy(float)
         lo = np.nan_to_num(m - d["ci_low"].to_numpy(float), nan=0.0)
         hi = np.nan_to_num(d["ci_high"].to_numpy(float) - m, nan=0.0)
-        ls, marker = styles[src]
         ax.errorbar(
-            x,
+            np.asarray(x, dtype=float) + dodge,
             m,
             yerr=[lo, hi],
-            color=colors[cond],
+            color=color,
             linestyle=ls,
             marker=marker,
             markersize=4.5,
             capsize=3,
             linewidth=1.5,
-            label=f"{cond} · {src} fixations",
+            label=label,
         )
     if baselines is not None and len(baselines):
         drawn = baselines[(baselines["metric"] == metric) & np.isfinite(baselines["mean"].astype(float))]
@@ -468,20 +620,32 @@ def plot_metric(summary, metric: str, path: str | Path, *, confidence: float = 0
             ax.axhline(b["mean"], color="#666666", linestyle=style, linewidth=1.2, label=f"baseline: {b['label']}")
             if math.isfinite(b["ci_low"]):
                 ax.axhspan(b["ci_low"], b["ci_high"], color="#999999", alpha=0.15, linewidth=0)
-    info = _info(metric)
     unit = s["unit"].iloc[0]
-    n_units = int(s["n_units"].max())
-    ax.set_xticks(range(len(prefixes)), [("all" if p == _ALL else p) for p in prefixes])
-    ax.set_xlabel("number of fixations N (first N of the scanpath)")
-    ax.set_ylabel(f"{info.label}\n({_direction(metric)})")
+    # an ensemble's "layer" names its members (a:3+b:5): one member a line; long names turn when crowded
+    labels = [str(t).replace("+", "+\n") for t in ticks]
+    n_lines = max((label.count("\n") + 1 for label in labels), default=1)
+    widest = max((len(part) for label in labels for part in label.split("\n")), default=0)
+    turn = widest > 8 and len(labels) > 4
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=25 if turn else 0,
+        ha="right" if turn else "center",
+        fontsize=7 if widest > 10 else None,
+    )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{_info(metric).label}\n({_direction(metric)})")
     ax.set_title(
-        f"{info.label} vs fixations: mean ± {confidence:.0%} CI\n"
-        f"(bootstrap over {UNIT_WORDS.get(unit, unit)}, up to n = {n_units} per point)",
+        f"{title}: mean ± {confidence:.0%} CI\n"
+        f"(bootstrap over {unit_words or UNIT_WORDS.get(unit, unit)}, up to n = {int(s['n_units'].max())} per point)",
         fontsize=9,
     )
+    if ylim is not None:
+        ax.set_ylim(*ylim)
     ax.grid(True, alpha=0.3)
-    # below the axes, so that no line or band (the baselines sit low or high) is hidden behind it
-    ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    # below the axes (and the tick labels), so that no line or band (the baselines sit low or high) is hidden
+    below = -0.16 - 0.045 * (n_lines - 1) - (0.08 if turn else 0.0)
+    ax.legend(fontsize=7, frameon=False, ncol=2, loc="upper center", bbox_to_anchor=(0.5, below))
     fig.tight_layout()
     return atomic_write(path, lambda p: fig.savefig(p, format="png"))
 
@@ -537,7 +701,7 @@ def _resolve(root: Path, p: Any) -> Path:
 
 def _check_files(t, root: Path) -> None:
     missing = []
-    for i, (img, path, scene) in enumerate(zip(t["image_id"], t["path"], t["scene"])):
+    for i, img, path, scene in zip(t.index, t["image_id"], t["path"], t["scene"]):
         for col, p in (("path", path), ("scene", scene)):
             if p is None or (isinstance(p, float) and math.isnan(p)) or str(p).strip() == "":
                 missing.append(f"row {i} (image_id {img}): column {col!r} is empty")
@@ -656,6 +820,32 @@ def build_sheet(
     return _stack(rows, header)
 
 
+def build_layer_sheet(group, root: Path, metrics: Sequence[str], *, height: int = 256) -> Image.Image:
+    """One contact sheet of one model's metamers: per natural image, the image then its metamer of each layer.
+
+    ``group``: model-metamer rows of one model (``scene`` = the natural image, ``path`` = the
+    metamer); rows in the order of their natural images, columns in the order of the layers; each
+    metamer captioned with its scores.
+    """
+    from metamergen.viz.figures import contact_sheet
+
+    layers = list(dict.fromkeys(group["layer"]))
+    shown = [m for m in metrics if m != LOSS]  # room for three scores: the tests and the image metrics first
+    rows = []
+    for scene_id, sub in group.groupby("scene_id", sort=False):
+        by_layer = {r["layer"]: r for _, r in sub.iterrows()}
+        panels = [_open(_resolve(root, sub["scene"].iloc[0]))]
+        captions = [f"{scene_id}: natural image"]
+        for layer in layers:
+            if layer in by_layer:
+                panels.append(_open(_resolve(root, by_layer[layer]["path"])))
+                name = layer if len(layer) <= 14 else layer[:13] + "…"
+                captions.append(f"{name}: {_caption(by_layer[layer], shown, max_metrics=3)}")
+        rows.append(contact_sheet(panels, captions, height=height))
+    header = f"model {group['model'].iloc[0]} · natural image, then its metamer of: {', '.join(layers)}"
+    return _stack(rows, header)
+
+
 def pd_float(v: Any) -> float:
     try:
         return float(v)
@@ -695,14 +885,189 @@ def _href(path: str) -> str:
     return "/".join(quote(part) for part in path.split("/"))
 
 
+@dataclass
+class _Kind:
+    """What the page shows of one kind of metamer: its rows, metrics, summary, figures and sheets."""
+
+    rows: Any
+    metrics: list[str]
+    summary: Any
+    figure_suffix: str = ""  # of the figures' file names and ReportResult.figures keys
+    figures: list[tuple[str, str]] = field(default_factory=list)  # (metric, link)
+    sheets: list[tuple[tuple[str, ...], str]] = field(default_factory=list)
+
+
+def _cell(r, counts=None) -> str:
+    """One summary row as a table cell: mean [CI], on how many it rests if fewer than ``counts``, exclusions."""
+    ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
+    fewer = ""  # a metric without a value for some images says on how many it rests
+    if counts is not None and (r["n_units"], r["n_images"]) != (counts["n_units"], counts["n_images"]):
+        fewer = f" <small>(n {int(r['n_units'])} / {int(r['n_images'])})</small>"
+    return f"<td>{_fmt(r['mean'])}{ci}{fewer}{_excluded_note(r)}</td>"
+
+
+_TEXT = ' class="k"'  # a table cell holding text (left-aligned)
+
+
+def _score_table(summary, keys: Sequence[tuple[str, str, bool]], metrics: Sequence[str], baselines) -> list[str]:
+    """The table of mean scores: one row per cell of ``keys`` (summary column, header, left-aligned text?),
+    then the baselines."""
+    e = html.escape
+    out = [
+        "<table><tr>"
+        + "".join(f"<th>{e(head)}</th>" for _, head, _ in keys)
+        + "".join(
+            f"<th>{e(_info(m).short)}<br><small>{'↑' if _info(m).higher_is_similar else '↓'} similar</small></th>"
+            for m in metrics
+        )
+        + "<th>n</th></tr>"
+    ]
+    names = [k for k, _, _ in keys]
+    for key, sel in summary.groupby(names, sort=False):
+        counts = sel[["n_units", "n_images"]].max()
+        cells = []
+        for m in metrics:
+            r = sel[sel["metric"] == m]
+            cells.append(_cell(r.iloc[0], counts) if len(r) else "<td>–</td>")
+        out.append(
+            "<tr>"
+            + "".join(f"<td{_TEXT if text else ''}>{e(str(k))}</td>" for k, (_, _, text) in zip(key, keys))
+            + f"{''.join(cells)}<td>{int(counts['n_units'])} / {int(counts['n_images'])}</td></tr>"
+        )
+    if baselines is not None and len(baselines):
+        for label in dict.fromkeys(baselines["label"]):
+            sel = baselines[baselines["label"] == label]
+            cells = [
+                _cell(sel[sel["metric"] == m].iloc[0]) if (sel["metric"] == m).any() else "<td>–</td>" for m in metrics
+            ]
+            span = f' colspan="{len(keys) - 1}"' if len(keys) > 2 else ""
+            out.append(
+                f'<tr class="baseline"><td class="k">baseline</td><td class="k"{span}>{e(label)}</td>'
+                f"{''.join(cells)}<td>{int(sel['n_units'].max())} scenes</td></tr>"
+            )
+    out.append("</table>")
+    if baselines is not None and len(baselines):
+        out.append(
+            '<p class="note">Baselines (grey rows, grey lines in the figures): a render must beat them for a '
+            "difference between conditions to be an effect of the model. Also as "
+            '<a href="baselines_summary.csv">baselines_summary.csv</a>.</p>'
+        )
+    return out
+
+
+def _excluded_notes(summary, baselines) -> list[str]:
+    """A note per table (the scores', the baselines') that left non-finite scores out of its means."""
+    out = []
+    for what, table in (("scores", summary), ("baseline scores", baselines)):
+        excluded = excluded_scores(table) if table is not None else {}
+        if excluded:
+            out.append(
+                f'<p class="note excluded"><b>Non-finite {what} excluded from the means:</b> '
+                f"{html.escape(describe_excluded(excluded))}. An infinite PSNR is an image identical to its scene: "
+                "leaving it out lowers PSNR's mean (MSE keeps such images).</p>"
+            )
+    return out
+
+
+def _figures(kind: _Kind) -> list[str]:
+    e = html.escape
+    out = ['<div class="figs">']
+    left_out = excluded_scores(kind.summary)
+    for metric, rel in kind.figures:
+        excluded = _excluded_note(left_out.get(metric, {}))
+        out.append(
+            f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(metric)}"></a>'
+            f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))}){excluded}</figcaption></figure>"
+        )
+    out.append("</div>")
+    return out
+
+
+def _scene_sections(kind: _Kind, *, unit: str, n_boot: int, confidence: float, baselines) -> list[str]:
+    """Scene metamers: score vs fixations, the table per condition x source x prefix, the contact sheets."""
+    e = html.escape
+    out = ["<h2>Score vs number of fixations</h2>"]
+    out.append(
+        f'<p class="note">Each point is the mean of per-{e(unit)} means (scores averaged within each {e(unit)} '
+        f"first, so every {e(unit)} weighs the same); error bars are {confidence:.0%} percentile-bootstrap "
+        f"intervals over {e(UNIT_WORDS.get(unit, unit))} ({n_boot} resamples, seeded). Lines: colour = condition, "
+        "line style = fixation source (solid: the viewer's own fixations, dashed: random fixations matched in "
+        "count). “all” = the whole scanpath (empty prefix).</p>"
+    )
+    out += _figures(kind)
+    out.append("<h2>Mean scores per condition × fixation source × prefix</h2>")
+    out.append(
+        f'<p class="note">mean [{confidence:.0%} CI]; n = {e(unit)}s / images. Non-finite scores (NaN, empty, '
+        "±inf) are left out of every mean and interval, and each cell says how many it left out. Also as "
+        f'<a href="summary.csv">summary.csv</a> (columns n_rows, n_nonfinite, n_inf).</p>'
+    )
+    out += _excluded_notes(kind.summary, baselines)
+    keys = [("condition", "condition", True), ("fixation_source", "fixations", True), ("prefix", "N", False)]
+    out += _score_table(kind.summary, keys, kind.metrics, baselines)
+    out.append("<h2>Contact sheets</h2>")
+    if kind.sheets:
+        out.append(
+            '<p class="note">Per prefix N: the scene with the first N fixations, the foveated input computed '
+            "without the model (sharp 14-px patches over the periphery the model saw), then the hypotheses "
+            "with their scores.</p>"
+        )
+        by_scene: dict[str, list] = {}
+        for key, rel in kind.sheets:
+            by_scene.setdefault(key[0], []).append((key, rel))
+        for scene_id, items in by_scene.items():
+            out.append(f"<h3>scene {e(scene_id)}</h3>")
+            for (_, sp, c, src), rel in items:
+                out.append(_sheet_figure(f"scanpath {sp} · {c} · {src} fixations", rel))
+    else:
+        out.append('<p class="note">No contact sheets were built.</p>')
+    return out
+
+
+def _layer_sections(kind: _Kind, *, unit: str, n_boot: int, confidence: float, baselines) -> list[str]:
+    """Model metamers: score vs layer, the table per model x layer, the contact sheets."""
+    out = ["<h2>Model metamers: score by layer</h2>"]
+    out.append(
+        f'<p class="note">Images whose activations at a layer of a network (or an ensemble of networks) match '
+        f"a natural image's, reached from noise (<code>metamergen model-metamers</code>). Each point is the mean "
+        f"over natural images with its {confidence:.0%} percentile-bootstrap interval ({n_boot} resamples, "
+        "seeded); one line per model, layers in the run's order. <b>Rec</b>: share recognised by the generating "
+        "model (an ensemble's: by every member's model), counting the label it gives the natural image as "
+        "correct; <b>Null</b>: share passing Feather's null test (Spearman ρ, Pearson r and dB SNR to the target "
+        "each above the maximum over pairs of natural images, at every layer matched); <b>Loss</b>: the "
+        "synthesis loss at the end. The image metrics compare each metamer with its natural image.</p>"
+    )
+    out += _figures(kind)
+    out.append("<h2>Mean scores per model × layer</h2>")
+    out.append(
+        f'<p class="note">mean [{confidence:.0%} CI]; n = natural images / metamers. Non-finite scores (NaN, '
+        "empty, ±inf) are left out of every mean and interval, and each cell says how many it left out. Also as "
+        '<a href="layers_summary.csv">layers_summary.csv</a>.</p>'
+    )
+    out += _excluded_notes(kind.summary, baselines)
+    out += _score_table(kind.summary, [("model", "model", True), ("layer", "layer", True)], kind.metrics, baselines)
+    out.append("<h2>Model metamers: contact sheets</h2>")
+    if kind.sheets:
+        out.append('<p class="note">Per natural image: the image, then its metamer of each layer with its scores.</p>')
+        for (model, k), rel in kind.sheets:
+            out.append(_sheet_figure(f"{model} · images {k}", rel))
+    else:
+        out.append('<p class="note">No contact sheets were built.</p>')
+    return out
+
+
+def _sheet_figure(title: str, rel: str) -> str:
+    e = html.escape
+    return (
+        f'<figure class="sheet"><figcaption>{e(title)}</figcaption>'
+        f'<a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(title)}" loading="lazy"></a></figure>'
+    )
+
+
 def _index_html(
     *,
     source: str,
-    t,
-    metrics,
-    summary,
-    figures,
-    sheets,
+    scenes: _Kind | None,
+    layers: _Kind | None,
     unit,
     n_boot,
     confidence,
@@ -712,130 +1077,40 @@ def _index_html(
     notes: Sequence[tuple[str, str]] = (),
 ) -> str:
     e = html.escape
+    kinds = [k for k in (scenes, layers) if k is not None]
+    metrics = list(dict.fromkeys(m for k in kinds for m in k.metrics))
+    what = []
+    if scenes is not None:
+        t = scenes.rows
+        what.append(
+            f"{len(t)} generated images, {t['scene_id'].nunique()} scenes, "
+            f"{t[['scene_id', 'scanpath_id']].drop_duplicates().shape[0]} scanpaths"
+        )
+    if layers is not None:
+        t = layers.rows
+        what.append(
+            f"{len(t)} model metamers of {t['scene_id'].nunique()} natural images "
+            f"({t[['model', 'layer']].drop_duplicates().shape[0]} model × layer cells)"
+        )
     out = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         "<title>MetamerGen report</title>",
         f"<style>{_CSS}</style></head><body>",
         "<h1>MetamerGen report</h1>",
-        f"<p>Score table <code>{e(source)}</code>: {len(t)} generated images, {t['scene_id'].nunique()} scenes, "
-        f"{t[['scene_id', 'scanpath_id']].drop_duplicates().shape[0]} scanpaths; metrics: "
-        f"{e(', '.join(metrics))}. metamergen {e(version)}.</p>",
+        f"<p>Score table <code>{e(source)}</code>: {'; '.join(what)}; metrics: {e(', '.join(metrics))}. "
+        f"metamergen {e(version)}.</p>",
     ]
-    if "model" in t.columns:
-        models = sorted({str(m) for m in t["model"].dropna().unique()})
+    if scenes is not None and "model" in scenes.rows.columns:
+        models = sorted({str(m) for m in scenes.rows["model"].dropna().unique()})
         out.append(f"<p>Rendered by: {e('; '.join(models) or 'not recorded')}.</p>")
     for title, text in notes:
         out.append(f"<h2>{e(title)}</h2><p>{e(text)}</p>")
-    out.append("<h2>Score vs number of fixations</h2>")
-    out.append(
-        f'<p class="note">Each point is the mean of per-{e(unit)} means (scores averaged within each {e(unit)} '
-        f"first, so every {e(unit)} weighs the same); error bars are {confidence:.0%} percentile-bootstrap "
-        f"intervals over {e(UNIT_WORDS.get(unit, unit))} ({n_boot} resamples, seeded). Lines: colour = condition, "
-        "line style = fixation source (solid: the viewer's own fixations, dashed: random fixations matched in "
-        "count). “all” = the whole scanpath (empty prefix).</p>"
-    )
-    out.append('<div class="figs">')
-    left_out = excluded_scores(summary)
-    for metric, rel in figures:
-        excluded = _excluded_note(left_out.get(metric, {}))
-        out.append(
-            f'<figure><a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(metric)}"></a>'
-            f"<figcaption>{e(_info(metric).label)} ({e(_direction(metric))}){excluded}</figcaption></figure>"
-        )
-    out.append("</div>")
-    out.append("<h2>Mean scores per condition × fixation source × prefix</h2>")
-    out.append(
-        f'<p class="note">mean [{confidence:.0%} CI]; n = {e(unit)}s / images. Non-finite scores (NaN, empty, '
-        "±inf) are left out of every mean and interval, and each cell says how many it left out. Also as "
-        f'<a href="summary.csv">summary.csv</a> (columns n_rows, n_nonfinite, n_inf).</p>'
-    )
-    for what, table in (("scores", summary), ("baseline scores", baselines)):
-        excluded = excluded_scores(table) if table is not None else {}
-        if excluded:
-            out.append(
-                f'<p class="note excluded"><b>Non-finite {what} excluded from the means:</b> '
-                f"{e(describe_excluded(excluded))}. An infinite PSNR is an image identical to its scene: "
-                "leaving it out lowers PSNR's mean (MSE keeps such images).</p>"
-            )
-    out.append(
-        "<table><tr><th>condition</th><th>fixations</th><th>N</th>"
-        + "".join(
-            f"<th>{e(_info(m).short)}<br><small>{'↑' if _info(m).higher_is_similar else '↓'} similar</small></th>"
-            for m in metrics
-        )
-        + "<th>n</th></tr>"
-    )
-    if len(summary):
-        keys = _sorted_cells(summary[["condition", "fixation_source", "prefix"]].drop_duplicates())
-        for _, k in keys.iterrows():
-            sel = summary[
-                (summary["condition"] == k["condition"])
-                & (summary["fixation_source"] == k["fixation_source"])
-                & (summary["prefix"] == k["prefix"])
-            ]
-            cells = []
-            counts = sel[["n_units", "n_images"]].max() if len(sel) else None
-            n = f"{int(counts['n_units'])} / {int(counts['n_images'])}" if counts is not None else ""
-            for m in metrics:
-                r = sel[sel["metric"] == m]
-                if not len(r):
-                    cells.append("<td>–</td>")
-                    continue
-                r = r.iloc[0]
-                ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
-                fewer = ""  # a metric without a value for some images says on how many it rests
-                if (r["n_units"], r["n_images"]) != (counts["n_units"], counts["n_images"]):
-                    fewer = f" <small>(n {int(r['n_units'])} / {int(r['n_images'])})</small>"
-                cells.append(f"<td>{_fmt(r['mean'])}{ci}{fewer}{_excluded_note(r)}</td>")
-            out.append(
-                f'<tr><td class="k">{e(k["condition"])}</td><td class="k">{e(k["fixation_source"])}</td>'
-                f"<td>{e(k['prefix'])}</td>{''.join(cells)}<td>{n}</td></tr>"
-            )
-    if baselines is not None and len(baselines):
-        for label in dict.fromkeys(baselines["label"]):
-            sel = baselines[baselines["label"] == label]
-            cells = []
-            for m in metrics:
-                r = sel[sel["metric"] == m]
-                if not len(r):
-                    cells.append("<td>–</td>")
-                    continue
-                r = r.iloc[0]
-                ci = f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]" if math.isfinite(r["ci_low"]) else ""
-                cells.append(f"<td>{_fmt(r['mean'])}{ci}{_excluded_note(r)}</td>")
-            n_scenes = int(sel["n_units"].max())
-            out.append(
-                f'<tr class="baseline"><td class="k">baseline</td><td class="k" colspan="2">{e(label)}</td>'
-                f"{''.join(cells)}<td>{n_scenes} scenes</td></tr>"
-            )
-    out.append("</table>")
-    if baselines is not None and len(baselines):
-        out.append(
-            '<p class="note">Baselines (grey rows, grey lines in the figures): a render must beat them for a '
-            "difference between conditions to be an effect of the model. Also as "
-            '<a href="baselines_summary.csv">baselines_summary.csv</a>.</p>'
-        )
-    out.append("<h2>Contact sheets</h2>")
-    if sheets:
-        out.append(
-            '<p class="note">Per prefix N: the scene with the first N fixations, the foveated input computed '
-            "without the model (sharp 14-px patches over the periphery the model saw), then the hypotheses "
-            "with their scores.</p>"
-        )
-        by_scene: dict[str, list] = {}
-        for key, rel in sheets:
-            by_scene.setdefault(key[0], []).append((key, rel))
-        for scene_id, items in by_scene.items():
-            out.append(f"<h3>scene {e(scene_id)}</h3>")
-            for (_, sp, c, src), rel in items:
-                title = f"scanpath {sp} · {c} · {src} fixations"
-                out.append(
-                    f'<figure class="sheet"><figcaption>{e(title)}</figcaption>'
-                    f'<a href="{_href(rel)}"><img src="{_href(rel)}" alt="{e(title)}" loading="lazy"></a></figure>'
-                )
-    else:
-        out.append('<p class="note">No contact sheets were built.</p>')
+    settings = dict(unit=unit, n_boot=n_boot, confidence=confidence, baselines=baselines)
+    if scenes is not None:
+        out += _scene_sections(scenes, **settings)
+    if layers is not None:
+        out += _layer_sections(layers, **settings)
     if skipped_sheets:
         out.append(f'<p class="note">{skipped_sheets} further sheet(s) left out (--max-sheets).</p>')
     out.append("</body></html>\n")
@@ -849,22 +1124,30 @@ def _index_html(
 class ReportResult:
     """Paths written by :func:`write_report` (relative to ``out`` where noted).
 
-    ``excluded`` and ``excluded_baselines`` are :func:`excluded_scores` of the two summaries: per
-    metric, how many non-finite scores were left out of the means (empty when none were).
+    ``summary_csv`` is ``None`` when the table has no scene metamers, ``layers_summary_csv`` when it
+    has no model metamers. ``figures`` are keyed by metric (score vs fixations) and by
+    ``"<metric>_by_layer"`` (model metamers). ``excluded`` and ``excluded_baselines`` are
+    :func:`excluded_scores` of the scores' and the baselines' summaries: per metric, how many
+    non-finite scores were left out of the means (empty when none were).
     """
 
     out: Path
     index: Path
-    summary_csv: Path
+    summary_csv: Path | None
     figures: dict[str, Path] = field(default_factory=dict)
     sheets: list[Path] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
     excluded: dict[str, dict[str, int]] = field(default_factory=dict)
     excluded_baselines: dict[str, dict[str, int]] = field(default_factory=dict)
+    layers_summary_csv: Path | None = None
 
 
 #: What a report folder holds (see the module docstring): a folder with anything else is not replaced.
-REPORT_ENTRIES: frozenset[str] = frozenset({"index.html", "summary.csv", "baselines_summary.csv", "figures", "sheets"})
+REPORT_ENTRIES: frozenset[str] = frozenset(
+    {"index.html", "summary.csv", "layers_summary.csv", "baselines_summary.csv", "figures", "sheets"}
+)
+#: What ``metamergen model-metamers`` wrote in its ``report/`` before it became this report: replaced with it.
+_FORMER_ENTRIES = frozenset({"recognition_by_layer.png", "metamers.png"})
 #: Entries a report folder may also hold and that may go with it: file managers' metadata (and the
 #: temporary files of an ``atomic_write`` that was killed, :func:`~metamergen.utils.io.temporary_target`).
 _DISPOSABLE = frozenset({".DS_Store", "Thumbs.db", "desktop.ini"})
@@ -895,7 +1178,9 @@ def _check_out(out: Path) -> None:
     if not out.is_dir():
         raise ReportError(f"--out {out} is a file, not a folder: choose a folder for the report.")
     foreign = sorted(
-        n for n in os.listdir(out) if n not in REPORT_ENTRIES and n not in _DISPOSABLE and temporary_target(n) is None
+        n
+        for n in os.listdir(out)
+        if n not in REPORT_ENTRIES | _FORMER_ENTRIES and n not in _DISPOSABLE and temporary_target(n) is None
     )
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -905,16 +1190,30 @@ def _check_out(out: Path) -> None:
         )
 
 
-def _selected_groups(t, max_sheets: int | None) -> tuple[list, int]:
-    """The (key, index) groups that get a contact sheet, in page order, and how many are left out."""
-    keys = ["scene_id", "scanpath_id", "condition", "fixation_source"]
-    groups = sorted(
-        t.groupby(keys, sort=False).groups.items(),
-        key=lambda kv: (kv[0][0], kv[0][1], _condition_rank(kv[0][2]), _source_rank(kv[0][3])),
-    )
-    if max_sheets is not None and len(groups) > max_sheets:
-        return groups[:max_sheets], len(groups) - max_sheets
-    return groups, 0
+def _selected_groups(ts, tm, max_sheets: int | None) -> tuple[list, list, int]:
+    """The (key, index) groups that get a contact sheet, in page order: the scene metamers' (``ts``), then
+    the model metamers' (``tm``: per model, :data:`LAYER_SHEET_ROWS` natural images a sheet); and how
+    many are left out."""
+    scene: list = []
+    if ts is not None:
+        keys = ["scene_id", "scanpath_id", "condition", "fixation_source"]
+        scene = sorted(
+            ts.groupby(keys, sort=False).groups.items(),
+            key=lambda kv: (kv[0][0], kv[0][1], _condition_rank(kv[0][2]), _source_rank(kv[0][3])),
+        )
+    layer: list = []
+    if tm is not None:
+        for model, sub in tm.groupby("model", sort=False):
+            ids = list(dict.fromkeys(sub["scene_id"]))
+            for k in range(0, len(ids), LAYER_SHEET_ROWS):
+                chunk = ids[k : k + LAYER_SHEET_ROWS]
+                layer.append(((model, f"{k + 1}-{k + len(chunk)}"), sub.index[sub["scene_id"].isin(chunk)]))
+    skipped = 0
+    if max_sheets is not None and len(scene) + len(layer) > max_sheets:
+        skipped = len(scene) + len(layer) - max_sheets
+        scene = scene[:max_sheets]
+        layer = layer[: max_sheets - len(scene)]
+    return scene, layer, skipped
 
 
 def _check_decodable(t, groups, root: Path) -> None:
@@ -970,7 +1269,7 @@ def write_report(
     Parameters
     ----------
     scores
-        The score table, CSV or Parquet.
+        The score table, CSV or Parquet (or a model-metamers ``manifest.jsonl``: its tests alone).
     out
         Output folder.
     root
@@ -1008,25 +1307,43 @@ def write_report(
     table = read_table(scores)
     if not len(table):
         raise ReportError(f"The score table {scores} has no rows.")
-    _check_columns(table, FIGURE_COLUMNS + (SHEET_COLUMNS if sheets else ()), str(scores))
+    scene_rows, layer_rows = _split_kinds(table)
+    if len(scene_rows):
+        _check_columns(scene_rows, FIGURE_COLUMNS + (SHEET_COLUMNS if sheets else ()), str(scores))
+    if len(layer_rows):
+        _check_columns(layer_rows, LAYER_COLUMNS + (("path", "scene") if sheets else ()), str(scores))
     chosen = metric_columns(table, metrics)
     if not chosen:
         raise ReportError(
             f"The score table {scores} has no metric columns with values; expected any of {list(METRIC_INFO)} "
             "(run `metamergen score` first)."
         )
-    t = _clean(table)
-    groups, skipped = ([], 0)
+    ts = _clean(scene_rows) if len(scene_rows) else None
+    tm = _clean_layers(layer_rows) if len(layer_rows) else None
+    scene_metrics = _kind_metrics(ts, chosen, table, requested=metrics)
+    layer_metrics = _kind_metrics(tm, chosen, table, requested=metrics, first=tuple(MEASURE_INFO))
+    scene_groups, layer_groups, skipped = [], [], 0
     if sheets:
-        for i, fx in enumerate(t["fixations"]):
-            _parse_fixations(fx, f"row {i} (image_id {t['image_id'].iloc[i]})")
-        _check_files(t, root)
-        groups, skipped = _selected_groups(t, max_sheets)
-        _check_decodable(t, groups, root)
+        if ts is not None:
+            for i, fx in zip(ts.index, ts["fixations"]):
+                _parse_fixations(fx, f"row {i} (image_id {ts.at[i, 'image_id']})")
+        for t in (ts, tm):
+            if t is not None:
+                _check_files(t, root)
+        scene_groups, layer_groups, skipped = _selected_groups(ts, tm, max_sheets)
+        if ts is not None:
+            _check_decodable(ts, scene_groups, root)
+        if tm is not None:
+            _check_decodable(tm, layer_groups, root)
     _matplotlib()  # fail before writing anything if it is missing
     _check_out(out)
 
-    summary = summarize_scores(t, chosen, unit=unit, n_boot=n_boot, confidence=confidence, seed=seed)
+    stats = dict(unit=unit, n_boot=n_boot, confidence=confidence, seed=seed)
+    scenes = layers = None
+    if ts is not None:
+        scenes = _Kind(ts, scene_metrics, summarize_scores(ts, scene_metrics, **stats))
+    if tm is not None:
+        layers = _Kind(tm, layer_metrics, summarize_layers(tm, layer_metrics, **stats), figure_suffix="_by_layer")
     base_summary = None
     base_path = scores.parent / BASELINES_NAME if baselines is True else (Path(baselines) if baselines else None)
     if base_path is not None and (baselines is not True or base_path.is_file()):
@@ -1042,24 +1359,21 @@ def write_report(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(build, 0o777 & ~umask)  # mkdtemp folders are private (0700); give what a plain mkdir would
-        figure_links, sheet_links = _build_report(
+        _build_report(
             build,
-            summary=summary,
+            scenes=scenes,
+            layers=layers,
             base_summary=base_summary,
-            t=t,
             root=root,
-            chosen=chosen,
-            groups=groups,
+            scene_groups=scene_groups,
+            layer_groups=layer_groups,
             confidence=confidence,
             sheet_height=sheet_height,
         )
         page = _index_html(
             source=str(scores),
-            t=t,
-            metrics=chosen,
-            summary=summary,
-            figures=figure_links,
-            sheets=sheet_links,
+            scenes=scenes,
+            layers=layers,
             unit=unit,
             n_boot=n_boot,
             confidence=confidence,
@@ -1073,52 +1387,80 @@ def write_report(
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise
+    kinds = [k for k in (scenes, layers) if k is not None]
+    pd = pandas()
     return ReportResult(
         out=out,
         index=out / "index.html",
-        summary_csv=out / "summary.csv",
-        figures={metric: out / rel for metric, rel in figure_links},
-        sheets=[out / rel for _, rel in sheet_links],
+        summary_csv=out / "summary.csv" if scenes is not None else None,
+        layers_summary_csv=out / "layers_summary.csv" if layers is not None else None,
+        figures={f"{metric}{k.figure_suffix}": out / rel for k in kinds for metric, rel in k.figures},
+        sheets=[out / rel for k in kinds for _, rel in k.sheets],
         metrics=list(chosen),
-        excluded=excluded_scores(summary),
+        excluded=excluded_scores(pd.concat([k.summary for k in kinds], ignore_index=True)),
         excluded_baselines=excluded_scores(base_summary) if base_summary is not None else {},
     )
+
+
+def _kind_metrics(t, chosen: Sequence[str], table, *, requested, first: Sequence[str] = ()) -> list[str]:
+    """The metrics one kind of metamer shows: ``chosen`` (``first`` ones first), less, in a table holding
+    both kinds and without ``requested`` metrics, those with no value in this kind's rows."""
+    if t is None:
+        return []
+    pd = pandas()
+    ordered = [m for m in first if m in chosen] + [m for m in chosen if m not in first]
+    if requested or len(t) == len(table):
+        return ordered
+    return [m for m in ordered if pd.to_numeric(t[m], errors="coerce").notna().any()]
 
 
 def _build_report(
     folder: Path,
     *,
-    summary,
+    scenes: _Kind | None,
+    layers: _Kind | None,
     base_summary,
-    t,
     root: Path,
-    chosen: Sequence[str],
-    groups,
+    scene_groups,
+    layer_groups,
     confidence: float,
     sheet_height: int,
-) -> tuple[list[tuple[str, str]], list[tuple[tuple[str, ...], str]]]:
-    """Write summaries, figures and sheets into ``folder``; returns the figure and sheet links."""
-    atomic_write(folder / "summary.csv", lambda p: summary.to_csv(p, index=False))
+) -> None:
+    """Write summaries, figures and sheets into ``folder``; the kinds' ``figures`` and ``sheets`` get their links."""
     if base_summary is not None:
         atomic_write(folder / "baselines_summary.csv", lambda p: base_summary.to_csv(p, index=False))
-    figure_links = []
-    for metric in chosen:
-        if not summary.loc[summary["metric"] == metric, "mean"].notna().any():
-            continue  # every score of this metric is non-finite: nothing to draw (the table says so)
-        rel = f"figures/{_safe(metric)}.png"
-        plot_metric(summary, metric, folder / rel, confidence=confidence, baselines=base_summary)
-        figure_links.append((metric, rel))
-    sheet_links = []
-    used, cache = set(), {}
-    for key, idx in groups:
-        name = "_".join(_safe(str(k)) for k in key)
-        base, k = name, 1
-        while name in used:
-            k += 1
-            name = f"{base}-{k}"
-        used.add(name)
-        rel = f"sheets/{name}.png"
-        sheet = build_sheet(t.loc[idx], root, chosen, height=sheet_height, scene_cache=cache)
-        atomic_write(folder / rel, lambda p, im=sheet: im.save(p, format="PNG"))
-        sheet_links.append((tuple(str(k) for k in key), rel))
-    return figure_links, sheet_links
+    used: set[str] = set()
+    for kind, csv_name, plot, build, groups in (
+        (scenes, "summary.csv", plot_metric, _scene_sheet_builder(), scene_groups),
+        (layers, "layers_summary.csv", plot_metric_by_layer, build_layer_sheet, layer_groups),
+    ):
+        if kind is None:
+            continue
+        atomic_write(folder / csv_name, lambda p, s=kind.summary: s.to_csv(p, index=False))
+        for metric in kind.metrics:
+            if not kind.summary.loc[kind.summary["metric"] == metric, "mean"].notna().any():
+                continue  # every score of this metric is non-finite: nothing to draw (the table says so)
+            rel = f"figures/{_safe(metric)}{kind.figure_suffix}.png"
+            plot(kind.summary, metric, folder / rel, confidence=confidence, baselines=base_summary)
+            kind.figures.append((metric, rel))
+        for key, idx in groups:
+            name = ("layers_" if kind is layers else "") + "_".join(_safe(str(k)) for k in key)
+            base, k = name, 1
+            while name in used:
+                k += 1
+                name = f"{base}-{k}"
+            used.add(name)
+            rel = f"sheets/{name}.png"
+            sheet = build(kind.rows.loc[idx], root, kind.metrics, height=sheet_height)
+            atomic_write(folder / rel, lambda p, im=sheet: im.save(p, format="PNG"))
+            kind.sheets.append((tuple(str(k) for k in key), rel))
+
+
+def _scene_sheet_builder():
+    """:func:`build_sheet` with one scene cache for all of a report's sheets (they arrive scene by scene)."""
+    cache: dict = {}
+
+    def build(group, root: Path, metrics: Sequence[str], *, height: int) -> Image.Image:
+        return build_sheet(group, root, metrics, height=height, scene_cache=cache)
+
+    return build
