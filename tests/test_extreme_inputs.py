@@ -103,6 +103,14 @@ def test_contact_sheets_stay_bounded_and_ordinary_ones_are_unchanged(tmp_path):
     np.testing.assert_array_equal(first, np.asarray(noise(90, 60).resize((384, 256))))
 
 
+def test_a_caption_longer_than_its_panel_is_cut_short_of_the_next_panel():
+    long = "input fovea + periphery s=0.25 (frame not recorded: 448/14 assumed) " * 2
+    sheet = np.asarray(contact_sheet([noise(32, 32), noise(32, 32, 1)], [long, ""], height=64))
+    strip = sheet[6 + 64 :, :]  # the caption line under the panels
+    assert (strip[:, 6 : 6 + 64] < 128).any()  # the caption is drawn under its panel
+    assert (strip[:, 6 + 64 :] == 255).all()  # and nothing of it under the gap or the next panel
+
+
 # --------------------------------------------------------------------------- score resolution
 
 

@@ -128,6 +128,24 @@ def contact_sheet(
         for i in row:
             pw, ph = fitted[i]
             sheet.paste(panels[i].convert("RGB").resize((pw, ph)), (x, top + (height - ph) // 2))
-            draw.text((x, top + height + 2), captions[i], fill=(0, 0, 0))
+            draw.text((x, top + height + 2), _fit_caption(draw, captions[i], pw), fill=(0, 0, 0))
             x += pw + _PAD
     return sheet
+
+
+def _fit_caption(draw: ImageDraw.ImageDraw, text: str, width: int, lines: int = 1) -> str:
+    """``text`` in at most ``lines`` lines of ``width`` pixels (wrapped at spaces), the last cut with "..."
+    (a caption wider than its panel ran into the next one)."""
+    out: list[str] = []
+    words = text.split(" ")
+    while words and len(out) < lines:
+        line = words.pop(0)
+        while words and draw.textlength(f"{line} {words[0]}") <= width:
+            line = f"{line} {words.pop(0)}"
+        out.append(line)
+    if words or (out and draw.textlength(out[-1]) > width):
+        last = out[-1] + (" " + " ".join(words) if words else "")
+        while last and draw.textlength(last + "...") > width:
+            last = last[:-1]
+        out[-1] = last + "..."
+    return "\n".join(out)
