@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from metamergen.demo.effects import baseline_comparisons, demo_effects  # noqa: E402
+from metamergen.demo.effects import BASELINE_MEASURES, baseline_comparisons, demo_effects  # noqa: E402
 from metamergen.demo.run import DEMO_MODEL, run_demo  # noqa: E402
 from metamergen.evaluation.baselines import BASELINES_NAME  # noqa: E402
 from metamergen.evaluation.tables import read_table  # noqa: E402
@@ -34,10 +34,10 @@ from metamergen.utils.io import atomic_write  # noqa: E402
 
 def ablation_table(table, baselines=None, *, n_boot: int = 10000, seed: int = 0) -> list[dict]:
     """The demo's paired effects (:func:`metamergen.demo.effects.demo_effects`) and, with the
-    baseline table, the renders against the baselines on MSE and SSIM."""
+    baseline table, the renders against the baselines (:data:`~metamergen.demo.effects.BASELINE_MEASURES`)."""
     rows = demo_effects(table, n_boot=n_boot, seed=seed)
     if baselines is not None:
-        rows += baseline_comparisons(table, baselines, {"mse": True, "ssim": False}, n_boot=n_boot, seed=seed)
+        rows += baseline_comparisons(table, baselines, BASELINE_MEASURES, n_boot=n_boot, seed=seed)
     return rows
 
 

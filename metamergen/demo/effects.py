@@ -24,7 +24,16 @@ from typing import Any
 
 from metamergen.evaluation.statistics import paired_difference
 
-__all__ = ["baseline_comparisons", "demo_effects", "verdict"]
+__all__ = ["BASELINE_MEASURES", "baseline_comparisons", "demo_effects", "verdict"]
+
+#: The measures on which the renders are compared with the baselines (column -> lower is better):
+#: the image metrics the paper reports, and the toy world's object colour and shape.
+BASELINE_MEASURES: dict[str, bool] = {
+    "mse": True,
+    "ssim": False,
+    "objects_recovered": False,
+    "shapes_recognised": False,
+}
 
 _PAIR = ["scene_id", "scanpath_id", "hypothesis"]
 

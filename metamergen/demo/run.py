@@ -209,7 +209,7 @@ def run_demo(
     ``out/demo_summary.json`` the settings, timings and :func:`own_vs_other`. Re-running skips
     finished generations (the study is resumable).
     """
-    from metamergen.demo.effects import baseline_comparisons, demo_effects
+    from metamergen.demo.effects import BASELINE_MEASURES, baseline_comparisons, demo_effects
     from metamergen.demo.toyworld import read_objects
     from metamergen.evaluation.baselines import BASELINES_NAME, baseline_image, score_baselines
     from metamergen.evaluation.metrics import build_metrics
@@ -282,7 +282,7 @@ def run_demo(
     versus_baselines = baseline_comparisons(
         read_table(scores),
         read_table(baselines),
-        {"mse": True, "ssim": False, "objects_recovered": False, "shapes_recognised": False},
+        BASELINE_MEASURES,
         n_boot=n_boot,
         seed=int(info["seed"]),
     )
