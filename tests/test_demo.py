@@ -264,8 +264,11 @@ def test_bundled_model_is_complete_small_and_documented():
     for name, spec in index.items():
         if isinstance(spec, list) and spec[0] is not None:
             assert any((DEMO_MODEL / name).iterdir()), f"component {name} has no files"
-    assert set(info["steps"]) == {"n_train", "n_test", "vae_steps", "base_steps", "adapter_steps"}
-    assert {"world", "vae", "base", "adapters"} <= set(info["timings_s"])
+    assert set(info["steps"]) == {"n_train", "n_test", "vae_steps", "base_steps", "encoder_steps", "adapter_steps"}
+    assert {"world", "vae", "base", "encoder", "adapters"} <= set(info["timings_s"])
+    # built with --base-from the model bundled at 286db22, with the recipe the README describes
+    assert info["base_from"]["git_commit"].startswith("286db22")
+    assert info["train_config"]["model"]["foveal_local"] is True
     size = sum(f.stat().st_size for f in DEMO_MODEL.rglob("*") if f.is_file())
     assert size < 25e6, f"the bundled model is {size / 1e6:.1f} MB; the aim is < 25 MB"
 
