@@ -536,15 +536,7 @@ class FovealGateAttnProcessor(IPAdapterAttnProcessor2_0):
         scale: float = 1.0,
         ip_adapter_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.region is None or self.latent_size is None:
-            raise RuntimeError(
-                "These adapters gate the foveal stream (foveal_gate); run the UNet inside "
-                "adapters.gating(unet, adapters.foveal_region(foveal_tokens), latent_size)."
-            )
-        if ip_adapter_masks is not None:
-            raise ValueError(
-                "The foveal gate is the foveal stream's mask; ip_adapter_masks cannot be combined with it."
-            )
+        self._check_call(ip_adapter_masks, "gate the foveal stream (foveal_gate)")
         text, (foveal, peripheral) = encoder_hidden_states
         b = hidden_states.shape[0]
         n = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
@@ -562,6 +554,16 @@ class FovealGateAttnProcessor(IPAdapterAttnProcessor2_0):
             scale=scale,
             ip_adapter_masks=[mask, None],
         )
+
+    def _check_call(self, ip_adapter_masks: object, what: str) -> None:
+        """Refuse a call outside :meth:`MetamerGenAdapters.gating` or with diffusers' own IP-Adapter masks."""
+        if self.region is None or self.latent_size is None:
+            raise RuntimeError(
+                f"These adapters {what}; run the UNet inside "
+                "adapters.gating(unet, adapters.foveal_region(foveal_tokens), latent_size)."
+            )
+        if ip_adapter_masks is not None:
+            raise ValueError(f"These adapters {what}, which takes the place of ip_adapter_masks; pass none.")
 
 
 class LocalAttnProcessor(FovealGateAttnProcessor):
@@ -596,13 +598,7 @@ class LocalAttnProcessor(FovealGateAttnProcessor):
         scale: float = 1.0,
         ip_adapter_masks: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if self.region is None or self.latent_size is None:
-            raise RuntimeError(
-                "These adapters bind a stream to its patches (foveal_local / peripheral_local); run the UNet "
-                "inside adapters.gating(unet, adapters.foveal_region(foveal_tokens), latent_size)."
-            )
-        if ip_adapter_masks is not None:
-            raise ValueError("Adapters with local streams take no ip_adapter_masks.")
+        self._check_call(ip_adapter_masks, "bind a stream to its patches (foveal_local / peripheral_local)")
         text, streams = encoder_hidden_states
         residual = hidden_states
         if attn.spatial_norm is not None:
