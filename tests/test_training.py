@@ -429,6 +429,9 @@ def test_adapters_trained_on_a_text_conditioned_base_carry_their_scene(tmp_path:
             "optim.lr_warmup_steps=10",
             "optim.min_timestep=400",
             "run.checkpointing_steps=0",
+            # the paper's adapters (no local fovea, no LoRA): this tests the conditioning path, not the demo recipe
+            "model.foveal_local=false",
+            "model.lora_rank=0",
         ],
     )
     after = conditioning_reconstruction(MetamerGenPipeline.from_pretrained(train(cfg) / "pipeline"), images, fixations)
