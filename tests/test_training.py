@@ -425,6 +425,7 @@ def test_adapters_trained_on_a_text_conditioned_base_carry_their_scene(tmp_path:
             f"data.feature_cache={tmp_path / 'cache'}",
             f"run.output_dir={tmp_path / 'run'}",
             "optim.max_steps=300",
+            "optim.batch_size=8",
             "optim.learning_rate=3e-3",
             "optim.lr_warmup_steps=10",
             "optim.min_timestep=400",
