@@ -634,7 +634,9 @@ class LocalAttnProcessor(FovealGateAttnProcessor):
                 continue
             to_k, to_v = self.to_k_ip[k], self.to_v_ip[k]
             if local:
-                term = self._local(q, to_k(tokens), to_v(tokens), self._shown(k, tokens), grid)
+                shown = self._shown(k, tokens)
+                keys, values = _project_shown(to_k, tokens, shown), _project_shown(to_v, tokens, shown)
+                term = self._local(q, keys, values, shown, grid)
             else:
                 term = F.scaled_dot_product_attention(q, split(to_k(tokens)), split(to_v(tokens)))
                 if k == 0 and self.gate_fovea:
@@ -685,6 +687,19 @@ class LocalAttnProcessor(FovealGateAttnProcessor):
         weights = logits.masked_fill(~key_ok, float("-inf")).softmax(dim=-1)
         weights = torch.where(key_ok.any(dim=-1, keepdim=True), weights, torch.zeros_like(weights))  # no patch: 0
         return torch.einsum("bhqk,bhqkd->bhqd", weights, gather(values))
+
+
+def _project_shown(proj: nn.Linear, tokens: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+    """``proj`` of a local stream's ``(B, T * n, C)`` tokens, computed for the shown patches only.
+
+    The other patches' keys and values are masked out of every cell's attention, so they are left
+    at zero: a fovea of 1-10 patches projects 10-160 tokens instead of ``T * n`` at every step.
+    """
+    b, t = shown.shape
+    x = tokens.view(b, t, -1, tokens.shape[-1])
+    out = x.new_zeros(*x.shape[:3], proj.out_features)
+    out[shown] = proj(x[shown]).to(out.dtype)
+    return out.reshape(b, -1, proj.out_features)
 
 
 def _cell_patches(grid: tuple[int, int], g: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
