@@ -212,5 +212,5 @@ def test_mask_switch_is_saved_loaded_and_warned_about_on_ip_adapter_export(tmp_p
     adapters.save_pretrained(tmp_path / "a")
     assert MetamerGenAdapters.from_pretrained(tmp_path / "a").config.mask_empty_tokens is True
     assert tiny_pipeline().adapters.config.mask_empty_tokens is False  # the default: IP-Adapter-Plus as published
-    with pytest.warns(UserWarning, match="stock IP-Adapter projection has no such mask"):
+    with pytest.warns(UserWarning, match="zero tokens out of the resampler.*mask_empty_tokens"):
         save_ip_adapter(adapters, tmp_path / "export")

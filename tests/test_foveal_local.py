@@ -157,6 +157,9 @@ def test_the_local_fovea_trains_is_saved_and_refuses_what_it_cannot_do(tmp_path)
     assert MetamerGenAdapters.from_pretrained(tmp_path / "a").config.foveal_local is True
     with pytest.warns(UserWarning, match="foveal_local"):
         save_ip_adapter(adapters, tmp_path / "export")
+    adapters.register_to_config(foveal_local=False, peripheral_local=True)
+    with pytest.warns(UserWarning, match="peripheral_local"):  # a local periphery is no stock stream either
+        save_ip_adapter(adapters, tmp_path / "export2")
     with pytest.raises(ValueError, match="SDPA"):
         adapters.install(tiny_unet(), attention="xformers")
     with pytest.raises(ValueError, match="foveal_gate_dilation"):

@@ -236,6 +236,15 @@ def to_ip_adapter_state_dicts(adapters: MetamerGenAdapters) -> dict[str, dict[st
     return result
 
 
+#: Adapter options a stock IP-Adapter pipeline cannot reproduce (an export warns for each that is on).
+_NOT_IN_STOCK_IP_ADAPTER = {
+    "mask_empty_tokens": "leave the fovea's zero tokens out of the resampler's attention, which diffusers' projection cannot",
+    "foveal_gate": "confine the foveal stream to the fixated patches, where a stock pipeline adds it everywhere",
+    "foveal_local": "resample each fixated patch alone and bind it to its place",
+    "peripheral_local": "resample each patch of the periphery alone and bind it to its place",
+}
+
+
 def save_ip_adapter(adapters: MetamerGenAdapters, directory: str | os.PathLike) -> list[Path]:
     """Write the two streams as IP-Adapter safetensors files into ``directory``.
 
@@ -262,28 +271,13 @@ def save_ip_adapter(adapters: MetamerGenAdapters, directory: str | os.PathLike) 
         If the resampler shape cannot be exported (before anything is written).
     """
     state_dicts = to_ip_adapter_state_dicts(adapters)
-    if adapters.config.get("mask_empty_tokens", False):
-        warnings.warn(
-            "These adapters leave the fovea's zero tokens out of the resampler's attention "
-            "(mask_empty_tokens); diffusers' stock IP-Adapter projection has no such mask, so a stock "
-            "pipeline running this export will not reproduce MetamerGen's renders. Render with "
-            "MetamerGenPipeline for the model's own output.",
-            stacklevel=2,
-        )
-    if adapters.config.get("foveal_gate", False):
-        warnings.warn(
-            "These adapters confine the foveal stream to the fixated patches (foveal_gate); a stock "
-            "IP-Adapter pipeline adds it everywhere, so it will not reproduce MetamerGen's renders. "
-            "Render with MetamerGenPipeline for the model's own output.",
-            stacklevel=2,
-        )
-    if adapters.config.get("foveal_local", False):
-        warnings.warn(
-            "These adapters resample each fixated patch alone and bind it to its place (foveal_local); a "
-            "stock IP-Adapter pipeline resamples the whole grid and attends everywhere, so it will not "
-            "reproduce MetamerGen's renders. Render with MetamerGenPipeline for the model's own output.",
-            stacklevel=2,
-        )
+    for option, what in _NOT_IN_STOCK_IP_ADAPTER.items():
+        if adapters.config.get(option, False):
+            warnings.warn(
+                f"These adapters {what} ({option}); a stock IP-Adapter pipeline running this export will not "
+                "reproduce MetamerGen's renders. Render with MetamerGenPipeline for the model's own output.",
+                stacklevel=2,
+            )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     blobs = {}
