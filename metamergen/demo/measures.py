@@ -76,10 +76,10 @@ def object_scores(
         palette colour in their box of the generation; ``fixated_objects_recovered``: the same over
         the objects hit by at least one fixation (NaN when none was hit).
     """
-    from metamergen.demo.toyworld import in_box, object_colour_match
+    from metamergen.demo.toyworld import object_colour_match
 
     matches = [object_colour_match(generation, o, frame=scene_size).match for o in objects]
-    hit = [m for m, o in zip(matches, objects) if any(in_box(x, y, o.box, margin) for x, y in fixations)]
+    hit = [m for m, fixated in zip(matches, _fixated(objects, fixations, margin)) if fixated]
     return {
         "objects_recovered": float(np.mean(matches)) if matches else math.nan,
         "fixated_objects_recovered": float(np.mean(hit)) if hit else math.nan,
@@ -115,21 +115,18 @@ def region_errors(
         fixated objects' boxes (NaN when no object was fixated); ``layout_mse``: the same over the
         pixels outside every object's box (the layout, which the periphery conveys).
     """
-    from metamergen.demo.toyworld import in_box
 
     o = np.asarray(scene.convert("RGB"), dtype=np.float64) / 255
-    g = generation.convert("RGB")
-    if g.size != scene.size:
-        g = g.resize(scene.size, Image.Resampling.BICUBIC)
+    g = _at_size(generation, scene.size)
     err = ((np.asarray(g, dtype=np.float64) / 255 - o) ** 2).mean(axis=-1)
     h, w = err.shape
     fixated = np.zeros((h, w), bool)
     any_object = np.zeros((h, w), bool)
-    for obj in objects:
+    for obj, was_fixated in zip(objects, _fixated(objects, fixations, margin)):
         x0, y0, x1, y1 = (int(round(v)) for v in obj.box)
         region = (slice(max(0, y0), min(h, y1)), slice(max(0, x0), min(w, x1)))
         any_object[region] = True
-        if any(in_box(x, y, obj.box, margin) for x, y in fixations):
+        if was_fixated:
             fixated[region] = True
     return {
         "fixated_object_mse": float(err[fixated].mean()) if fixated.any() else math.nan,
@@ -229,21 +226,32 @@ def shape_scores(
     import torch
 
     from metamergen.demo.metamer_models import object_crop
-    from metamergen.demo.toyworld import SHAPES, in_box
+    from metamergen.demo.toyworld import SHAPES
 
     if not objects:
         return {"shapes_recognised": math.nan, "fixated_shapes_recognised": math.nan}
-    g = generation.convert("RGB")
-    if g.size != tuple(scene_size):
-        g = g.resize(tuple(scene_size), Image.Resampling.BICUBIC)
+    g = _at_size(generation, scene_size)
     pixels = np.asarray(g, dtype=np.uint8)
     crops = np.stack([object_crop(pixels, o.centre)[0] for o in objects])
     with torch.no_grad():
         x = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(255.0)
         named = judge(x).argmax(dim=-1).tolist()
     right = [SHAPES[k] == o.shape for k, o in zip(named, objects)]
-    hit = [r for r, o in zip(right, objects) if any(in_box(x, y, o.box, margin) for x, y in fixations)]
+    hit = [r for r, fixated in zip(right, _fixated(objects, fixations, margin)) if fixated]
     return {
         "shapes_recognised": float(np.mean(right)),
         "fixated_shapes_recognised": float(np.mean(hit)) if hit else math.nan,
     }
+
+
+def _fixated(objects: Sequence[Any], fixations: Sequence[Sequence[float]], margin: float) -> list[bool]:
+    """Per object: did a fixation ``(x, y)`` (scene pixels) land within ``margin`` pixels of its box?"""
+    from metamergen.demo.toyworld import in_box
+
+    return [any(in_box(x, y, o.box, margin) for x, y in fixations) for o in objects]
+
+
+def _at_size(generation: Image.Image, size: Sequence[int]) -> Image.Image:
+    """The render in RGB at the scene's ``(width, height)``, bicubic, as the metrics resize it."""
+    g = generation.convert("RGB")
+    return g if g.size == tuple(size) else g.resize(tuple(size), Image.Resampling.BICUBIC)
