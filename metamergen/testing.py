@@ -41,6 +41,7 @@ from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
 
 __all__ = [
     "byte_level_tokenizer",
+    "masked_tokens",
     "sd15_ddim_scheduler",
     "tiny_adapters",
     "tiny_image_encoder",
@@ -184,3 +185,12 @@ def tiny_pipeline(seed: int = 0) -> MetamerGenPipeline:
         feature_extractor=dinov2_processor(TINY_ENCODER_RESOLUTION),
         adapters=adapters.eval(),
     )
+
+
+def masked_tokens(patches: list[int], seed: int = 0, batch: int = 2) -> torch.Tensor:
+    """``(batch, 64, 48)`` foveal tokens of the tiny pipeline's 8 x 8 grid, random on ``patches`` (flat
+    indices), zero elsewhere: what the fovea's token mask gives for fixations on those patches."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(batch, 64, 1)
+    mask[:, patches] = 1
+    return torch.randn(batch, 64, 48, generator=g) * mask

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from metamergen.adapters.model import FovealGateAttnProcessor, MetamerGenAdapters
+from metamergen.testing import masked_tokens as _tokens
 from metamergen.testing import tiny_pipeline, tiny_unet
 
 
@@ -14,14 +15,6 @@ def _gate(pipe, dilation: int = 0):
     pipe.adapters.register_to_config(foveal_gate=True, foveal_gate_dilation=dilation)
     pipe.adapters.install(pipe.unet)
     return pipe
-
-
-def _tokens(patches: list[int], seed: int = 0) -> torch.Tensor:
-    """``(2, 64, 48)`` foveal tokens of an 8 x 8 grid, non-zero only on ``patches`` (flat indices)."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(2, 64, 1)
-    mask[:, patches] = 1
-    return torch.randn(2, 64, 48, generator=g) * mask
 
 
 def _first_cross_attention_output(pipe, fov, per, region, scales=(1.2, 0.7)):

@@ -8,6 +8,7 @@ import torch
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 
 from metamergen.adapters.model import LocalAttnProcessor, MetamerGenAdapters, _cell_patches
+from metamergen.testing import masked_tokens as _tokens
 from metamergen.testing import tiny_pipeline, tiny_unet
 
 
@@ -15,14 +16,6 @@ def _local(pipe, peripheral: bool = False):
     pipe.adapters.register_to_config(foveal_local=True, peripheral_local=peripheral)
     pipe.adapters.install(pipe.unet)
     return pipe
-
-
-def _tokens(patches: list[int], seed: int = 0) -> torch.Tensor:
-    """``(2, 64, 48)`` foveal tokens of an 8 x 8 grid, non-zero only on ``patches`` (flat indices)."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(2, 64, 1)
-    mask[:, patches] = 1
-    return torch.randn(2, 64, 48, generator=g) * mask
 
 
 PERIPHERAL = torch.randn(2, 64, 48, generator=torch.Generator().manual_seed(5))
