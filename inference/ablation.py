@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from metamergen.demo.effects import BASELINE_MEASURES, baseline_comparisons, demo_effects  # noqa: E402
-from metamergen.demo.run import DEMO_MODEL, run_demo  # noqa: E402
+from metamergen.demo.run import DEMO_MODEL, DEMO_PERIPHERAL_BLUR, run_demo  # noqa: E402
 from metamergen.evaluation.baselines import BASELINES_NAME  # noqa: E402
 from metamergen.evaluation.tables import read_table  # noqa: E402
 from metamergen.utils.io import atomic_write  # noqa: E402
@@ -45,7 +45,8 @@ def _markdown(rows: list[dict], summary: dict) -> str:
     ovo = summary["own_vs_other"]
     lines = [
         f"Held-out scenes: {summary['n_scenes']}, generations: {summary['n_generations']}, "
-        f"samples per condition: {summary['settings']['hypotheses']}, DDIM steps: {summary['settings']['steps']}.",
+        f"samples per condition: {summary['settings']['hypotheses']}, DDIM steps: {summary['settings']['steps']}, "
+        f"periphery s = {summary['settings']['peripheral_blur']:g}.",
         f"Own scene closest (pixel MSE) for {ovo['own_closest']:.0%} of generations (chance {ovo['chance']:.0%}); "
         f"MSE own / other = {ovo['ratio']:.3f}.",
         "",
@@ -71,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenes", type=int, default=32)
     p.add_argument("--hypotheses", type=int, default=2)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument(
+        "--peripheral-blur",
+        type=float,
+        default=DEMO_PERIPHERAL_BLUR,
+        help=f"the periphery's down/up scale (default the demo's {DEMO_PERIPHERAL_BLUR:g})",
+    )
     p.add_argument("--n-boot", type=int, default=10000)
     args = p.parse_args(argv)
     result = run_demo(
@@ -79,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         n_scenes=args.scenes,
         hypotheses=args.hypotheses,
         steps=args.steps,
+        peripheral_blur=args.peripheral_blur,
         n_boot=min(args.n_boot, 2000),
         sheets=False,
     )

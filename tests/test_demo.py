@@ -62,6 +62,43 @@ def test_object_scores_count_recovered_and_fixated_objects():
     assert object_scores(big, scene.objects, [], scene_size=size)["objects_recovered"] == 1.0
 
 
+def test_a_baseline_is_scored_over_the_renders_fixation_lists():
+    """A baseline has no fixations: its fixated columns average over the renders' lists (lists that hit
+    no object left out), its scene-wide columns ignore them, and toy_scores is the three measures."""
+    from metamergen.demo.measures import fixation_averaged, shape_judge, toy_scores
+
+    judge = shape_judge()
+    scene = generate_scene(7)
+    first, second = scene.objects[:2]
+    grey = Image.new("RGB", scene.image.size, (128, 128, 128))
+    only_first = grey.copy()
+    only_first.paste(scene.image.crop(first.box), first.box[:2])
+    nowhere = [(-50.0, -50.0)]
+    lists = [[first.centre], [second.centre], [first.centre, second.centre], nowhere]
+    got = fixation_averaged(only_first, scene.image, scene.objects, lists, judge=judge)
+    each = [toy_scores(only_first, scene.image, scene.objects, f, judge=judge) for f in lists]
+    assert each[0]["fixated_objects_recovered"] == 1.0 and each[1]["fixated_objects_recovered"] == 0.0
+    assert math.isnan(each[3]["fixated_objects_recovered"])
+    assert got["fixated_objects_recovered"] == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    assert got["fixated_object_mse"] == pytest.approx(np.mean([e["fixated_object_mse"] for e in each[:3]]))
+    assert got["objects_recovered"] == each[0]["objects_recovered"] == pytest.approx(1 / len(scene.objects))
+    assert (
+        set(got)
+        == set(each[0])
+        == {
+            "objects_recovered",
+            "fixated_objects_recovered",
+            "fixated_object_mse",
+            "layout_mse",
+            "shapes_recognised",
+            "fixated_shapes_recognised",
+        }
+    )
+    assert math.isnan(
+        fixation_averaged(only_first, scene.image, scene.objects, [nowhere], judge=judge)["fixated_object_mse"]
+    )
+
+
 def _write(path: Path, image: Image.Image) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
@@ -355,3 +392,13 @@ def test_demo_writes_the_report_and_generations_resemble_their_own_scene(demo_pi
     ovo = result.summary["own_vs_other"]
     assert ovo["ratio"] < 0.9, ovo  # generations are closer to their own scene than to the others
     assert ovo["own_closest"] > ovo["chance"], ovo
+    # every baseline is scored on the fixated objects too, so the fovea's measures have baselines
+    import pandas as pd
+
+    base = pd.read_csv(out / "baselines.csv")
+    assert set(base["baseline"]) == {"flat", "periphery"}
+    for column in ("fixated_objects_recovered", "fixated_object_mse", "fixated_shapes_recognised"):
+        assert base[column].notna().all(), column
+        compared = [r for r in result.summary["versus_baselines"] if r["measure"] == column]
+        assert [r["b"] for r in compared] == ["flat", "periphery"], column
+    assert "fixated_object_mse" in set(pd.read_csv(out / "report" / "baselines_summary.csv")["metric"])

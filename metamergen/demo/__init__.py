@@ -24,6 +24,7 @@ _EXPORTS = {
     "TOY_METRICS": ".measures",
     "object_scores": ".measures",
     "own_vs_other": ".measures",
+    "toy_scores": ".measures",
     "ToyObject": ".toyworld",
     "ToyScene": ".toyworld",
     "ToyWorldConfig": ".toyworld",

@@ -5,7 +5,8 @@ numbers), so each comparison below is paired: the two renders differ only in wha
 Differences are averaged within each scene first and bootstrapped over scenes. Each is signed so
 that a positive difference is the paper's prediction:
 
-1. **the fovea**: inside the fixated objects' boxes, both streams beat the peripheral stream alone;
+1. **the fovea**: on the fixated objects (:data:`FOVEA_MEASURES`: their colour in place, the pixels
+   inside their boxes, their shapes), both streams beat the peripheral stream alone;
 2. **more fixations**: that gain is larger after 10 fixations than after 1;
 3. **the periphery**: outside the objects (the layout) peripheral-only beats foveal-only, and on the
    whole image both streams are at least as good as either alone;
@@ -24,15 +25,33 @@ from typing import Any
 
 from metamergen.evaluation.statistics import paired_difference
 
-__all__ = ["BASELINE_MEASURES", "baseline_comparisons", "demo_effects", "verdict"]
+__all__ = ["BASELINE_MEASURES", "BASELINE_RENDERS", "FOVEA_MEASURES", "baseline_comparisons", "demo_effects", "verdict"]
 
 #: The measures on which the renders are compared with the baselines (column -> lower is better):
-#: the image metrics the paper reports, and the toy world's object colour and shape.
+#: the image metrics the paper reports, the toy world's object colour and shape, and the fovea's
+#: measures (a baseline's fixated columns are scored over the fixation lists of the renders it is
+#: compared with: :func:`metamergen.demo.measures.fixation_averaged`).
 BASELINE_MEASURES: dict[str, bool] = {
     "mse": True,
     "ssim": False,
+    "layout_mse": True,
     "objects_recovered": False,
     "shapes_recognised": False,
+    "fixated_objects_recovered": False,
+    "fixated_object_mse": True,
+    "fixated_shapes_recognised": False,
+}
+
+#: The renders compared with the baselines: ``(condition, fixation_source)``.
+BASELINE_RENDERS: tuple[str, str] = ("both", "viewer")
+
+#: The fovea's measures (questions 1 and 2), column -> lower is better: whether a fixated object's
+#: colour appears in its place, the pixel error inside the fixated objects' boxes, and whether
+#: their shapes can be named.
+FOVEA_MEASURES: dict[str, bool] = {
+    "fixated_objects_recovered": False,
+    "fixated_object_mse": True,
+    "fixated_shapes_recognised": False,
 }
 
 _PAIR = ["scene_id", "scanpath_id", "hypothesis"]
@@ -108,9 +127,7 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
     viewer = {"fixation_source": "viewer"}
     rows = []
     keys = [*_PAIR, "fixation_source", "prefix"]
-    # the fovea's questions on two measures: pixels inside the fixated boxes, and the fixated shapes named
-    fovea_measures = (("fixated_object_mse", True), ("fixated_shapes_recognised", False))
-    for k, (measure, lower) in enumerate(m for m in fovea_measures if m[0] in table):
+    for k, (measure, lower) in enumerate(m for m in FOVEA_MEASURES.items() if m[0] in table):
         q1 = _pairs(table, measure, {"condition": "both", **viewer}, {"condition": "peripheral", **viewer}, keys)
         rows.append(
             _effect(
@@ -148,9 +165,10 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
                 seed=seed + 2 + 10 * k,
             )
         )
-    for i, (measure, a, b) in enumerate(
-        (("layout_mse", "peripheral", "foveal"), ("mse", "both", "peripheral"), ("mse", "both", "foveal"))
-    ):
+    # the whole image on two measures: pixels, and every object's colour in its place
+    periphery = [("layout_mse", "peripheral", "foveal")]
+    periphery += [(m, "both", other) for m in ("mse", "objects_recovered") for other in ("peripheral", "foveal")]
+    for i, (measure, a, b) in enumerate(p for p in periphery if p[0] in table):
         pairs = _pairs(table, measure, {"condition": a, **viewer}, {"condition": b, **viewer}, keys)
         rows.append(
             _effect(
@@ -159,9 +177,9 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
                 a,
                 b,
                 pairs,
-                lower_is_better=True,
+                lower_is_better=BASELINE_MEASURES[measure],
                 n_boot=n_boot,
-                seed=seed + 3 + i,
+                seed=seed + 30 + i,
             )
         )
     pairs = _pairs(
@@ -195,7 +213,8 @@ def baseline_comparisons(
     ``measures`` maps a column to whether lower is better. A render's score is averaged per scene,
     then paired with the scene's baseline score; positive differences mean the renders are better.
     """
-    renders = table[(table["condition"] == "both") & (table["fixation_source"] == "viewer")]
+    condition, source = BASELINE_RENDERS
+    renders = table[(table["condition"] == condition) & (table["fixation_source"] == source)]
     rows = []
     for k, (measure, lower) in enumerate(measures.items()):
         per_scene = renders.groupby("scene_id")[measure].mean().rename("a").reset_index()
@@ -206,7 +225,7 @@ def baseline_comparisons(
                 _effect(
                     f"renders beat the {kind} baseline",
                     measure,
-                    "renders (both, viewer)",
+                    f"renders ({condition}, {source})",
                     kind,
                     pairs,
                     lower_is_better=lower,

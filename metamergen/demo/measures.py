@@ -20,14 +20,16 @@ from metamergen.utils.images import load_image
 __all__ = [
     "SHAPE_JUDGE",
     "TOY_METRICS",
+    "fixation_averaged",
     "object_scores",
     "own_vs_other",
     "region_errors",
     "shape_judge",
     "shape_scores",
+    "toy_scores",
 ]
 
-#: The toy-world measures (columns :func:`object_scores` and :func:`region_errors` add to a score table).
+#: The toy-world measures (the columns :func:`toy_scores` adds to a score table).
 TOY_METRICS: dict[str, MetricInfo] = {
     "objects_recovered": MetricInfo("share of the scene's objects recovered (colour)", "Obj", True),
     "fixated_objects_recovered": MetricInfo("share of fixated objects recovered (colour)", "FixObj", True),
@@ -198,8 +200,9 @@ def shape_scores(
 ) -> dict[str, float]:
     """Does an object's *shape* appear where it was? The toy classifier names each object's crop.
 
-    Colour survives the periphery's blur; shape does not (a 10 px triangle blurred to the demo's
-    s = 1/8 is a blob), so this is the measure of what only the fovea can bring.
+    The judge is not fooled by blur alone: it names a fair share of the shapes in the demo's
+    periphery input (s = 1/8, no model) although their colours no longer match the palette
+    (:func:`object_scores` gives that input 0), so a render must draw a shape well to beat it.
 
     Parameters
     ----------
@@ -242,6 +245,68 @@ def shape_scores(
         "shapes_recognised": float(np.mean(right)),
         "fixated_shapes_recognised": float(np.mean(hit)) if hit else math.nan,
     }
+
+
+def toy_scores(
+    image: Image.Image,
+    scene: Image.Image,
+    objects: Sequence[Any],
+    fixations: Sequence[Sequence[float]],
+    *,
+    judge: Any,
+    margin: float = 2.0,
+) -> dict[str, float]:
+    """Every :data:`TOY_METRICS` column of one image: :func:`object_scores`, :func:`region_errors`
+    and :func:`shape_scores` together.
+
+    Parameters
+    ----------
+    image
+        A render or a baseline image (any size; resized to the scene's, bicubic).
+    scene
+        The original scene image; its size is the frame of ``objects`` and ``fixations``.
+    objects
+        The scene's :class:`~metamergen.demo.toyworld.ToyObject` list (boxes in scene pixels).
+    fixations
+        ``(x, y)`` in scene pixels (empty: the fixated columns are NaN).
+    judge
+        :func:`shape_judge`'s model.
+    """
+    size = scene.size
+    return {
+        **object_scores(image, objects, fixations, scene_size=size, margin=margin),
+        **region_errors(image, scene, objects, fixations, margin=margin),
+        **shape_scores(image, objects, fixations, scene_size=size, judge=judge, margin=margin),
+    }
+
+
+def fixation_averaged(
+    image: Image.Image,
+    scene: Image.Image,
+    objects: Sequence[Any],
+    fixation_lists: Sequence[Sequence[Sequence[float]]],
+    *,
+    judge: Any,
+    margin: float = 2.0,
+) -> dict[str, float]:
+    """:func:`toy_scores` of an image that has no fixations of its own (a baseline), for renders that do.
+
+    The scene-wide columns do not depend on fixations. Each ``fixated_*`` column is averaged over
+    ``fixation_lists`` (NaN lists, which hit no object, left out), so that a baseline of a scene is
+    scored over the same fixated objects as the renders it is compared with.
+
+    Parameters
+    ----------
+    fixation_lists
+        The renders' fixation lists, ``(x, y)`` in scene pixels, each once per render that used it.
+    """
+    per_list = [toy_scores(image, scene, objects, f, judge=judge, margin=margin) for f in fixation_lists]
+    out = toy_scores(image, scene, objects, [], judge=judge, margin=margin)
+    for column in out:
+        if column.startswith("fixated_"):
+            values = [s[column] for s in per_list if math.isfinite(s[column])]
+            out[column] = float(np.mean(values)) if values else math.nan
+    return out
 
 
 def _fixated(objects: Sequence[Any], fixations: Sequence[Sequence[float]], margin: float) -> list[bool]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from metamergen import defaults
-from metamergen.demo.measures import object_scores, own_vs_other, region_errors, shape_judge, shape_scores
+from metamergen.demo.measures import fixation_averaged, own_vs_other, shape_judge, toy_scores
 from metamergen.utils.images import load_image
 from metamergen.utils.io import atomic_write
 
@@ -168,6 +168,14 @@ def _effect_notes(effects: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]
     return out
 
 
+_FIXATED_BASELINES_NOTE = (
+    "A baseline image has no fixations of its own. Its fixated-object columns (fixated objects recovered, "
+    "MSE inside the fixated boxes, fixated shapes named) are scored over the fixation lists of its scene's "
+    "renders with both streams and the viewer's fixations, and averaged: the same objects the renders "
+    "they are compared with were scored on. The lines in the figures are those averages over all prefixes."
+)
+
+
 def run_demo(
     out: str | Path = "outputs/demo",
     *,
@@ -209,7 +217,7 @@ def run_demo(
     ``out/demo_summary.json`` the settings, timings and :func:`own_vs_other`. Re-running skips
     finished generations (the study is resumable).
     """
-    from metamergen.demo.effects import BASELINE_MEASURES, baseline_comparisons, demo_effects
+    from metamergen.demo.effects import BASELINE_MEASURES, BASELINE_RENDERS, baseline_comparisons, demo_effects
     from metamergen.demo.toyworld import read_objects
     from metamergen.evaluation.baselines import BASELINES_NAME, baseline_image, score_baselines
     from metamergen.evaluation.metrics import build_metrics
@@ -255,28 +263,22 @@ def run_demo(
     for r in rows:
         rec = records[Path(r["scene"]).name]
         gen = load_image(out / "study" / r["path"])
-        size = (rec["width"], rec["height"])
-        r.update(object_scores(gen, rec["objects"], r["fixations"], scene_size=size))
-        r.update(region_errors(gen, load_image(r["scene"]), rec["objects"], r["fixations"]))
-        r.update(shape_scores(gen, rec["objects"], r["fixations"], scene_size=size, judge=judge))
+        r.update(toy_scores(gen, load_image(r["scene"]), rec["objects"], r["fixations"], judge=judge))
     scores = write_score_table(rows, out / "scores.csv")
-    # the baselines a render must beat: the scene's mean colour, and the periphery input with no model
+    # the baselines a render must beat: the scene's mean colour, and the periphery input with no model;
+    # their fixated-object columns over the fixation lists of the renders they are compared with
     manifest_rows = [r for r in load_manifest_rows(out / "study" / "manifest.jsonl") if r["image_id"] in ids]
+    compared = [r for r in rows if (r["condition"], r["fixation_source"]) == BASELINE_RENDERS]
     base_rows = score_baselines(manifest_rows, metrics)
     for b in base_rows:
-        rec = records[Path(b["scene"]).name]
         scene = load_image(b["scene"])
         image = baseline_image(
             scene,
             b["baseline"],
             **{k: b[k] for k in ("peripheral_blur", "encoder_canvas", "encoder_patch") if b[k] is not None},
         )
-        size = (rec["width"], rec["height"])
-        b["objects_recovered"] = object_scores(image, rec["objects"], [], scene_size=size)["objects_recovered"]
-        b["layout_mse"] = region_errors(image, scene, rec["objects"], [])["layout_mse"]
-        b["shapes_recognised"] = shape_scores(image, rec["objects"], [], scene_size=size, judge=judge)[
-            "shapes_recognised"
-        ]
+        lists = [r["fixations"] for r in compared if r["scene"] == b["scene"]]
+        b.update(fixation_averaged(image, scene, records[Path(b["scene"]).name]["objects"], lists, judge=judge))
     baselines = write_score_table(base_rows, out / BASELINES_NAME)
     effects = demo_effects(read_table(scores), n_boot=n_boot, seed=int(info["seed"]))
     versus_baselines = baseline_comparisons(
@@ -300,7 +302,11 @@ def run_demo(
         n_boot=n_boot,
         sheets=sheets,
         baselines=baselines,
-        notes=[("Own scene vs other scenes", note), *((title, text) for title, text in _effect_notes(effects))],
+        notes=[
+            ("Own scene vs other scenes", note),
+            ("Baselines of the fixated-object measures", _FIXATED_BASELINES_NOTE),
+            *((title, text) for title, text in _effect_notes(effects)),
+        ],
     )
     summary = {
         "model": str(model),
