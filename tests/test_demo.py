@@ -327,6 +327,23 @@ def test_bundled_model_reconstructs_held_out_scenes_from_their_own_tokens(demo_p
 
 
 @pytest.mark.slow
+def test_bundled_model_s_fovea_brings_back_what_was_fixated(demo_pipe):
+    """The effect the demo exists to show: with both streams the latent cells under the fixated
+    patches are reconstructed far better than with the periphery alone, in most held-out scenes,
+    and the fovea changes the fixated cells much more than the others (README, "What it learned")."""
+    from metamergen.demo.run import DEMO_PERIPHERAL_BLUR, demo_model_info
+    from metamergen.evaluation.diagnostics import foveal_localisation, stream_contributions
+
+    scenes = _heldout(16, demo_model_info())
+    images = [s.image for s in scenes]
+    fixations = [[o.centre for o in s.objects] for s in scenes]
+    r = stream_contributions(demo_pipe, images, fixations, peripheral_blur=DEMO_PERIPHERAL_BLUR)
+    assert r["both"]["fixated"] < 0.7 * r["peripheral"]["fixated"], r
+    assert r["foveal_gain_share"] >= 0.75, r["foveal_gain_per_scene"]
+    loc = foveal_localisation(demo_pipe, images, fixations, timesteps=(500,), peripheral_blur=DEMO_PERIPHERAL_BLUR)
+    assert loc["ratio"] > 3.0, loc
+
+
 class _FailingPipe:
     """The demo pipeline, failing at its first render (an out-of-memory error, say)."""
 
