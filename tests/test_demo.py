@@ -213,7 +213,8 @@ def test_build_script_quick_writes_a_loadable_model(tmp_path):
     from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
 
     build = _load_script("training/build_demo_model.py")
-    out = build.build(tmp_path / "model", work=tmp_path / "work", seed=3, quick=True)
+    work = tmp_path / "work"
+    out = build.build(tmp_path / "model", work=work, seed=3, quick=True, model_options={"text_max_length": 100})
     info = json.loads((out / "build_info.json").read_text())
     assert info["seed"] == 3 and info["steps"] == build.QUICK
     assert set(info["timings_s"]) == {"world", "vae", "base", "encoder", "adapters"}
@@ -221,6 +222,19 @@ def test_build_script_quick_writes_a_loadable_model(tmp_path):
     pipe = MetamerGenPipeline.from_pretrained(out)
     assert pipe.unet.config.cross_attention_dim == info["model"]["cross_attention_dim"]
     assert pipe.vae.config.scaling_factor != 0.18215  # set from the trained VAE's latents
+    # a resumed base keeps the config it was built with (before, build_info.json said the default
+    # text length, and the demo then failed to load the model)
+    again = build.build(tmp_path / "again", work=work, seed=3, quick=True, resume_stages=("world", "vae", "base"))
+    assert json.loads((again / "build_info.json").read_text())["model"]["text_max_length"] == 100
+    with pytest.raises(ValueError, match="reused base"):
+        build.build(
+            tmp_path / "c",
+            work=work,
+            seed=3,
+            quick=True,
+            resume_stages=("world", "vae", "base"),
+            model_options={"text_max_length": 90},
+        )
 
 
 def test_captions_say_where_each_object_and_region_is():

@@ -66,6 +66,10 @@ from metamergen.utils.io import atomic_write  # noqa: E402
 
 DEFAULT_OUT = REPO / "metamergen" / "assets" / "demo_model"
 
+#: What the base stage was built with (model config, and the model it came from), kept in its work
+#: folder so that ``--resume-stages base`` records the reused base's config, not the defaults.
+BASE_RECORD = "demo_base.json"
+
 #: Components saved in fp16. The text and image encoders stay fp32: transformers would load them
 #: back in fp16, and together they are under 2 MB.
 FP16_COMPONENTS = ("vae", "unet", "adapters")
@@ -108,6 +112,10 @@ def _reused(model: str | Path, stage: str, seed: int) -> dict:
     }
 
 
+def _only(mapping: dict, *keys: str) -> dict:
+    return {k: mapping[k] for k in keys if k in mapping}
+
+
 def build(
     out: str | Path = DEFAULT_OUT,
     *,
@@ -143,6 +151,10 @@ def build(
     work.mkdir(parents=True, exist_ok=True)
     model_cfg = DemoModelConfig()
     base_info = None
+    base_record = work / "base" / BASE_RECORD
+    resumed = json.loads(base_record.read_text()) if "base" in resume and base_record.is_file() else None
+    if resumed is not None:  # a reused base keeps the config (and origin) it was built with
+        model_cfg = DemoModelConfig.from_dict(resumed["model"])
     if base_from is not None:
         base_info = json.loads((Path(base_from) / "build_info.json").read_text())
         model_cfg = DemoModelConfig.from_dict(base_info["model"])
@@ -166,9 +178,10 @@ def build(
             "text_layers",
             "text_max_length",
         }
-        if base_from is not None and set(model_options) & frozen:
+        if (base_from is not None or resumed is not None) and set(model_options) & frozen:
             raise ValueError(
-                f"{sorted(set(model_options) & frozen)} belong to the reused base; drop --base-from to change them."
+                f"{sorted(set(model_options) & frozen)} belong to the reused base; "
+                "drop --base-from (or 'base' from --resume-stages) to change them."
             )
         model_cfg = DemoModelConfig.from_dict({**model_cfg.to_dict(), **model_options})
     world_cfg = ToyWorldConfig(size=model_cfg.image_size, seed=seed)
@@ -256,6 +269,9 @@ def build(
             config=model_cfg,
         )
         base.save_pretrained(base_dir)
+    if resumed is not None and "base_from" in resumed:
+        info["base_from"] = resumed["base_from"]
+    base_record.write_text(json.dumps({"model": model_cfg.to_dict(), **_only(info, "base_from")}, indent=2) + "\n")
     info["timings_s"]["base"] = round(time.time() - t0, 1)
 
     t0 = time.time()
