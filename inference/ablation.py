@@ -25,7 +25,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from metamergen.demo.effects import BASELINE_MEASURES, baseline_comparisons, demo_effects  # noqa: E402
+from metamergen.demo.effects import (  # noqa: E402
+    BASELINE_MEASURES,
+    baseline_comparisons,
+    demo_effects,
+    effects_markdown,
+)
 from metamergen.demo.run import DEMO_MODEL, DEMO_PERIPHERAL_BLUR, run_demo  # noqa: E402
 from metamergen.evaluation.baselines import BASELINES_NAME  # noqa: E402
 from metamergen.evaluation.tables import read_table  # noqa: E402
@@ -54,15 +59,8 @@ def _markdown(rows: list[dict], summary: dict) -> str:
         "each is averaged within a scene, signed so that > 0 is the paper's prediction (A better than B), "
         "with a 95 % scene-level bootstrap interval.",
         "",
-        "| question | measure | A | B | A | B | difference [95 % CI] | pairs | holds? |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['question']} | {r['measure']} | {r['a']} | {r['b']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
-            f"{r['difference']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['n_pairs']} | {r['verdict']} |"
-        )
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + effects_markdown(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -168,7 +168,7 @@ def test_paired_effects_recover_known_differences_with_their_signs():
     """demo_effects on a table with effects built in: the fovea lowers the fixated-object error by
     0.02 at N = 1 and 0.05 at N = 10, the periphery halves the layout error, no viewer effect."""
     pd = pytest.importorskip("pandas")
-    from metamergen.demo.effects import baseline_comparisons, demo_effects
+    from metamergen.demo.effects import baseline_comparisons, demo_effects, effects_markdown
 
     rng = np.random.default_rng(0)
     rows = []
@@ -204,6 +204,9 @@ def test_paired_effects_recover_known_differences_with_their_signs():
     base = pd.DataFrame([dict(baseline="flat", scene_id=f"s{s}", mse=0.2, ssim=0.6) for s in range(12)])
     (vs_flat_mse, vs_flat_ssim) = baseline_comparisons(table, base, {"mse": True, "ssim": False}, n_boot=200)
     assert vs_flat_mse["verdict"] == "yes" and vs_flat_ssim["verdict"] == "reversed"  # 0.5 < 0.6
+    table_md = effects_markdown([out["1."], vs_flat_ssim]).splitlines()  # what the demo and the ablation print
+    assert len(table_md) == 4 and table_md[2].startswith("| 1. fixated objects")
+    assert table_md[3].endswith("| 12 | reversed |") and "-0.1000 [-0.1000, -0.1000]" in table_md[3]
 
 
 # ---------------------------------------------------------------------------------- build script

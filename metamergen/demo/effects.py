@@ -25,7 +25,15 @@ from typing import Any
 
 from metamergen.evaluation.statistics import paired_difference
 
-__all__ = ["BASELINE_MEASURES", "BASELINE_RENDERS", "FOVEA_MEASURES", "baseline_comparisons", "demo_effects", "verdict"]
+__all__ = [
+    "BASELINE_MEASURES",
+    "BASELINE_RENDERS",
+    "FOVEA_MEASURES",
+    "baseline_comparisons",
+    "demo_effects",
+    "effects_markdown",
+    "verdict",
+]
 
 #: The measures on which the renders are compared with the baselines (column -> lower is better):
 #: the image metrics the paper reports, the toy world's object colour and shape, and the fovea's
@@ -234,3 +242,18 @@ def baseline_comparisons(
                 )
             )
     return rows
+
+
+def effects_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """:func:`demo_effects` / :func:`baseline_comparisons` rows as a Markdown table (what the demo
+    and the ablation print): the two means, the paired difference with its interval, and the verdict."""
+    lines = [
+        "| question | measure | A | B | A | B | difference [95 % CI] | pairs | holds? |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['question']} | {r['measure']} | {r['a']} | {r['b']} | {r['mean_a']:.4f} | {r['mean_b']:.4f} | "
+            f"{r['difference']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] | {r['n_pairs']} | {r['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
