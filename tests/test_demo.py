@@ -192,12 +192,17 @@ def test_paired_effects_recover_known_differences_with_their_signs():
                                 layout_mse=layout + noise + rng.normal(0, 0.001),
                                 mse=0.03 + layout + noise,
                                 ssim=0.5,
+                                # more of the scene recovered after 10 fixations: the gain grows 0.1 -> 0.3
+                                objects_recovered=0.2 + noise + (0.0 if cond == "peripheral" else fov_gain * 6),
                             )
                         )
     table = pd.DataFrame(rows)
     out = {r["question"][:2]: r for r in demo_effects(table, n_boot=500)}
     assert out["1."]["verdict"] == "yes" and out["1."]["difference"] == pytest.approx(0.035, abs=1e-3)
-    assert out["2."]["verdict"] == "yes" and out["2."]["difference"] == pytest.approx(0.03, abs=1e-3)
+    (growth,) = [r for r in demo_effects(table, n_boot=500) if r["measure"].startswith("fixated_object_mse gain")]
+    assert growth["verdict"] == "yes" and growth["difference"] == pytest.approx(0.03, abs=1e-3)
+    (scene_gain,) = [r for r in demo_effects(table, n_boot=200) if r["measure"].startswith("objects_recovered gain")]
+    assert scene_gain["verdict"] == "yes" and scene_gain["difference"] == pytest.approx(0.18, abs=1e-3)
     layout = [r for r in demo_effects(table, n_boot=200) if r["measure"] == "layout_mse"][0]
     assert layout["verdict"] == "yes" and layout["difference"] == pytest.approx(0.02, abs=1e-3)
     assert out["4."]["verdict"] == "not resolved" and out["4."]["difference"] == pytest.approx(0.0, abs=1e-9)

@@ -200,9 +200,9 @@ def shape_scores(
 ) -> dict[str, float]:
     """Does an object's *shape* appear where it was? The toy classifier names each object's crop.
 
-    The judge is not fooled by blur alone: it names a fair share of the shapes in the demo's
-    periphery input (s = 1/8, no model) although their colours no longer match the palette
-    (:func:`object_scores` gives that input 0), so a render must draw a shape well to beat it.
+    The judge names many shapes of the demo's periphery input itself (s = 1/8, no model), more
+    often than :func:`object_scores` finds their colours there, so a render must draw a shape well
+    to beat it.
 
     Parameters
     ----------
