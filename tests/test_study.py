@@ -539,20 +539,6 @@ def test_resume_rerenders_every_row_it_cannot_trust_and_says_why(pipe, tmp_path)
         run_study(pipe, jobs, out, progress=False)
 
 
-def test_a_scene_path_spelled_another_way_is_the_same_scene(tmp_path, monkeypatch):
-    """Before, rerunning a study with its folder given as a relative path instead of an absolute one
-    (the same files) distrusted every row and rendered the whole study again."""
-    from metamergen.study.manifest import row_mismatch
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "scenes").mkdir()
-    plan = {"scene": str(tmp_path / "scenes" / "a.png"), "seed": 1}
-    assert row_mismatch({"scene": "scenes/a.png", "seed": 1}, plan) is None
-    assert row_mismatch({"scene": "./scenes/../scenes/a.png", "seed": 1}, plan) is None
-    assert row_mismatch({"scene": "scenes/b.png", "seed": 1}, plan) == "scene"
-    assert row_mismatch({"scene": "scenes/a.png", "seed": 2}, plan) == "seed"
-
-
 def test_resume_with_several_processes_checks_and_rewrites_only_each_process_share(pipe, tmp_path):
     """Two ranks resume a damaged one-process folder (run one after the other, as accelerate would
     run them at once): each re-renders only its own scene's untrusted rows, writes only its own part

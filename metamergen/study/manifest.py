@@ -93,10 +93,6 @@ MANIFEST_COLUMNS: tuple[str, ...] = (
 #: version is kept (the version is not part of the image_id either).
 UNCHECKED_COLUMNS: tuple[str, ...] = ("metamergen_version",)
 
-#: Columns holding a file path: a row matches the plan if both name the same file (``./a.png`` and
-#: its absolute path do), so rerunning with the same folder spelled another way renders nothing again.
-PATH_COLUMNS: tuple[str, ...] = ("scene",)
-
 #: Reasons :func:`check_manifest` gives for not trusting a row (the input-mismatch reason names the column).
 NO_IMAGE = "no image file"
 UNREADABLE_IMAGE = "image file unreadable or truncated"
@@ -229,24 +225,12 @@ def row_mismatch(row: Mapping[str, Any], expected: Mapping[str, Any]) -> str | N
     -------
     str or None
         The column name (a column the row lacks counts as different); ``None`` if every column
-        but :data:`UNCHECKED_COLUMNS` is equal (:data:`PATH_COLUMNS`: names the same file).
+        but :data:`UNCHECKED_COLUMNS` is equal.
     """
     for column, value in expected.items():
-        if column in UNCHECKED_COLUMNS:
-            continue
-        if column not in row or not (
-            row[column] == value or (column in PATH_COLUMNS and _same_file(row[column], value))
-        ):
+        if column not in UNCHECKED_COLUMNS and (column not in row or row[column] != value):
             return column
     return None
-
-
-def _same_file(a: Any, b: Any) -> bool:
-    """Do two path strings name the same file (relative ones from the working directory)?"""
-    try:
-        return Path(str(a)).resolve() == Path(str(b)).resolve()
-    except (OSError, RuntimeError, ValueError):
-        return False
 
 
 def _image_problem(path: Path, width: Any, height: Any) -> str | None:
