@@ -243,6 +243,9 @@ def test_build_script_quick_writes_a_loadable_model(tmp_path):
             resume_stages=("world", "vae", "base"),
             model_options={"text_max_length": 90},
         )
+    (work / "base" / build.BASE_RECORD).unlink()  # a base from before the record: its config is unknown
+    with pytest.raises(ValueError, match="built before the build recorded its config"):
+        build.build(tmp_path / "d", work=work, seed=3, quick=True, resume_stages=("world", "vae", "base"))
 
 
 def test_captions_say_where_each_object_and_region_is():

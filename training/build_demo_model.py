@@ -70,6 +70,21 @@ DEFAULT_OUT = REPO / "metamergen" / "assets" / "demo_model"
 #: folder so that ``--resume-stages base`` records the reused base's config, not the defaults.
 BASE_RECORD = "demo_base.json"
 
+#: The DemoModelConfig fields that belong to the base (VAE, UNet, text encoder): a reused base keeps
+#: its own, and an option changing one needs the base rebuilt.
+BASE_FIELDS = frozenset(
+    {
+        "image_size",
+        "vae_channels",
+        "latent_channels",
+        "unet_channels",
+        "unet_layers_per_block",
+        "cross_attention_dim",
+        "text_layers",
+        "text_max_length",
+    }
+)
+
 #: Components saved in fp16. The text and image encoders stay fp32: transformers would load them
 #: back in fp16, and together they are under 2 MB.
 FP16_COMPONENTS = ("vae", "unet", "adapters")
@@ -152,9 +167,15 @@ def build(
     model_cfg = DemoModelConfig()
     base_info = None
     base_record = work / "base" / BASE_RECORD
-    resumed = json.loads(base_record.read_text()) if "base" in resume and base_record.is_file() else None
-    if resumed is not None:  # a reused base keeps the config (and origin) it was built with
-        model_cfg = DemoModelConfig.from_dict(resumed["model"])
+    resumed = None
+    if "base" in resume and base_from is None and (work / "base" / "model_index.json").exists():
+        if not base_record.is_file():
+            raise ValueError(
+                f"{work / 'base'} was built before the build recorded its config ({BASE_RECORD}), so the "
+                "config it was built with is unknown; drop 'base' from --resume-stages to rebuild it."
+            )
+        resumed = json.loads(base_record.read_text())  # the reused base keeps its own fields and origin
+        model_cfg = DemoModelConfig.from_dict({**model_cfg.to_dict(), **resumed["model"]})
     if base_from is not None:
         base_info = json.loads((Path(base_from) / "build_info.json").read_text())
         model_cfg = DemoModelConfig.from_dict(base_info["model"])
@@ -168,19 +189,9 @@ def build(
         unknown = set(model_options) - set(model_cfg.to_dict())
         if unknown:
             raise ValueError(f"Unknown model option(s) {sorted(unknown)}; valid: {sorted(model_cfg.to_dict())}.")
-        frozen = {
-            "image_size",
-            "vae_channels",
-            "latent_channels",
-            "unet_channels",
-            "unet_layers_per_block",
-            "cross_attention_dim",
-            "text_layers",
-            "text_max_length",
-        }
-        if (base_from is not None or resumed is not None) and set(model_options) & frozen:
+        if (base_from is not None or resumed is not None) and set(model_options) & BASE_FIELDS:
             raise ValueError(
-                f"{sorted(set(model_options) & frozen)} belong to the reused base; "
+                f"{sorted(set(model_options) & BASE_FIELDS)} belong to the reused base; "
                 "drop --base-from (or 'base' from --resume-stages) to change them."
             )
         model_cfg = DemoModelConfig.from_dict({**model_cfg.to_dict(), **model_options})
@@ -271,7 +282,8 @@ def build(
         base.save_pretrained(base_dir)
     if resumed is not None and "base_from" in resumed:
         info["base_from"] = resumed["base_from"]
-    base_record.write_text(json.dumps({"model": model_cfg.to_dict(), **_only(info, "base_from")}, indent=2) + "\n")
+    record = {"model": {k: v for k, v in model_cfg.to_dict().items() if k in BASE_FIELDS}, **_only(info, "base_from")}
+    atomic_write(base_record, lambda t: Path(t).write_text(json.dumps(record, indent=2) + "\n"))
     info["timings_s"]["base"] = round(time.time() - t0, 1)
 
     t0 = time.time()
