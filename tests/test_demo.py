@@ -205,9 +205,19 @@ def test_paired_effects_recover_known_differences_with_their_signs():
     assert scene_gain["verdict"] == "yes" and scene_gain["difference"] == pytest.approx(0.18, abs=1e-3)
     layout = [r for r in demo_effects(table, n_boot=200) if r["measure"] == "layout_mse"][0]
     assert layout["verdict"] == "yes" and layout["difference"] == pytest.approx(0.02, abs=1e-3)
-    assert out["4."]["verdict"] == "not resolved" and out["4."]["difference"] == pytest.approx(0.0, abs=1e-9)
+    rows = demo_effects(table, n_boot=200)
+    by = {(r["question"][:2], r["measure"], r["b"]): r for r in rows}
+    for measure in ("mse", "objects_recovered"):  # no viewer effect was built in, on either measure
+        q4 = by[("4.", measure, "random")]
+        assert q4["verdict"] == "not resolved" and q4["difference"] == pytest.approx(0.0, abs=1e-9)
+    # the whole image: both streams beat the periphery alone on colour (the fovea's gain) and
+    # the foveal stream alone on pixels (the layout)
+    assert by[("3.", "objects_recovered", "peripheral")]["verdict"] == "yes"
+    assert by[("3.", "mse", "foveal")]["verdict"] == "yes"
     base = pd.DataFrame([dict(baseline="flat", scene_id=f"s{s}", mse=0.2, ssim=0.6) for s in range(12)])
-    (vs_flat_mse, vs_flat_ssim) = baseline_comparisons(table, base, {"mse": True, "ssim": False}, n_boot=200)
+    (vs_flat_mse, vs_flat_ssim) = baseline_comparisons(table, base, ("mse", "ssim"), n_boot=200)
+    with pytest.raises(KeyError, match="no registered direction"):
+        baseline_comparisons(table.assign(unregistered=1.0), base.assign(unregistered=1.0), ("unregistered",))
     assert vs_flat_mse["verdict"] == "yes" and vs_flat_ssim["verdict"] == "reversed"  # 0.5 < 0.6
     table_md = effects_markdown([out["1."], vs_flat_ssim]).splitlines()  # what the demo and the ablation print
     assert len(table_md) == 4 and table_md[2].startswith("| 1. fixated objects")

@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
         f"(chance {ovo['chance']:.0%}); MSE to own scene / to others = {ovo['ratio']:.2f}."
     )
     print(
-        "\nEffects (paired renders, averaged per scene, > 0 = as the paper predicts, 95 % scene bootstrap; "
-        "also in demo_summary.json and the report):\n"
+        "\nEffects (renders paired by scene, scanpath and hypothesis, against the baselines by scene; averaged "
+        "per scene, > 0 = as the paper predicts, 95 % scene bootstrap; also in demo_summary.json and the report):\n"
     )
     print(effects_markdown([*result.summary["effects"], *result.summary["versus_baselines"]]))
     print(f"Report: {result.report_index}")

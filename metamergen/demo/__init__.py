@@ -22,6 +22,7 @@ _EXPORTS = {
     "run_demo": ".run",
     "write_demo_scenes": ".run",
     "TOY_METRICS": ".measures",
+    "fixation_averaged": ".measures",
     "object_scores": ".measures",
     "own_vs_other": ".measures",
     "toy_scores": ".measures",

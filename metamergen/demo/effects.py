@@ -33,35 +33,43 @@ __all__ = [
     "baseline_comparisons",
     "demo_effects",
     "effects_markdown",
+    "lower_is_better",
     "verdict",
 ]
 
-#: The measures on which the renders are compared with the baselines (column -> lower is better):
-#: the image metrics the paper reports, the toy world's object colour and shape, and the fovea's
-#: measures (a baseline's fixated columns are scored over the fixation lists of the renders it is
-#: compared with: :func:`metamergen.demo.measures.fixation_averaged`).
-BASELINE_MEASURES: dict[str, bool] = {
-    "mse": True,
-    "ssim": False,
-    "layout_mse": True,
-    "objects_recovered": False,
-    "shapes_recognised": False,
-    "fixated_objects_recovered": False,
-    "fixated_object_mse": True,
-    "fixated_shapes_recognised": False,
-}
+#: The measures on which the renders are compared with the baselines: the image metrics the paper
+#: reports, the layout, the toy world's object colour and shape, and the fovea's measures (a
+#: baseline's fixated columns are scored over the fixation lists of the renders it is compared with:
+#: :func:`metamergen.demo.measures.fixation_averaged`). Each one's direction is the metric
+#: registry's (:func:`lower_is_better`).
+BASELINE_MEASURES: tuple[str, ...] = (
+    "mse",
+    "ssim",
+    "layout_mse",
+    "objects_recovered",
+    "shapes_recognised",
+    "fixated_objects_recovered",
+    "fixated_object_mse",
+    "fixated_shapes_recognised",
+)
 
 #: The renders compared with the baselines: ``(condition, fixation_source)``.
 BASELINE_RENDERS: tuple[str, str] = ("both", "viewer")
 
-#: The fovea's measures (questions 1 and 2), column -> lower is better: whether a fixated object's
-#: colour appears in its place, the pixel error inside the fixated objects' boxes, and whether
-#: their shapes can be named.
-FOVEA_MEASURES: dict[str, bool] = {
-    "fixated_objects_recovered": False,
-    "fixated_object_mse": True,
-    "fixated_shapes_recognised": False,
-}
+#: The fovea's measures (questions 1 and 2): whether a fixated object's colour appears in its place,
+#: the pixel error inside the fixated objects' boxes, and whether their shapes can be named.
+FOVEA_MEASURES: tuple[str, ...] = ("fixated_objects_recovered", "fixated_object_mse", "fixated_shapes_recognised")
+
+
+def lower_is_better(measure: str) -> bool:
+    """The measure's direction, from the metric registry (the toy measures register on import)."""
+    import metamergen.demo.measures  # noqa: F401  (registers the toy measures)
+    from metamergen.evaluation.registry import METRIC_INFO
+
+    if measure not in METRIC_INFO:
+        raise KeyError(f"{measure!r} has no registered direction; register it with register_metric_info.")
+    return not METRIC_INFO[measure].higher_is_similar
+
 
 _PAIR = ["scene_id", "scanpath_id", "hypothesis"]
 
@@ -164,7 +172,8 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
     viewer = {"fixation_source": "viewer"}
     rows = []
     keys = [*_PAIR, "fixation_source", "prefix"]
-    for k, (measure, lower) in enumerate(m for m in FOVEA_MEASURES.items() if m[0] in table):
+    for k, measure in enumerate(m for m in FOVEA_MEASURES if m in table):
+        lower = lower_is_better(measure)
         q1 = _pairs(table, measure, {"condition": "both", **viewer}, {"condition": "peripheral", **viewer}, keys)
         rows.append(
             _effect(
@@ -181,7 +190,9 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
         rows.append(_growth(table, measure, lower, n_boot=n_boot, seed=seed + 2 + 10 * k))
     # more fixations bring more of the scene's objects into the fovea: the same gain over all of them
     if "objects_recovered" in table:
-        rows.append(_growth(table, "objects_recovered", False, n_boot=n_boot, seed=seed + 40))
+        rows.append(
+            _growth(table, "objects_recovered", lower_is_better("objects_recovered"), n_boot=n_boot, seed=seed + 40)
+        )
     # the whole image on two measures: pixels, and every object's colour in its place
     periphery = [("layout_mse", "peripheral", "foveal")]
     periphery += [(m, "both", other) for m in ("mse", "objects_recovered") for other in ("peripheral", "foveal")]
@@ -194,7 +205,7 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
                 a,
                 b,
                 pairs,
-                lower_is_better=BASELINE_MEASURES[measure],
+                lower_is_better=lower_is_better(measure),
                 n_boot=n_boot,
                 seed=seed + 30 + i,
             )
@@ -216,7 +227,7 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
                 "viewer",
                 "random",
                 pairs,
-                lower_is_better=BASELINE_MEASURES[measure],
+                lower_is_better=lower_is_better(measure),
                 n_boot=n_boot,
                 seed=seed + 7 + 50 * j,
             )
@@ -226,17 +237,19 @@ def demo_effects(table: Any, *, n_boot: int = 10000, seed: int = 0) -> list[dict
 
 
 def baseline_comparisons(
-    table: Any, baselines: Any, measures: Mapping[str, bool], *, n_boot: int = 10000, seed: int = 0
+    table: Any, baselines: Any, measures: Sequence[str], *, n_boot: int = 10000, seed: int = 0
 ) -> list[dict[str, Any]]:
     """Renders with both streams and the viewer's fixations vs each baseline, per measure.
 
-    ``measures`` maps a column to whether lower is better. A render's score is averaged per scene,
-    then paired with the scene's baseline score; positive differences mean the renders are better.
+    ``measures`` are columns of both tables, each with a registered direction (:func:`lower_is_better`).
+    A render's score is averaged per scene, then paired with the scene's baseline score; positive
+    differences mean the renders are better.
     """
     condition, source = BASELINE_RENDERS
     renders = table[(table["condition"] == condition) & (table["fixation_source"] == source)]
     rows = []
-    for k, (measure, lower) in enumerate(measures.items()):
+    for k, measure in enumerate(measures):
+        lower = lower_is_better(measure)
         per_scene = renders.groupby("scene_id")[measure].mean().rename("a").reset_index()
         for j, kind in enumerate(dict.fromkeys(baselines["baseline"])):
             base = baselines[baselines["baseline"] == kind].groupby("scene_id")[measure].mean().rename("b")

@@ -300,7 +300,13 @@ def fixation_averaged(
     fixation_lists
         The renders' fixation lists, ``(x, y)`` in scene pixels, each once per render that used it.
     """
-    per_list = [toy_scores(image, scene, objects, f, judge=judge, margin=margin) for f in fixation_lists]
+    scored: dict[tuple, dict[str, float]] = {}  # a list recurs once per hypothesis: score it once
+    per_list = []
+    for f in fixation_lists:
+        key = tuple(tuple(float(v) for v in xy) for xy in f)
+        if key not in scored:
+            scored[key] = toy_scores(image, scene, objects, f, judge=judge, margin=margin)
+        per_list.append(scored[key])
     out = toy_scores(image, scene, objects, [], judge=judge, margin=margin)
     for column in out:
         if column.startswith("fixated_"):
