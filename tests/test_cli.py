@@ -289,6 +289,26 @@ def test_float16_on_the_cpu_is_said_once_in_one_line(tmp_path: Path, capfd):
     assert not any(isinstance(f, _DropDiffusersHalfOnCpu) for f in filters)  # the silencing ends with the load
     assert main([*argv, "--num-images", "1"]) == 0  # float32: nothing said
     assert "float16" not in capfd.readouterr().err
+    # the demo model renders at the blur it was trained and measured at unless told otherwise
+    assert json.loads((tmp_path / "r" / "render.json").read_text())["peripheral_blur"] == 0.125
+
+
+def test_the_default_blur_is_the_paper_s_except_for_a_demo_model(tmp_path: Path):
+    """Before: every command rendered the demo model at the paper's 1/4, outside its training blurs."""
+    import argparse
+
+    from metamergen.commands._common import check_sampling_arguments
+    from metamergen.demo.run import DEMO_MODEL, default_peripheral_blur
+
+    assert default_peripheral_blur(DEMO_MODEL) == 0.125
+    assert default_peripheral_blur(None) == default_peripheral_blur("runwayml/stable-diffusion-v1-5") == 0.25
+    (tmp_path / "build_info.json").write_text('{"steps": 3}')  # someone else's record: not a demo model
+    assert default_peripheral_blur(tmp_path) == 0.25
+    base = dict(steps=20, foveal_scale=1.2, peripheral_scale=0.7, guidance="cfg++", guidance_scale=None)
+    for model, given, expected in ((str(DEMO_MODEL), None, 0.125), (None, None, 0.25), (str(DEMO_MODEL), 0.5, 0.5)):
+        args = argparse.Namespace(**base, model=model, peripheral_blur=given)
+        check_sampling_arguments(args)
+        assert args.peripheral_blur == expected, (model, given)
 
 
 def test_a_render_record_with_relative_paths_reproduces_from_any_folder(tmp_path: Path, monkeypatch, capsys):

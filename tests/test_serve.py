@@ -711,11 +711,13 @@ def test_serve_without_the_extra_says_which_pip_install(capsys, monkeypatch):
 
 def test_the_demo_model_serves_over_loopback_as_render_renders_it(tmp_path: Path, capsys):
     from metamergen.commands import main
-    from metamergen.demo.run import DEMO_MODEL
+    from metamergen.demo.run import DEMO_MODEL, default_peripheral_blur
     from metamergen.loading import load_model
 
     loaded = load_model(model=str(DEMO_MODEL))
-    app = create_app(loaded.pipe, ServeConfig(model=loaded.description, defaults=RenderDefaults(steps=3)))
+    # as `metamergen serve` serves it: at the demo model's own blur, which `render` also picks
+    defaults = RenderDefaults(steps=3, peripheral_blur=default_peripheral_blur(DEMO_MODEL))
+    app = create_app(loaded.pipe, ServeConfig(model=loaded.description, defaults=defaults))
     image = REPO / "metamergen" / "assets" / "example_scene.png"
     with loopback(app) as url, MetamerGenClient(url) as client:
         assert client.health()["model"] == str(DEMO_MODEL)

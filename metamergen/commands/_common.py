@@ -169,6 +169,10 @@ def check_sampling_arguments(args: argparse.Namespace) -> None:
         value = getattr(args, flag)
         if not math.isfinite(value) or value < 0:
             raise SystemExit(f"error: --{flag.replace('_', '-')} must be a finite number >= 0, got {value}.")
+    if args.peripheral_blur is None:  # the model's own default (a demo model's differs from the paper's)
+        from metamergen.demo.run import default_peripheral_blur
+
+        args.peripheral_blur = default_peripheral_blur(getattr(args, "model", None))
     if not (math.isfinite(args.peripheral_blur) and 0 < args.peripheral_blur <= 1):
         raise SystemExit(
             f"error: --peripheral-blur is the down/up scale s in (0, 1] (1 = no blur; paper 0.25), got {args.peripheral_blur}."
@@ -245,8 +249,9 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--peripheral-blur",
         type=float,
-        default=defaults.PERIPHERAL_BLUR,
-        help=f"down/up scale s in (0, 1] (paper figures: {defaults.PERIPHERAL_BLUR})",
+        default=None,
+        help=f"down/up scale s in (0, 1] (default: the paper's {defaults.PERIPHERAL_BLUR}; "
+        "for a demo model, the 1/8 it was measured at)",
     )
     p.add_argument(
         "--off-image",

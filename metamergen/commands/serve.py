@@ -128,11 +128,11 @@ def run(args: argparse.Namespace) -> int:
         )
     if not 0 <= args.port <= 65535:
         raise SystemExit(f"error: --port must be between 0 and 65535, got {args.port}.")
-    check_sampling_arguments(args)
     if not (args.tiny or args.model or args.adapters):
         from metamergen.demo.run import DEMO_MODEL
 
         args.model = str(DEMO_MODEL)  # loaded exactly as `render --model <that folder>` loads it
+    check_sampling_arguments(args)  # after the model is known: its default blur depends on it
     config = _config(args, api_key)  # every limit checked before the model loads
     import dataclasses
 

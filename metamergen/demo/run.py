@@ -38,6 +38,7 @@ __all__ = [
     "DEMO_METRICS",
     "DEMO_PERIPHERAL_BLUR",
     "DemoResult",
+    "default_peripheral_blur",
     "demo_model_info",
     "load_demo_pipeline",
     "write_demo_scenes",
@@ -81,6 +82,23 @@ def demo_model_info(model: str | Path = DEMO_MODEL) -> dict[str, Any]:
     if not path.is_file():
         raise _missing_model(Path(model))
     return json.loads(path.read_text())
+
+
+def default_peripheral_blur(model: str | Path | None) -> float:
+    """The periphery's down/up scale a model renders at unless told otherwise.
+
+    A demo model folder (one with the ``build_info.json`` of ``training/build_demo_model.py``) was
+    trained at s = 1/16 and 1/8 and is measured at :data:`DEMO_PERIPHERAL_BLUR`; the paper's 1/4 lies
+    outside its training. Any other model (a hub id, a trained pipeline, ``None``): the paper's
+    :data:`metamergen.defaults.PERIPHERAL_BLUR`.
+    """
+    if model is not None and (Path(model) / "build_info.json").is_file():
+        try:
+            if "world" in demo_model_info(model):
+                return DEMO_PERIPHERAL_BLUR
+        except (OSError, ValueError):  # an unreadable record: not recognisably a demo model
+            pass
+    return defaults.PERIPHERAL_BLUR
 
 
 def load_demo_pipeline(model: str | Path = DEMO_MODEL) -> MetamerGenPipeline:
