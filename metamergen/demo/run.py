@@ -9,8 +9,10 @@ trained on :mod:`metamergen.demo.toyworld` scenes. The demo
    both streams / peripheral only / foveal only, from the viewer's fixations and from the matched
    random control;
 3. scores every generation against its scene (weight-free metrics: no CLIP or DreamSim weights
-   are needed) and adds two object-level measures (:func:`object_scores`) and the
-   own-versus-other-scene comparison (:func:`own_vs_other`);
+   are needed) with the toy world's object measures (:func:`toy_scores`), scores the two
+   baselines the same way (their fixated-object measures over the renders' fixation lists:
+   :func:`fixation_averaged`), measures the paired effects (:mod:`metamergen.demo.effects`) and
+   the own-versus-other-scene comparison (:func:`own_vs_other`);
 4. writes the usual report (figures with scene-level bootstrap intervals, contact sheets, HTML).
 
 The same functions serve the ablation (``inference/ablation.py``), with more scenes and samples.
