@@ -14,7 +14,9 @@ Render, score and report held-out toy-world scenes with the bundled demo model, 
 2. renders every scene for fixation prefixes 1, 2, 3, 5, 10, for both streams / peripheral only /
    foveal only, from the viewer's fixations and from the matched random control;
 3. scores every generation against its scene with weight-free metrics and object-level measures,
-   and checks that renders are closer to their own scene than to the other scenes;
+   checks that renders are closer to their own scene than to the other scenes, and prints the
+   paired effects (fovea, fixations, periphery, viewer vs random) and the renders against two
+   baselines (a flat image, the periphery input);
 4. writes the usual report (figures with scene-level bootstrap intervals, contact sheets, HTML).
 """
 
