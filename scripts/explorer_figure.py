@@ -17,27 +17,10 @@ import argparse
 import os
 import shutil
 import sys
-import threading
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _serve(app) -> tuple[object, threading.Thread, str]:
-    """Run ``app`` under uvicorn on a free loopback port; returns the server, its thread and its URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        if time.time() > deadline:
-            raise RuntimeError("the explorer's server did not start within 60 s")
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,9 +33,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from playwright.sync_api import sync_playwright
 
-    from metamergen.demo.run import DEMO_MODEL, DEMO_PERIPHERAL_BLUR
+    from metamergen.demo.run import DEMO_MODEL, default_peripheral_blur
     from metamergen.loading import load_model
-    from metamergen.serve.app import create_app
+    from metamergen.serve.app import create_app, serve_in_thread
     from metamergen.serve.config import RenderDefaults, ServeConfig
     from metamergen.utils.io import atomic_write
 
@@ -64,11 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     app = create_app(
         loaded.pipe,
         ServeConfig(
-            model=loaded.description, defaults=RenderDefaults(steps=args.steps, peripheral_blur=DEMO_PERIPHERAL_BLUR)
+            model=loaded.description,
+            defaults=RenderDefaults(steps=args.steps, peripheral_blur=default_peripheral_blur(DEMO_MODEL)),
         ),
     )
-    server, thread, url = _serve(app)
-    try:
+    with serve_in_thread(app) as url:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
             page = browser.new_context(viewport={"width": 1280, "height": 1240}).new_page()
@@ -81,12 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             page.fill("#hypotheses", "3")
             page.click("#render")
             page.wait_for_selector("figure.hypothesis img >> nth=2", timeout=300_000)
-            page.wait_for_timeout(300)  # the score table fills in after the images
+            page.wait_for_selector("#scores tbody tr")  # the score table fills in after the images
             png = page.screenshot(full_page=True)
             browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(60)
     atomic_write(args.out, lambda t: Path(t).write_bytes(png))
     print(f"Written {args.out}")
     return 0

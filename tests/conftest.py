@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -63,18 +60,8 @@ def wait_until(condition, timeout: float = 120.0) -> None:
         time.sleep(0.01)
 
 
-@contextmanager
-def loopback(app) -> Iterator[str]:
-    """Run an ASGI ``app`` under uvicorn on a free loopback port; yields its base URL."""
-    import uvicorn
+def loopback(app):
+    """``app`` served on a free loopback port for the block (:func:`metamergen.serve.app.serve_in_thread`)."""
+    from metamergen.serve.app import serve_in_thread
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_until(lambda: server.started)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(60)
+    return serve_in_thread(app, timeout=120.0)

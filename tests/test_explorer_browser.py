@@ -160,3 +160,25 @@ def test_settings_reach_the_model_view_and_bad_input_is_shown_not_thrown(page):
     assert "steps" in page.text_content("#message")
     assert not page.is_disabled("#render")  # the page is usable again
     assert page.problems == [] or all("422" in p for p in page.problems)  # the browser logs the failed request
+
+
+def test_the_explorer_figure_script_screenshots_three_hypotheses(tmp_path):
+    """scripts/explorer_figure.py (remakes docs/figures/explorer.png) still drives the page to the end.
+    In its own process: Playwright's sync API cannot start twice in one thread (the fixture's is running)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from PIL import Image
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "explorer_figure.py"
+    out = tmp_path / "explorer.png"
+    done = subprocess.run(
+        [sys.executable, str(script), "--out", str(out), "--steps", "1", "--n", "3"],
+        env={**os.environ, "METAMERGEN_CHROMIUM": _chromium(), "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert Image.open(out).width == 1280

@@ -1,6 +1,7 @@
 """``metamergen serve``: the pipeline behind HTTP, for gaze-contingent experiments.
 
-- :mod:`~metamergen.serve.app`: :func:`create_app`, the FastAPI application (routes, errors, limits);
+- :mod:`~metamergen.serve.app`: :func:`create_app`, the FastAPI application (routes, errors, limits),
+  and :func:`serve_in_thread` to run it inside a script or notebook;
 - :mod:`~metamergen.serve.batcher`: the worker thread that owns the pipeline and batches requests;
 - :mod:`~metamergen.serve.cache`: the bounded LRU store of scenes and their encodings;
 - :mod:`~metamergen.serve.inputs`: uploads, stimulus names and fixations turned into checked inputs;
@@ -19,6 +20,7 @@ from metamergen.utils.lazy import lazy_exports
 
 _EXPORTS = {
     "create_app": ".app",
+    "serve_in_thread": ".app",
     "Batcher": ".batcher",
     "SceneCache": ".cache",
     "MetamerGenClient": ".client",

@@ -51,8 +51,8 @@ import math
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -112,7 +112,7 @@ if TYPE_CHECKING:
     from metamergen.pipeline.pipeline_metamergen import MetamerGenPipeline
     from metamergen.serve.inputs import RenderSettings
 
-__all__ = ["API_KEY_HEADER", "ServeState", "create_app"]
+__all__ = ["API_KEY_HEADER", "ServeState", "create_app", "serve_in_thread"]
 
 logger = logging.getLogger("metamergen.serve")
 
@@ -952,3 +952,32 @@ def create_app(pipe: MetamerGenPipeline, config: ServeConfig) -> FastAPI:
     )
     app.add_middleware(RequestLogMiddleware, metrics=stats)
     return app
+
+
+@contextmanager
+def serve_in_thread(app: ASGIApp, *, host: str = "127.0.0.1", timeout: float = 60.0) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a background thread on a free port of ``host``; yields its base URL.
+
+    For a notebook, a script or a test that talks to the server from the same process
+    (``MetamerGenClient(url)``, a browser); ``metamergen serve`` is the way to run it for an experiment.
+    The server stops when the block ends.
+    """
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=0, log_config=None, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server did not start on {host} within {timeout:g} s")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
