@@ -280,10 +280,11 @@ def run_demo(
     rows = [r for r in score_manifest(out / "study" / "manifest.jsonl", metrics) if r["image_id"] in ids]
     records = read_objects(out / "scenes" / "objects.jsonl")
     judge = shape_judge()
+    scene_images = {path: load_image(path) for path in dict.fromkeys(r["scene"] for r in rows)}  # once per scene
     for r in rows:
         rec = records[Path(r["scene"]).name]
         gen = load_image(out / "study" / r["path"])
-        r.update(toy_scores(gen, load_image(r["scene"]), rec["objects"], r["fixations"], judge=judge))
+        r.update(toy_scores(gen, scene_images[r["scene"]], rec["objects"], r["fixations"], judge=judge))
     scores = write_score_table(rows, out / "scores.csv")
     # the baselines a render must beat: the scene's mean colour, and the periphery input with no model;
     # their fixated-object columns over the fixation lists of the renders they are compared with
@@ -291,7 +292,7 @@ def run_demo(
     compared = [r for r in rows if (r["condition"], r["fixation_source"]) == BASELINE_RENDERS]
     base_rows = score_baselines(manifest_rows, metrics)
     for b in base_rows:
-        scene = load_image(b["scene"])
+        scene = scene_images[b["scene"]]
         image = baseline_image(
             scene,
             b["baseline"],

@@ -133,19 +133,10 @@ def contact_sheet(
     return sheet
 
 
-def _fit_caption(draw: ImageDraw.ImageDraw, text: str, width: int, lines: int = 1) -> str:
-    """``text`` in at most ``lines`` lines of ``width`` pixels (wrapped at spaces), the last cut with "..."
-    (a caption wider than its panel ran into the next one)."""
-    out: list[str] = []
-    words = text.split(" ")
-    while words and len(out) < lines:
-        line = words.pop(0)
-        while words and draw.textlength(f"{line} {words[0]}") <= width:
-            line = f"{line} {words.pop(0)}"
-        out.append(line)
-    if words or (out and draw.textlength(out[-1]) > width):
-        last = out[-1] + (" " + " ".join(words) if words else "")
-        while last and draw.textlength(last + "...") > width:
-            last = last[:-1]
-        out[-1] = last + "..."
-    return "\n".join(out)
+def _fit_caption(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
+    """``text`` cut with "..." to fit ``width`` pixels (a caption wider than its panel ran into the next one)."""
+    if draw.textlength(text) <= width:
+        return text
+    while text and draw.textlength(text + "...") > width:
+        text = text[:-1]
+    return text + "..."
